@@ -1,0 +1,134 @@
+"""Running pipeline specs: the Engine that trials share, and the Pipeline a user loads.
+
+The Engine owns one corpus, the disk cache and the loaded models. It builds each expensive thing
+(tokens, embeddings, reranker scores) once and keeps recent rankings in memory, so a trial whose
+models are cached costs a sparse product, a fusion and a sort.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ragopt import fusion
+from ragopt.cache import Cache, cache_key
+from ragopt.data import Corpus, Queries, load_corpus
+from ragopt.models import ModelPool, model_fingerprint, pick_device
+from ragopt.rerankers._base import rerank, text_hashes
+from ragopt.rerankers.cross_encoder import CrossEncoderScorer
+from ragopt.retrievers._base import Ranking
+from ragopt.retrievers.bm25 import BM25Retriever
+from ragopt.retrievers.dense import DenseRetriever
+from ragopt.spec import BM25Spec, CrossEncoderSpec, DenseSpec, HybridSpec, PipelineSpec
+
+RANKINGS_KEPT = 512
+
+
+class Engine:
+    """Evaluates retriever and pipeline specs over one corpus, reusing everything it can."""
+
+    def __init__(self, corpus: Corpus, cache: Cache | None = None, device: str = "auto") -> None:
+        self.corpus = corpus
+        self.cache = cache or Cache(None)
+        self.device = pick_device(device)
+        self.pool = ModelPool()
+        self._retrievers: dict[str, BM25Retriever | DenseRetriever] = {}
+        self._scorers: dict[str, CrossEncoderScorer] = {}
+        self._rankings: OrderedDict[tuple, Ranking] = OrderedDict()
+        self._doc_hashes = None
+
+    def _component(self, spec: BM25Spec | DenseSpec) -> BM25Retriever | DenseRetriever:
+        if isinstance(spec, BM25Spec):
+            key = cache_key("bm25", spec.tokenizer.model_dump())
+            if key not in self._retrievers:
+                self._retrievers[key] = BM25Retriever(spec, self.corpus, self.cache)
+        else:
+            key = spec.key()
+            if key not in self._retrievers:
+                self._retrievers[key] = DenseRetriever(spec, self.corpus, self.cache, self.pool, self.device)
+        return self._retrievers[key]
+
+    def _memo(self, key: tuple, compute) -> Ranking:
+        if key in self._rankings:
+            self._rankings.move_to_end(key)
+            return self._rankings[key]
+        ranking = compute()
+        self._rankings[key] = ranking
+        if len(self._rankings) > RANKINGS_KEPT:
+            self._rankings.popitem(last=False)
+        return ranking
+
+    def retrieve(self, spec: BM25Spec | DenseSpec | HybridSpec, queries: Queries, depth: int) -> Ranking:
+        """The first `depth` passages for each query."""
+        return self._memo((spec.key(), queries.key, depth), lambda: self._retrieve(spec, queries, depth))
+
+    def _retrieve(self, spec: BM25Spec | DenseSpec | HybridSpec, queries: Queries, depth: int) -> Ranking:
+        if not isinstance(spec, HybridSpec):
+            return self._component(spec).search(spec, queries, depth)
+        parts = [self.retrieve(r, queries, max(spec.depth, depth)) for r in spec.retrievers]
+        n_docs = len(self.corpus)
+        if spec.fusion == "rrf":
+            return fusion.rrf(parts, spec.rrf_k or 60, n_docs, depth)
+        mins = [self._component(r).theoretical_min for r in spec.retrievers]
+        return fusion.convex(parts, list(spec.weights or []), spec.normalization or "min_max", mins, n_docs, depth)
+
+    def run(self, spec: PipelineSpec, queries: Queries, depth: int | None = None) -> Ranking:
+        """Retrieve, rerank if the spec says so, and return `depth` ranks (default: top_k)."""
+        depth = depth or spec.top_k
+        if spec.reranker is None:
+            return self.retrieve(spec.retriever, queries, depth)
+        candidates = self.retrieve(spec.retriever, queries, max(depth, spec.reranker.depth))
+        key = (spec.retriever.key(), spec.reranker.key(), queries.key, depth)
+        return self._memo(key, lambda: self._rerank(spec.reranker, candidates, queries).head(depth))
+
+    def _rerank(self, spec: CrossEncoderSpec, candidates: Ranking, queries: Queries) -> Ranking:
+        model_key = cache_key("cross_encoder", model_fingerprint(spec.model), spec.max_length)
+        if model_key not in self._scorers:
+            self._scorers[model_key] = self.pool.get(model_key, lambda: CrossEncoderScorer(spec, self.device))
+        if self._doc_hashes is None:
+            self._doc_hashes = text_hashes(self.corpus.contents)
+        return rerank(candidates, spec.depth, queries.texts, text_hashes(queries.texts), self.corpus.contents,
+                      self._doc_hashes, self._scorers[model_key], self.cache.scores("rerank", model_key))
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    doc_id: str
+    score: float
+    contents: str
+
+
+class Pipeline:
+    """A tuned retrieval pipeline over a corpus.
+
+    Example:
+        pipeline = ragopt.load_pipeline("out/best.yaml", "corpus.parquet")
+        for hit in pipeline.retrieve("시중은행 전환 요건은?")[0]:
+            print(hit.rank, hit.doc_id, hit.score)
+    """
+
+    def __init__(self, spec: PipelineSpec, corpus: Corpus, cache: Cache | None = None, device: str = "auto") -> None:
+        self.spec = spec
+        self.engine = Engine(corpus, cache, device)
+
+    def retrieve(self, queries: str | list[str], k: int | None = None) -> list[list[Hit]]:
+        """The top-k passages (default: the tuned k) for each query."""
+        texts = [queries] if isinstance(queries, str) else list(queries)
+        ranking = self.engine.run(self.spec, Queries(texts), k or self.spec.top_k)
+        corpus = self.engine.corpus
+        return [[Hit(r + 1, corpus.doc_ids[i], float(s), corpus.contents[i])
+                 for r, (i, s) in enumerate(zip(ids, scores)) if i >= 0]
+                for ids, scores in zip(ranking.ids, ranking.scores)]
+
+
+def load_pipeline(best: str | Path, corpus: str | Path | Corpus, cache_dir: str | Path | None = None,
+                  device: str = "auto") -> Pipeline:
+    """Load an exported best.yaml and bind it to a corpus (a file path or a Corpus). With a
+    cache_dir, corpus embeddings and tokens are reused from an earlier run."""
+    from ragopt.export import read_best
+
+    if not isinstance(corpus, Corpus):
+        corpus = load_corpus(corpus)
+    return Pipeline(read_best(best), corpus, Cache(cache_dir) if cache_dir else None, device)

@@ -1,0 +1,47 @@
+"""What every retriever returns: a Ranking, one row of corpus indices and scores per query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """ids[q, r] is the corpus row at rank r for query q (-1 where fewer were retrieved);
+    scores[q, r] is its score (-inf there). Rows are sorted best first."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def depth(self) -> int:
+        return self.ids.shape[1]
+
+    def head(self, depth: int) -> "Ranking":
+        """The first `depth` ranks; a smaller k is a slice, never a new retrieval."""
+        return Ranking(self.ids[:, :depth], self.scores[:, :depth])
+
+
+def top_k(scores: np.ndarray, depth: int) -> Ranking:
+    """The `depth` best columns of a (queries x docs) score matrix, best first; equal scores are
+    ordered by corpus row."""
+    n_queries, n_docs = scores.shape
+    take = min(depth, n_docs)
+    if take < n_docs:
+        part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    else:
+        part = np.broadcast_to(np.arange(n_docs), (n_queries, n_docs))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return padded(np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1), depth)
+
+
+def padded(ids: np.ndarray, scores: np.ndarray, depth: int) -> Ranking:
+    """A Ranking of exactly `depth` columns, filling missing ranks with -1 / -inf."""
+    missing = depth - ids.shape[1]
+    if missing > 0:
+        ids = np.pad(ids, ((0, 0), (0, missing)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf)
+    return Ranking(ids.astype(np.int64), scores.astype(np.float32))

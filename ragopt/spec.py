@@ -1,0 +1,187 @@
+"""Concrete pipeline specifications: one value per setting, nothing left to search.
+
+A PipelineSpec is what a trial evaluates and what best.yaml stores. Its JSON form is the cache
+key of everything derived from it, so two equal specs always share their results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """A model that rejects unknown keys with the list of allowed ones (pydantic's own message
+    does not say what would have been right)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = set(cls.model_fields)
+            unknown = [k for k in data if k not in allowed]
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
+        return data
+
+    def key(self) -> str:
+        """A short content hash of this spec, stable across runs and machines."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+CONTENT_POS = ("NNG", "NNP", "NNB", "NR", "NP", "VV", "VA", "MAG", "XR", "SL", "SH", "SN")
+"""Content-bearing Sejong POS tags (nouns, verbs, adjectives, adverbs, roots, foreign words,
+hanja, numbers), shared by Kiwi and MeCab-ko; particles, endings and affixes are dropped."""
+
+
+class KiwiTokenizer(StrictModel):
+    """Kiwi morphemes (kiwipiepy, multi-threaded). pos='content' keeps only CONTENT_POS."""
+
+    type: Literal["kiwi"] = "kiwi"
+    pos: Literal["all", "content"] = "all"
+
+    @property
+    def label(self) -> str:
+        return "kiwi" if self.pos == "all" else "kiwi:content"
+
+
+class MecabTokenizer(StrictModel):
+    """MeCab-ko morphemes (python-mecab-ko, which ships its dictionary)."""
+
+    type: Literal["mecab"] = "mecab"
+    pos: Literal["all", "content"] = "all"
+
+    @property
+    def label(self) -> str:
+        return "mecab" if self.pos == "all" else "mecab:content"
+
+
+class WhitespaceTokenizer(StrictModel):
+    """Whitespace-separated words, punctuation stripped; one-character words are kept."""
+
+    type: Literal["whitespace"] = "whitespace"
+    lowercase: bool = True
+
+    @property
+    def label(self) -> str:
+        return "whitespace" if self.lowercase else "whitespace:cased"
+
+
+class CharNgramTokenizer(StrictModel):
+    """Character n-grams inside each word (a word shorter than n is one token)."""
+
+    type: Literal["char_ngram"] = "char_ngram"
+    n: int = Field(2, ge=1, le=6)
+
+    @property
+    def label(self) -> str:
+        return f"char_ngram:{self.n}"
+
+
+class HuggingFaceTokenizer(StrictModel):
+    """The subword tokenizer of a Hugging Face model (hub id or local path)."""
+
+    type: Literal["huggingface"] = "huggingface"
+    model: str
+
+    @property
+    def label(self) -> str:
+        return f"huggingface:{self.model}"
+
+
+def _tokenizer_shorthand(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+Tokenizer = Annotated[
+    Union[KiwiTokenizer, MecabTokenizer, WhitespaceTokenizer, CharNgramTokenizer, HuggingFaceTokenizer],
+    Field(discriminator="type"),
+    BeforeValidator(_tokenizer_shorthand),
+]
+
+BM25Method = Literal["lucene", "robertson", "atire", "bm25l", "bm25+"]
+Normalization = Literal["min_max", "tmm", "z_score", "dbsf"]
+
+
+class BM25Spec(StrictModel):
+    type: Literal["bm25"] = "bm25"
+    tokenizer: Tokenizer
+    method: BM25Method = "lucene"
+    k1: float = 1.5
+    b: float = 0.75
+    delta: float = 0.5
+
+
+class DenseSpec(StrictModel):
+    """A sentence-transformers bi-encoder. Prefixes are prepended to the text (KoE5 and E5 need
+    'query: ' / 'passage: '); prompt names select prompts stored with the model instead."""
+
+    type: Literal["dense"] = "dense"
+    model: str
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    query_prompt_name: str | None = None
+    passage_prompt_name: str | None = None
+    max_length: int | None = Field(None, ge=1)
+    normalize: bool = True
+    batch_size: int = Field(32, ge=1)
+    trust_remote_code: bool = False
+
+
+class HybridSpec(StrictModel):
+    """Fusion of the rankings of two or more retrievers, each taken to `depth` candidates."""
+
+    type: Literal["hybrid"] = "hybrid"
+    retrievers: list[Annotated[Union[BM25Spec, DenseSpec], Field(discriminator="type")]]
+    fusion: Literal["rrf", "convex"]
+    rrf_k: int | None = None
+    normalization: Normalization | None = None
+    weights: list[float] | None = None
+    depth: int = Field(100, ge=1)
+
+
+RetrieverSpec = Annotated[Union[BM25Spec, DenseSpec, HybridSpec], Field(discriminator="type")]
+
+
+class CrossEncoderSpec(StrictModel):
+    """A sentence-transformers CrossEncoder that reorders the first `depth` candidates."""
+
+    type: Literal["cross_encoder"] = "cross_encoder"
+    model: str
+    depth: int = Field(20, ge=1)
+    max_length: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    trust_remote_code: bool = False
+
+
+RerankerSpec = Annotated[Union[CrossEncoderSpec], Field(discriminator="type")]
+
+
+class PipelineSpec(StrictModel):
+    """A runnable pipeline: retrieve, optionally rerank, return top_k passages."""
+
+    retriever: RetrieverSpec
+    reranker: RerankerSpec | None = None
+    top_k: int = Field(ge=1)
+
+    def describe(self) -> str:
+        """A one-line human summary for tables and progress bars."""
+        text = describe_retriever(self.retriever)
+        if self.reranker is not None:
+            text += f" > {self.reranker.model}@{self.reranker.depth}"
+        return f"{text} k={self.top_k}"
+
+
+def describe_retriever(spec: BM25Spec | DenseSpec | HybridSpec) -> str:
+    if isinstance(spec, BM25Spec):
+        return f"bm25[{spec.tokenizer.label},{spec.method},k1={spec.k1:.3g},b={spec.b:.3g}]"
+    if isinstance(spec, DenseSpec):
+        return f"dense[{spec.model}]"
+    parts = "+".join(describe_retriever(r) for r in spec.retrievers)
+    how = f"rrf(k={spec.rrf_k})" if spec.fusion == "rrf" else (
+        f"cc({spec.normalization},w={','.join(f'{w:.2f}' for w in spec.weights or [])})")
+    return f"{how}({parts})"
