@@ -25,17 +25,20 @@ class Ranking:
 
 
 def top_k(scores: np.ndarray, depth: int) -> Ranking:
-    """The `depth` best columns of a (queries x docs) score matrix, best first; equal scores are
-    ordered by corpus row."""
+    """The `depth` best columns of a (queries x docs) score matrix, best first. Equal scores are
+    ordered by corpus row over the whole corpus, so a shallower ranking is always a prefix of a
+    deeper one (BM25 gives many equal scores, zero above all)."""
     n_queries, n_docs = scores.shape
     take = min(depth, n_docs)
-    if take < n_docs:
-        part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-    else:
-        part = np.broadcast_to(np.arange(n_docs), (n_queries, n_docs))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    return padded(np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1), depth)
+    kth = -np.partition(-scores, take - 1, axis=1)[:, take - 1:take]
+    above = scores > kth
+    needed = take - above.sum(axis=1, keepdims=True)
+    tied = scores == kth
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= needed))
+    ids = np.nonzero(chosen)[1].reshape(n_queries, take)
+    picked = np.take_along_axis(scores, ids, axis=1)
+    order = np.lexsort((ids, -picked), axis=1)
+    return padded(np.take_along_axis(ids, order, axis=1), np.take_along_axis(picked, order, axis=1), depth)
 
 
 def padded(ids: np.ndarray, scores: np.ndarray, depth: int) -> Ranking:

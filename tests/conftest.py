@@ -1,0 +1,87 @@
+"""Shared fixtures: the bundled example data, the real autorag-ko set beside the repository, and
+tiny random-weight models built in a temp folder so the real loading code runs offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KO_MINI = ROOT / "examples" / "ko-mini"
+AUTORAG_KO = ROOT.parent / "shared" / "data" / "autorag-ko"
+
+
+def corpus_texts() -> list[str]:
+    return [json.loads(line)["contents"] for line in (KO_MINI / "corpus.jsonl").read_text().splitlines()]
+
+
+def _train_tokenizer(kind: str):
+    """A WordPiece (BERT) or Unigram (XLM-R) tokenizer trained on the example corpus."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    texts = corpus_texts()
+    if kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=False)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=800, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    else:
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=800, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                          unk_token="<unk>")
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT bi-encoder with random weights (sentence-transformers adds mean pooling)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizerFast(tokenizer_object=_train_tokenizer("wordpiece"), unk_token="[UNK]",
+                                  pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                  strip_accents=False)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=256)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_reranker(tmp_path_factory) -> Path:
+    """A 2-layer XLM-RoBERTa cross-encoder (one relevance logit) with random weights."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-xlmr")
+    tokenizer = XLMRobertaTokenizerFast(tokenizer_object=_train_tokenizer("unigram"), bos_token="<s>",
+                                        eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                                        pad_token="<pad>", mask_token="<mask>")
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=260, num_labels=1,
+                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id)
+    XLMRobertaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ko_mini():
+    from ragopt.data import load_dataset
+
+    return load_dataset(qa=KO_MINI / "qa.jsonl", corpus=KO_MINI / "corpus.jsonl", domain_column="domain")
+
+
+def write_config(path: Path, text: str) -> Path:
+    """A config file in a temp folder whose data paths point at the bundled example."""
+    path.write_text(text.replace("@KO_MINI@", str(KO_MINI)), encoding="utf-8")
+    return path

