@@ -39,14 +39,14 @@ def optimize_command(
         outcome = optimize(config, output, n_trials, fresh, progress=not quiet)
     except USER_ERRORS as error:
         _fail(error)
-    table = Table(title=escape(f"best of {outcome.n_trials} trials: {outcome.best_spec.describe()}"))
-    table.add_column("metric")
-    table.add_column(f"@{outcome.best_spec.top_k}", justify="right")
+    k = outcome.best_spec.top_k
+    console.print(f"best of {outcome.n_trials} trials: {escape(outcome.best_spec.describe())}", highlight=False)
+    table = Table("metric", f"@{k}")
     for name, value in outcome.best_metrics.items():
-        if name.endswith(f"@{outcome.best_spec.top_k}"):
+        if name.endswith(f"@{k}"):
             table.add_row(name.split("@")[0], f"{value:.4f}")
     console.print(table)
-    console.print(f"objective {outcome.best_value:.4f}; files in {outcome.output}")
+    console.print(f"objective {outcome.best_value:.4f}; files in {outcome.output}", highlight=False)
 
 
 @app.command("validate")
