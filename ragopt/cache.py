@@ -7,11 +7,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generic, Hashable, TypeVar
 
 import numpy as np
 import pandas as pd
+
+
+T = TypeVar("T")
+
+
+class Memo(Generic[T]):
+    """The most recently used results of in-process computations (rankings, scored trials)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, T] = OrderedDict()
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> tuple[T, bool]:
+        """The value for key, computed on a miss, and whether it was already there."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key], True
+        value = self._items[key] = compute()
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return value, False
 
 
 def cache_key(*parts: object) -> str:

@@ -47,6 +47,9 @@ def optimize_command(
             table.add_row(name.split("@")[0], f"{value:.4f}")
     console.print(table)
     console.print(f"objective {outcome.best_value:.4f}; files in {outcome.output}", highlight=False)
+    if outcome.interrupted:
+        console.print("interrupted: the files cover the finished trials; rerun the same command to resume")
+        raise typer.Exit(code=130)
 
 
 @app.command("validate")

@@ -6,6 +6,7 @@ A searchable setting is written as a single value (fixed), a list (one of these)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -43,8 +44,8 @@ class FloatRange(StrictModel):
     def grid(self) -> list[float]:
         """The values a grid visits; only ranges with a step have them."""
         assert self.step is not None
-        count = int(round((self.high - self.low) / self.step)) + 1
-        return [round(self.low + i * self.step, 10) for i in range(count) if self.low + i * self.step <= self.high + 1e-9]
+        count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return [round(self.low + i * self.step, 10) for i in range(count)]
 
 
 class IntRange(StrictModel):
@@ -82,7 +83,7 @@ IntParam = Annotated[Union[IntRange, Annotated[list[int], BeforeValidator(_non_e
 
 
 def choices(literal_type: Any) -> Any:
-    """A setting chosen among fixed names: one name, or a list of them."""
+    """A setting chosen among fixed values (names, tokenizers): one, or a list of them."""
     return Annotated[Annotated[list[literal_type], BeforeValidator(_non_empty)], BeforeValidator(_listify)]
 
 
@@ -91,7 +92,7 @@ class BM25Config(StrictModel):
 
     type: Literal["bm25"]
     name: str
-    tokenizer: Annotated[Annotated[list[Tokenizer], BeforeValidator(_non_empty)], BeforeValidator(_listify)]
+    tokenizer: choices(Tokenizer)
     method: choices(BM25Method) = ["lucene"]
     k1: FloatParam = [1.5]
     b: FloatParam = [0.75]
@@ -279,6 +280,22 @@ _TAGS = {"bm25", "dense", "hybrid", "none", "cross_encoder", "kiwi", "mecab", "w
          "huggingface"}
 
 
+def _with_local_models(entry: Any, base: Path) -> Any:
+    """Model folders given relative to the config file become absolute; hub ids stay as they are."""
+
+    def local(name: str) -> str:
+        candidate = base / name
+        return str(candidate.resolve()) if not Path(name).is_absolute() and candidate.exists() else name
+
+    if isinstance(entry, BM25Config):
+        tokenizers = [t.model_copy(update={"model": local(t.model)}) if t.type == "huggingface" else t
+                      for t in entry.tokenizer]
+        return entry.model_copy(update={"tokenizer": tokenizers})
+    if isinstance(entry, (DenseConfig, CrossEncoderConfig)):
+        return entry.model_copy(update={"model": local(entry.model)})
+    return entry
+
+
 def describe_errors(path: Path | str, error: ValidationError) -> str:
     """One line per problem, each starting with its path in the file."""
     lines = []
@@ -307,7 +324,8 @@ def load_config(path: str | Path) -> tuple[Config, Path]:
     base = path.resolve().parent
     data = config.data.model_copy(update={
         key: (base / value).resolve() for key in ("qa", "corpus", "beir") if (value := getattr(config.data, key)) is not None})
-    updates: dict[str, Any] = {"data": data}
+    updates: dict[str, Any] = {"data": data, "retrievers": [_with_local_models(r, base) for r in config.retrievers],
+                               "rerankers": [_with_local_models(r, base) for r in config.rerankers]}
     if config.cache_dir is not None:
         updates["cache_dir"] = (base / config.cache_dir).resolve()
     return config.model_copy(update=updates), base

@@ -41,6 +41,18 @@ def model_fingerprint(name: str) -> dict[str, Any]:
     return {"path": resolved, "files": [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
 
 
+def load_model(kind: str, name: str, load: Callable[[str], Any]) -> Any:
+    """Load a model from its resolved location, turning the loaders' errors (no network, no
+    such repository, a folder without weights) into one that says what to change."""
+    resolved = resolve_model(name)
+    try:
+        return load(resolved)
+    except (OSError, ValueError) as error:
+        where = "the folder" if Path(resolved).exists() else "the Hugging Face hub (is it reachable from here?)"
+        raise ValueError(f"{kind} model {name!r} could not be loaded from {where}: {error}\n"
+                         f"Give a hub id, a local folder with the model's files, or pkg:<package>/<folder>.") from None
+
+
 def pick_device(requested: str = "auto") -> str:
     """cuda, then mps, then cpu, unless the config names one."""
     if requested != "auto":

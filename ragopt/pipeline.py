@@ -7,12 +7,11 @@ models are cached costs a sparse product, a fusion and a sort.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ragopt import fusion
-from ragopt.cache import Cache, cache_key
+from ragopt.cache import Cache, Memo, cache_key
 from ragopt.data import Corpus, Queries, load_corpus
 from ragopt.models import ModelPool, model_fingerprint, pick_device
 from ragopt.rerankers._base import rerank, text_hashes
@@ -35,7 +34,7 @@ class Engine:
         self.pool = ModelPool()
         self._retrievers: dict[str, BM25Retriever | DenseRetriever] = {}
         self._scorers: dict[str, CrossEncoderScorer] = {}
-        self._rankings: OrderedDict[tuple, Ranking] = OrderedDict()
+        self._rankings: Memo[Ranking] = Memo(RANKINGS_KEPT)
         self._doc_hashes = None
 
     def _component(self, spec: BM25Spec | DenseSpec) -> BM25Retriever | DenseRetriever:
@@ -49,19 +48,9 @@ class Engine:
                 self._retrievers[key] = DenseRetriever(spec, self.corpus, self.cache, self.pool, self.device)
         return self._retrievers[key]
 
-    def _memo(self, key: tuple, compute) -> Ranking:
-        if key in self._rankings:
-            self._rankings.move_to_end(key)
-            return self._rankings[key]
-        ranking = compute()
-        self._rankings[key] = ranking
-        if len(self._rankings) > RANKINGS_KEPT:
-            self._rankings.popitem(last=False)
-        return ranking
-
     def retrieve(self, spec: BM25Spec | DenseSpec | HybridSpec, queries: Queries, depth: int) -> Ranking:
         """The first `depth` passages for each query."""
-        return self._memo((spec.key(), queries.key, depth), lambda: self._retrieve(spec, queries, depth))
+        return self._rankings.get((spec.key(), queries.key, depth), lambda: self._retrieve(spec, queries, depth))[0]
 
     def _retrieve(self, spec: BM25Spec | DenseSpec | HybridSpec, queries: Queries, depth: int) -> Ranking:
         if not isinstance(spec, HybridSpec):
@@ -80,7 +69,7 @@ class Engine:
             return self.retrieve(spec.retriever, queries, depth)
         candidates = self.retrieve(spec.retriever, queries, max(depth, spec.reranker.depth))
         key = (spec.retriever.key(), spec.reranker.key(), queries.key, depth)
-        return self._memo(key, lambda: self._rerank(spec.reranker, candidates, queries).head(depth))
+        return self._rankings.get(key, lambda: self._rerank(spec.reranker, candidates, queries).head(depth))[0]
 
     def _rerank(self, spec: CrossEncoderSpec, candidates: Ranking, queries: Queries) -> Ranking:
         model_key = cache_key("cross_encoder", model_fingerprint(spec.model), spec.max_length)

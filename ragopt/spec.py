@@ -38,26 +38,27 @@ CONTENT_POS = ("NNG", "NNP", "NNB", "NR", "NP", "VV", "VA", "MAG", "XR", "SL", "
 hanja, numbers), shared by Kiwi and MeCab-ko; particles, endings and affixes are dropped."""
 
 
-class KiwiTokenizer(StrictModel):
-    """Kiwi morphemes (kiwipiepy, multi-threaded). pos='content' keeps only CONTENT_POS."""
+class _MorphemeTokenizer(StrictModel):
+    """Morphemes of a Korean analyser; pos='content' keeps only CONTENT_POS."""
 
-    type: Literal["kiwi"] = "kiwi"
+    type: str
     pos: Literal["all", "content"] = "all"
 
     @property
     def label(self) -> str:
-        return "kiwi" if self.pos == "all" else "kiwi:content"
+        return self.type if self.pos == "all" else f"{self.type}:content"
 
 
-class MecabTokenizer(StrictModel):
+class KiwiTokenizer(_MorphemeTokenizer):
+    """Kiwi morphemes (kiwipiepy, multi-threaded)."""
+
+    type: Literal["kiwi"] = "kiwi"
+
+
+class MecabTokenizer(_MorphemeTokenizer):
     """MeCab-ko morphemes (python-mecab-ko, which ships its dictionary)."""
 
     type: Literal["mecab"] = "mecab"
-    pos: Literal["all", "content"] = "all"
-
-    @property
-    def label(self) -> str:
-        return "mecab" if self.pos == "all" else "mecab:content"
 
 
 class WhitespaceTokenizer(StrictModel):

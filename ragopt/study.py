@@ -6,6 +6,7 @@ files are derived from it, so a resumed or shared study reports all of its trial
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import time
 import warnings
@@ -17,7 +18,7 @@ import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
-from ragopt.cache import Cache, cache_key
+from ragopt.cache import Cache, Memo, cache_key
 from ragopt.config import Config, load_config
 from ragopt.data import Corpus, QASet, load_dataset
 from ragopt.export import write_best
@@ -29,6 +30,7 @@ from ragopt.space import enumerate_space, optuna_chooser, suggest_pipeline
 from ragopt.spec import BM25Spec, DenseSpec, PipelineSpec
 
 RECORD = "ragopt"
+SCORED_KEPT = 1024
 
 
 class StudyError(RuntimeError):
@@ -53,18 +55,16 @@ class Evaluator:
     def __init__(self, engine: Engine, qa: QASet, config: Config) -> None:
         self.engine, self.qa, self.config = engine, qa, config
         self.depth = max(config.top_k)
-        self._seen: dict[str, Scored] = {}
+        self._seen: Memo[Scored] = Memo(SCORED_KEPT)
 
     def evaluate(self, spec: PipelineSpec) -> tuple[Scored, bool]:
         """The scores of a pipeline, and whether they were reused from an earlier trial."""
-        key = spec.model_copy(update={"top_k": self.depth}).key()
-        if key in self._seen:
-            return self._seen[key], True
+        return self._seen.get(spec.model_copy(update={"top_k": self.depth}).key(), lambda: self._score(spec))
+
+    def _score(self, spec: PipelineSpec) -> Scored:
         ranking = self.engine.run(spec, self.qa.queries, self.depth)
         gains, n_rel = relevance(ranking.ids, self.qa.groups, len(self.engine.corpus))
-        scored = Scored(ranking, at_k(gains, n_rel, self.config.top_k, METRICS))
-        self._seen[key] = scored
-        return scored, False
+        return Scored(ranking, at_k(gains, n_rel, self.config.top_k, METRICS))
 
     def objective(self, scored: Scored, top_k: int) -> float:
         """The weighted mean of the optimized metrics; a bare name is taken at the trial's k."""
@@ -82,6 +82,7 @@ class Outcome:
     best_value: float
     best_metrics: dict[str, float]
     n_trials: int
+    interrupted: bool = False
 
 
 def default_output(config_path: Path) -> Path:
@@ -149,8 +150,9 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     config, _ = load_config(config_path)
     output = Path(output) if output is not None else default_output(config_path)
     qa, corpus = load_dataset(**config.data.model_dump())
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "runs").mkdir(exist_ok=True)
+    if fresh:
+        shutil.rmtree(output / "runs", ignore_errors=True)
+    (output / "runs").mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, durable = _open_study(config, output, config.study.name or config_path.stem, fresh,
                                  _space_fingerprint(config, qa, corpus))
@@ -196,15 +198,20 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
         if trial.state == optuna.trial.TrialState.COMPLETE:
             bar.set_postfix(best=f"{study.best_value:.4f}", refresh=False)
 
+    interrupted = False
     try:
         if target:
             study.optimize(objective, n_trials=target, timeout=config.study.timeout, callbacks=[report])
+    except KeyboardInterrupt:
+        interrupted = True  # keep the finished trials: write the outputs, a rerun resumes
     finally:
         bar.close()
     seconds = {"first": warm_up + (durations[0] if durations else 0.0),
                "median": statistics.median(durations[1:]) if len(durations) > 1 else 0.0,
                "total": time.perf_counter() - started}
-    return _write_outputs(study, config, config_path, output, evaluator, qa, corpus, seconds)
+    outcome = _write_outputs(study, config, config_path, output, evaluator, qa, corpus, seconds)
+    outcome.interrupted = interrupted
+    return outcome
 
 
 def _write_outputs(study: optuna.Study, config: Config, config_path: Path, output: Path, evaluator: Evaluator,

@@ -36,42 +36,40 @@ def _train_tokenizer(kind: str):
     return tokenizer
 
 
+def _save_tiny(folder: Path, model_class, config_class, tokenizer, **config) -> Path:
+    """Random weights from a real architecture's config, 2 layers of width 32, saved with the tokenizer."""
+    import torch
+
+    torch.manual_seed(0)
+    model_class(config_class(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, **config)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer BERT bi-encoder with random weights (sentence-transformers adds mean pooling)."""
-    import torch
+    """A BERT bi-encoder (sentence-transformers adds mean pooling when it finds no modules.json)."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = BertTokenizerFast(tokenizer_object=_train_tokenizer("wordpiece"), unk_token="[UNK]",
                                   pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
                                   strip_accents=False)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save_tiny(tmp_path_factory.mktemp("tiny-bert"), BertModel, BertConfig, tokenizer,
+                      max_position_embeddings=256)
 
 
 @pytest.fixture(scope="session")
 def tiny_xlmr_reranker(tmp_path_factory) -> Path:
-    """A 2-layer XLM-RoBERTa cross-encoder (one relevance logit) with random weights."""
-    import torch
+    """An XLM-RoBERTa cross-encoder with one relevance logit, the architecture of bge-reranker-v2-m3."""
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-xlmr")
     tokenizer = XLMRobertaTokenizerFast(tokenizer_object=_train_tokenizer("unigram"), bos_token="<s>",
                                         eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
                                         pad_token="<pad>", mask_token="<mask>")
-    torch.manual_seed(0)
-    config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=64, max_position_embeddings=260, num_labels=1,
-                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                              eos_token_id=tokenizer.eos_token_id)
-    XLMRobertaForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save_tiny(tmp_path_factory.mktemp("tiny-xlmr"), XLMRobertaForSequenceClassification, XLMRobertaConfig,
+                      tokenizer, max_position_embeddings=260, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
 
 
 @pytest.fixture(scope="session")

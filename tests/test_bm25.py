@@ -42,7 +42,7 @@ def test_scores_equal_bm25s(ko_mini, method):
     queries = index.query_matrix(_token_arrays(query_tokens))
     rng = np.random.default_rng(1)
     for k1, b in [(1.5, 0.75), tuple(rng.uniform([0.3, 0.1], [2.5, 1.0]))]:
-        ours = index.scores(queries, method, k1, b, 0.7, index.idf(method))
+        ours = index.scores(queries, index.weights(method, k1, b, 0.7, index.idf(method)))
         reference = bm25s.BM25(method=method, k1=k1, b=b, delta=0.7)
         reference.index(corpus_tokens, show_progress=False)
         expected = np.stack([reference.get_scores(q) for q in query_tokens])
@@ -57,6 +57,14 @@ def test_tokens_are_cached_on_disk(ko_mini, tmp_path, monkeypatch):
     second = BM25Retriever(spec, corpus, Cache(tmp_path)).search(spec, qa.queries, 5)
     np.testing.assert_array_equal(first.ids, second.ids)
     assert any((tmp_path / "tokens").iterdir())
+
+
+def test_queries_are_scored_in_blocks(ko_mini, monkeypatch):
+    qa, corpus = ko_mini
+    spec = BM25Spec(tokenizer=WhitespaceTokenizer())
+    whole = BM25Retriever(spec, corpus, Cache(None)).search(spec, qa.queries, 7)
+    monkeypatch.setattr(retrievers.bm25, "SCORE_BLOCK", 5 * len(corpus))  # 5 queries at a time
+    np.testing.assert_array_equal(BM25Retriever(spec, corpus, Cache(None)).search(spec, qa.queries, 7).ids, whole.ids)
 
 
 def test_unknown_query_words_and_empty_queries_score_zero(ko_mini, tmp_path):

@@ -81,3 +81,20 @@ def test_cli_reports_a_broken_config_and_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["optimize", str(path)])
     assert result.exit_code == 2
     assert "unknown key(s) ['k_1']" in result.output
+
+
+def test_model_folders_are_relative_to_the_config(tmp_path):
+    (tmp_path / "models" / "enc").mkdir(parents=True)
+    text = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers:
+  - {name: bm25, type: bm25, tokenizer: [whitespace, {type: huggingface, model: models/enc}]}
+  - {name: d, type: dense, model: models/enc}
+  - {name: hub, type: dense, model: BAAI/bge-m3}
+rerankers: [none, {name: ce, type: cross_encoder, model: models/enc}]
+"""
+    config, _ = load_config(write_config(tmp_path / "c.yaml", text))
+    local = str((tmp_path / "models" / "enc").resolve())
+    assert config.retrievers[0].tokenizer[1].model == local
+    assert [r.model for r in config.retrievers[1:]] == [local, "BAAI/bge-m3"]
+    assert config.rerankers[1].model == local

@@ -93,3 +93,9 @@ def test_cross_encoder_reranks_the_head_and_scores_each_pair_once(ko_mini, tiny_
     fresh = Engine(corpus, Cache(tmp_path), "cpu")
     fresh.run(PipelineSpec(retriever=bm25, reranker=reranker, top_k=5), queries)
     assert len(scored_pairs) == 6 * 4  # and so does a new process, from the disk cache
+
+
+def test_a_model_that_cannot_load_says_what_to_change(ko_mini, tmp_path):
+    _, corpus = ko_mini
+    with pytest.raises(ValueError, match="dense model .* could not be loaded from the folder"):
+        DenseRetriever(DenseSpec(model=str(tmp_path)), corpus, Cache(None), ModelPool(), "cpu")

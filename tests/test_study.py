@@ -15,6 +15,7 @@ from ragopt import load_pipeline
 from ragopt.cli import app
 from ragopt.data import DataError
 from ragopt.report import encode_id
+from ragopt import study as study_module
 from ragopt.study import StudyError, optimize
 
 SPACE = """
@@ -109,9 +110,11 @@ def test_the_exported_winner_reproduces_its_trial(finished):
     out = finished.output
     qa_texts = pd.read_json(KO_MINI / "qa.jsonl", lines=True)
     pipeline = load_pipeline(out / "best.yaml", KO_MINI / "corpus.jsonl", out / "cache", device="cpu")
-    assert pipeline.spec == finished.best_spec
     hits = pipeline.retrieve(list(qa_texts["query"]))
     best_trial = yaml.safe_load((out / "best.yaml").read_text())["evaluation"]["trial"]
+    trials = pd.read_csv(out / "trials.csv").set_index("trial")
+    assert trials.loc[best_trial, "pipeline"] == pipeline.spec.describe()
+    assert trials.loc[best_trial, "value"] == trials["value"].max()
     run = read_trec(out / "runs" / f"{best_trial}.trec", 6)
     for qid, query_hits in zip(qa_texts["qid"], hits):
         expected = sorted(run[qid], key=lambda d: -run[qid][d])[: pipeline.spec.top_k]
@@ -150,3 +153,30 @@ def test_missing_ground_truth_fails_before_any_model_runs(tmp_path):
         optimize(path, progress=False)
     result = CliRunner().invoke(app, ["optimize", str(path)])
     assert result.exit_code == 2 and "missing from the corpus" in result.output
+
+
+def test_an_interrupted_study_keeps_its_trials_and_resumes(tmp_path, monkeypatch):
+    text = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers: [{name: bm25, type: bm25, tokenizer: whitespace, k1: {low: 0.5, high: 2.0}}]
+study: {n_trials: 8}
+"""
+    path = write_config(tmp_path / "stop.yaml", text)
+    real = study_module.Evaluator.evaluate
+    calls = []
+
+    def evaluate_then_stop(self, spec):
+        calls.append(spec)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, spec)
+
+    monkeypatch.setattr(study_module.Evaluator, "evaluate", evaluate_then_stop)
+    stopped = optimize(path, progress=False)
+    assert stopped.interrupted and stopped.n_trials == 3
+    assert len(pd.read_csv(stopped.output / "trials.csv")) == 3
+    monkeypatch.setattr(study_module.Evaluator, "evaluate", real)
+    resumed = optimize(path, progress=False)
+    assert not resumed.interrupted and resumed.n_trials == 8
+    assert optimize(path, n_trials=2, fresh=True, progress=False).n_trials == 2
+    assert len(list((stopped.output / "runs").glob("*.trec"))) == 2  # --fresh removed the old runs

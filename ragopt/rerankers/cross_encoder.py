@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ragopt.models import resolve_model
+from ragopt.models import load_model
 from ragopt.spec import CrossEncoderSpec
 
 
@@ -18,8 +18,8 @@ class CrossEncoderScorer:
         from sentence_transformers import CrossEncoder
 
         self.spec = spec
-        self.model: Any = CrossEncoder(resolve_model(spec.model), device=device, max_length=spec.max_length,
-                                       trust_remote_code=spec.trust_remote_code)
+        self.model: Any = load_model("cross_encoder", spec.model, lambda path: CrossEncoder(
+            path, device=device, max_length=spec.max_length, trust_remote_code=spec.trust_remote_code))
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         order = np.argsort([len(q) + len(p) for q, p in pairs], kind="stable")

@@ -21,6 +21,8 @@ from ragopt.retrievers.tokenizers import tokenize
 from ragopt.spec import BM25Spec
 
 NONOCCURRENCE_METHODS = ("bm25l", "bm25+")
+SCORE_BLOCK = 1 << 25
+"""Queries are scored in blocks of at most this many (query, document) scores (128 MiB)."""
 
 
 def _token_arrays(tokens: list[list[str]]) -> dict[str, np.ndarray]:
@@ -76,22 +78,31 @@ class TermIndex:
         matrix.sum_duplicates()
         return matrix
 
-    def scores(self, queries: sp.csr_matrix, method: str, k1: float, b: float, delta: float,
-               idf: np.ndarray) -> np.ndarray:
-        """BM25 scores (queries x docs); a query term repeated n times counts n times, as in bm25s."""
+    def weights(self, method: str, k1: float, b: float, delta: float, idf: np.ndarray
+                ) -> tuple[sp.csr_matrix, np.ndarray | None]:
+        """The BM25 weight of each term in each document (docs x vocab) and, for bm25l and bm25+,
+        the score every query term adds to documents without it (bm25s's non-occurrence array)."""
         tfc_fn = _select_tfc_scorer(method)
         avg_len = float(self.doc_len.mean())
         row_len = np.repeat(self.doc_len, np.diff(self.tf.indptr))
-        weights = idf[self.tf.indices] * tfc_fn(tf_array=self.tf.data, l_d=row_len, l_avg=avg_len, k1=k1, b=b,
-                                                 delta=delta)
-        extra = None
+        values = idf[self.tf.indices] * tfc_fn(tf_array=self.tf.data, l_d=row_len, l_avg=avg_len, k1=k1, b=b,
+                                                delta=delta)
+        nonoccurrence = None
         if method in NONOCCURRENCE_METHODS:
-            nonocc = idf * tfc_fn(tf_array=0, l_d=avg_len, l_avg=avg_len, k1=k1, b=b, delta=delta)
-            weights = weights - nonocc[self.tf.indices]
-            extra = queries @ nonocc
-        weighted = sp.csr_matrix((weights.astype(np.float32), self.tf.indices, self.tf.indptr), shape=self.tf.shape)
+            nonoccurrence = (idf * tfc_fn(tf_array=0, l_d=avg_len, l_avg=avg_len, k1=k1, b=b, delta=delta)
+                             ).astype(np.float32)
+            values = values - nonoccurrence[self.tf.indices]
+        weighted = sp.csr_matrix((values.astype(np.float32), self.tf.indices, self.tf.indptr), shape=self.tf.shape)
+        return weighted, nonoccurrence
+
+    @staticmethod
+    def scores(queries: sp.csr_matrix, weights: tuple[sp.csr_matrix, np.ndarray | None]) -> np.ndarray:
+        """BM25 scores (queries x docs); a query term repeated n times counts n times, as in bm25s."""
+        weighted, nonoccurrence = weights
         scores = np.asarray((queries @ weighted.T).todense(), dtype=np.float32)
-        return scores if extra is None else scores + extra[:, None].astype(np.float32)
+        if nonoccurrence is not None:
+            scores += (queries @ nonoccurrence)[:, None].astype(np.float32)
+        return scores
 
 
 class BM25Retriever:
@@ -112,6 +123,9 @@ class BM25Retriever:
                 tokens_of(self.tokenizer_spec, queries.texts, queries.key, self.cache))
         if spec.method not in self._idf:
             self._idf[spec.method] = self.index.idf(spec.method)
-        scores = self.index.scores(self._queries[queries.key], spec.method, spec.k1, spec.b, spec.delta,
-                                   self._idf[spec.method])
-        return top_k(scores, depth)
+        weights = self.index.weights(spec.method, spec.k1, spec.b, spec.delta, self._idf[spec.method])
+        matrix = self._queries[queries.key]
+        block = max(1, SCORE_BLOCK // max(1, self.index.tf.shape[0]))
+        parts = [top_k(self.index.scores(matrix[i:i + block], weights), depth)
+                 for i in range(0, matrix.shape[0], block)]
+        return Ranking(np.concatenate([p.ids for p in parts]), np.concatenate([p.scores for p in parts]))

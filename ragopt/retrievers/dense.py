@@ -10,7 +10,7 @@ import torch
 
 from ragopt.cache import Cache, cache_key
 from ragopt.data import Corpus, Queries
-from ragopt.models import ModelPool, model_fingerprint, resolve_model
+from ragopt.models import ModelPool, load_model, model_fingerprint
 from ragopt.retrievers._base import Ranking, padded
 from ragopt.spec import DenseSpec
 
@@ -21,7 +21,8 @@ def load_sentence_transformer(spec: DenseSpec, device: str) -> Any:
     """Load a bi-encoder by hub id, local path or pkg: path; remote code only if the config allows."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(resolve_model(spec.model), device=device, trust_remote_code=spec.trust_remote_code)
+    model = load_model("dense", spec.model, lambda path: SentenceTransformer(
+        path, device=device, trust_remote_code=spec.trust_remote_code))
     if spec.max_length is not None:
         model.max_seq_length = spec.max_length
     return model

@@ -10,7 +10,7 @@ from typing import Iterable
 
 from tqdm.auto import tqdm
 
-from ragopt.models import resolve_model
+from ragopt.models import load_model
 from ragopt.spec import (
     CONTENT_POS,
     CharNgramTokenizer,
@@ -41,7 +41,7 @@ def _mecab():
 def _hf_tokenizer(model: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(model))
+    return load_model("tokenizer", model, AutoTokenizer.from_pretrained)
 
 
 def _keep(tag: str, pos: str) -> bool:
