@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from transformers.utils import logging as transformers_logging
 
 from ragopt.config import ConfigError, load_config
 from ragopt.data import DataError, load_dataset
@@ -35,6 +36,8 @@ def optimize_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Run (or resume) the study and write trials.csv, runs/, qrels.trec, best.yaml, summary.md."""
+    if quiet:
+        transformers_logging.disable_progress_bar()
     try:
         outcome = optimize(config, output, n_trials, fresh, progress=not quiet)
     except USER_ERRORS as error:
@@ -76,7 +79,7 @@ def query_command(
     from ragopt.pipeline import load_pipeline
 
     try:
-        pipeline = load_pipeline(best, corpus, cache_dir or best.resolve().parent / "cache")
+        pipeline = load_pipeline(best, corpus, cache_dir or best.resolve().parent / "cache", progress=True)
         results = pipeline.retrieve(questions, k)
     except USER_ERRORS as error:
         _fail(error)

@@ -27,8 +27,9 @@ RANKINGS_KEPT = 512
 class Engine:
     """Evaluates retriever and pipeline specs over one corpus, reusing everything it can."""
 
-    def __init__(self, corpus: Corpus, cache: Cache | None = None, device: str = "auto") -> None:
-        self.corpus = corpus
+    def __init__(self, corpus: Corpus, cache: Cache | None = None, device: str = "auto", progress: bool = False
+                 ) -> None:
+        self.corpus, self.progress = corpus, progress
         self.cache = cache or Cache(None)
         self.device = pick_device(device)
         self.pool = ModelPool()
@@ -41,11 +42,12 @@ class Engine:
         if isinstance(spec, BM25Spec):
             key = cache_key("bm25", spec.tokenizer.model_dump())
             if key not in self._retrievers:
-                self._retrievers[key] = BM25Retriever(spec, self.corpus, self.cache)
+                self._retrievers[key] = BM25Retriever(spec, self.corpus, self.cache, self.progress)
         else:
             key = spec.key()
             if key not in self._retrievers:
-                self._retrievers[key] = DenseRetriever(spec, self.corpus, self.cache, self.pool, self.device)
+                self._retrievers[key] = DenseRetriever(spec, self.corpus, self.cache, self.pool, self.device,
+                                                       self.progress)
         return self._retrievers[key]
 
     def retrieve(self, spec: BM25Spec | DenseSpec | HybridSpec, queries: Queries, depth: int) -> Ranking:
@@ -74,7 +76,7 @@ class Engine:
     def _rerank(self, spec: CrossEncoderSpec, candidates: Ranking, queries: Queries) -> Ranking:
         model_key = cache_key("cross_encoder", model_fingerprint(spec.model), spec.max_length)
         if model_key not in self._scorers:
-            self._scorers[model_key] = self.pool.get(model_key, lambda: CrossEncoderScorer(spec, self.device))
+            self._scorers[model_key] = self.pool.get(model_key, lambda: CrossEncoderScorer(spec, self.device, self.progress))
         if self._doc_hashes is None:
             self._doc_hashes = text_hashes(self.corpus.contents)
         return rerank(candidates, spec.depth, queries.texts, text_hashes(queries.texts), self.corpus.contents,
@@ -98,9 +100,10 @@ class Pipeline:
             print(hit.rank, hit.doc_id, hit.score)
     """
 
-    def __init__(self, spec: PipelineSpec, corpus: Corpus, cache: Cache | None = None, device: str = "auto") -> None:
+    def __init__(self, spec: PipelineSpec, corpus: Corpus, cache: Cache | None = None, device: str = "auto",
+                 progress: bool = False) -> None:
         self.spec = spec
-        self.engine = Engine(corpus, cache, device)
+        self.engine = Engine(corpus, cache, device, progress)
 
     def retrieve(self, queries: str | list[str], k: int | None = None) -> list[list[Hit]]:
         """The top-k passages (default: the tuned k) for each query."""
@@ -113,11 +116,11 @@ class Pipeline:
 
 
 def load_pipeline(best: str | Path, corpus: str | Path | Corpus, cache_dir: str | Path | None = None,
-                  device: str = "auto") -> Pipeline:
+                  device: str = "auto", progress: bool = False) -> Pipeline:
     """Load an exported best.yaml and bind it to a corpus (a file path or a Corpus). With a
     cache_dir, corpus embeddings and tokens are reused from an earlier run."""
     from ragopt.export import read_best
 
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus)
-    return Pipeline(read_best(best), corpus, Cache(cache_dir) if cache_dir else None, device)
+    return Pipeline(read_best(best), corpus, Cache(cache_dir) if cache_dir else None, device, progress)

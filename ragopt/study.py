@@ -156,7 +156,7 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, durable = _open_study(config, output, config.study.name or config_path.stem, fresh,
                                  _space_fingerprint(config, qa, corpus))
-    engine = Engine(corpus, Cache(config.cache_dir or output / "cache"), config.device)
+    engine = Engine(corpus, Cache(config.cache_dir or output / "cache"), config.device, progress)
     evaluator = Evaluator(engine, qa, config)
     trec = TrecWriter(qa, corpus)
     trec.qrels(output / "qrels.trec")

@@ -32,10 +32,11 @@ def _token_arrays(tokens: list[list[str]]) -> dict[str, np.ndarray]:
     return {"vocab": np.array(list(vocab), dtype=str), "ids": flat, "offsets": offsets}
 
 
-def tokens_of(spec: BM25Spec, texts: list[str], texts_key: str, cache: Cache) -> dict[str, np.ndarray]:
+def tokens_of(spec: BM25Spec, texts: list[str], texts_key: str, cache: Cache, progress: bool = False
+              ) -> dict[str, np.ndarray]:
     """Tokens of a text set as (vocab, flat ids, offsets), cached per tokenizer and content."""
     key = cache_key("tokens", spec.tokenizer.model_dump(), texts_key)
-    return cache.arrays("tokens", key, lambda: _token_arrays(tokenize(spec.tokenizer, texts, progress=True)))
+    return cache.arrays("tokens", key, lambda: _token_arrays(tokenize(spec.tokenizer, texts, progress)))
 
 
 @dataclass
@@ -110,10 +111,10 @@ class BM25Retriever:
 
     theoretical_min = 0.0
 
-    def __init__(self, tokenizer_spec: BM25Spec, corpus: Corpus, cache: Cache) -> None:
+    def __init__(self, tokenizer_spec: BM25Spec, corpus: Corpus, cache: Cache, progress: bool = False) -> None:
         self.cache = cache
         self.tokenizer_spec = tokenizer_spec
-        self.index = TermIndex.build(tokens_of(tokenizer_spec, corpus.contents, corpus.key, cache))
+        self.index = TermIndex.build(tokens_of(tokenizer_spec, corpus.contents, corpus.key, cache, progress))
         self._idf: dict[str, np.ndarray] = {}
         self._queries: dict[str, sp.csr_matrix] = {}
 

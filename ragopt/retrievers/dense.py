@@ -31,8 +31,9 @@ def load_sentence_transformer(spec: DenseSpec, device: str) -> Any:
 class DenseRetriever:
     """Embeds the corpus once and answers any query set by cosine (normalize) or dot product."""
 
-    def __init__(self, spec: DenseSpec, corpus: Corpus, cache: Cache, pool: ModelPool, device: str) -> None:
-        self.spec, self.cache, self.pool, self.device = spec, cache, pool, device
+    def __init__(self, spec: DenseSpec, corpus: Corpus, cache: Cache, pool: ModelPool, device: str,
+                 progress: bool = False) -> None:
+        self.spec, self.cache, self.pool, self.device, self.progress = spec, cache, pool, device, progress
         self.theoretical_min = -1.0 if spec.normalize else None
         self._weights = model_fingerprint(spec.model)
         self.corpus_vectors = self.embed(corpus.contents, corpus.key, "passage")
@@ -53,7 +54,7 @@ class DenseRetriever:
             vectors = self._model().encode(
                 [prefix + t for t in texts], prompt_name=prompt_name, batch_size=self.spec.batch_size,
                 normalize_embeddings=self.spec.normalize, convert_to_numpy=True,
-                show_progress_bar=len(texts) > self.spec.batch_size)
+                show_progress_bar=self.progress and len(texts) > self.spec.batch_size)
             return {"vectors": np.asarray(vectors, dtype=np.float32)}
 
         return self.cache.arrays("embeddings", key, compute)["vectors"]

@@ -51,7 +51,7 @@ def _keep(tag: str, pos: str) -> bool:
 def tokenize(spec: KiwiTokenizer | MecabTokenizer | WhitespaceTokenizer | CharNgramTokenizer | HuggingFaceTokenizer,
              texts: list[str], progress: bool = False) -> list[list[str]]:
     """Tokens of each text; Latin letters are lowercased so 'AI' and 'ai' match."""
-    bar = tqdm(total=len(texts), desc=f"tokenize {spec.label}", disable=not progress or len(texts) < 200,
+    bar = tqdm(total=len(texts), desc=f"tokenize {spec.label}", disable=not progress,
                leave=False, unit="text")
     result: list[list[str]] = []
     for tokens in _tokens(spec, texts):
