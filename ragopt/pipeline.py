@@ -34,7 +34,6 @@ class Engine:
         self.device = pick_device(device)
         self.pool = ModelPool()
         self._retrievers: dict[str, BM25Retriever | DenseRetriever] = {}
-        self._scorers: dict[str, CrossEncoderScorer] = {}
         self._rankings: Memo[Ranking] = Memo(RANKINGS_KEPT)
         self._doc_hashes = None
 
@@ -75,12 +74,11 @@ class Engine:
 
     def _rerank(self, spec: CrossEncoderSpec, candidates: Ranking, queries: Queries) -> Ranking:
         model_key = cache_key("cross_encoder", model_fingerprint(spec.model), spec.max_length)
-        if model_key not in self._scorers:
-            self._scorers[model_key] = self.pool.get(model_key, lambda: CrossEncoderScorer(spec, self.device, self.progress))
         if self._doc_hashes is None:
             self._doc_hashes = text_hashes(self.corpus.contents)
         return rerank(candidates, spec.depth, queries.texts, text_hashes(queries.texts), self.corpus.contents,
-                      self._doc_hashes, self._scorers[model_key], self.cache.scores("rerank", model_key))
+                      self._doc_hashes, lambda: self.pool.get(model_key, lambda: CrossEncoderScorer(
+                          spec, self.device, self.progress)), self.cache.scores("rerank", model_key))
 
 
 @dataclass(frozen=True)

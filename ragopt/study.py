@@ -47,6 +47,10 @@ class Scored:
     def mean(self, name: str) -> float:
         return float(self.per_query[name].mean())
 
+    def means(self, metrics: list[str]) -> dict[str, float]:
+        """Means of the named metrics at every k, keyed 'metric@k'."""
+        return {key: self.mean(key) for key in self.per_query if key.split("@")[0] in metrics}
+
 
 class Evaluator:
     """Scores pipelines on a QA set. Pipelines that differ only in top_k share one ranking (a
@@ -143,6 +147,17 @@ def _warm_up(engine: Engine, config: Config, qa: QASet) -> None:
             engine.retrieve(DenseSpec(**entry.model_dump(exclude={"name"})), qa.queries, 1)
 
 
+def _trials_to_run(study: optuna.Study, config: Config, total: int) -> int:
+    """How many trials this run adds: the grid's pipelines not yet run (queued once each), or
+    what is missing to reach `total` finished trials."""
+    if config.study.sampler == "grid":
+        for params in enumerate_space(config):
+            study.enqueue_trial(params, skip_if_exists=True)
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    return max(0, total - done)
+
+
 def optimize(config_path: str | Path, output: str | Path | None = None, n_trials: int | None = None,
              fresh: bool = False, progress: bool = True) -> Outcome:
     """Run (or resume) the study a config describes and write its output folder."""
@@ -164,15 +179,7 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     started = time.perf_counter()
     _warm_up(engine, config, qa)
     warm_up = time.perf_counter() - started
-    target = n_trials or config.study.n_trials
-    if config.study.sampler == "grid":
-        for params in enumerate_space(config):
-            study.enqueue_trial(params, skip_if_exists=True)
-        target = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-    else:
-        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        target = max(0, target - done)
-
+    target = _trials_to_run(study, config, n_trials or config.study.n_trials)
     durations: list[float] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -185,7 +192,7 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
         trial.set_user_attr(RECORD, {
             "pipeline": spec.model_dump(mode="json"), "description": spec.describe(), "reused": reused,
             "seconds_per_query": elapsed / len(qa),
-            "metrics": {k: scored.mean(k) for k in scored.per_query if k.split("@")[0] in config.metrics}})
+            "metrics": scored.means(config.metrics)})
         trec.run(output / "runs" / f"{trial.number}.trec", scored.ranking, f"ragopt-{trial.number}")
         return value
 
@@ -224,7 +231,7 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     record: dict[str, Any] = best_trial.user_attrs[RECORD]
     spec = PipelineSpec.model_validate(record["pipeline"])
     scored, _ = evaluator.evaluate(spec)
-    metrics = {k: scored.mean(k) for k in scored.per_query if k.split("@")[0] in config.metrics}
+    metrics = scored.means(config.metrics)
     write_best(output / "best.yaml", spec, {
         "study": study.study_name, "trial": best_trial.number, "objective": dict(config.optimize),
         "value": round(float(best_trial.value), 6),

@@ -5,7 +5,7 @@ depths are scored once."""
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -27,8 +27,10 @@ def text_hashes(texts: Sequence[str]) -> np.ndarray:
 
 
 def rerank(ranking: Ranking, depth: int, query_texts: Sequence[str], query_hashes: np.ndarray,
-           doc_texts: Sequence[str], doc_hashes: np.ndarray, scorer: PairScorer, table: ScoreTable) -> Ranking:
-    """Reorder ranks [0, depth) by the scorer; ranks from depth on keep the retriever's order."""
+           doc_texts: Sequence[str], doc_hashes: np.ndarray, load_scorer: Callable[[], PairScorer],
+           table: ScoreTable) -> Ranking:
+    """Reorder ranks [0, depth) by the scorer; ranks from depth on keep the retriever's order. The
+    scorer is loaded only when some pair is not in the score table yet."""
     head = ranking.ids[:, :depth]
     valid = head >= 0
     rows, cols = np.nonzero(valid)
@@ -40,7 +42,7 @@ def rerank(ranking: Ranking, depth: int, query_texts: Sequence[str], query_hashe
         todo = np.flatnonzero(~found)
         unique_keys, first = np.unique(keys[todo], return_index=True)
         pick = todo[first]
-        fresh = scorer.score([(query_texts[rows[i]], doc_texts[docs[i]]) for i in pick])
+        fresh = load_scorer().score([(query_texts[rows[i]], doc_texts[docs[i]]) for i in pick])
         table.add(unique_keys, fresh)
         scores, _ = table.lookup(keys)
     grid = np.full(head.shape, -np.inf, dtype=np.float32)
