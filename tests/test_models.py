@@ -90,9 +90,10 @@ def test_cross_encoder_reranks_the_head_and_scores_each_pair_once(ko_mini, tiny_
     assert len(scored_pairs) == 6 * 4
     engine.run(PipelineSpec(retriever=bm25, reranker=reranker.model_copy(update={"depth": 2}), top_k=3), queries)
     assert len(scored_pairs) == 6 * 4  # a shallower depth reuses the scored pairs
+    monkeypatch.setattr(pipeline, "CrossEncoderScorer", lambda *a: pytest.fail("reranker loaded"))
     fresh = Engine(corpus, Cache(tmp_path), "cpu")
-    fresh.run(PipelineSpec(retriever=bm25, reranker=reranker, top_k=5), queries)
-    assert len(scored_pairs) == 6 * 4  # and so does a new process, from the disk cache
+    again = fresh.run(PipelineSpec(retriever=bm25, reranker=reranker, top_k=8), queries)
+    np.testing.assert_array_equal(again.ids, reranked.ids)  # a new process reads every score from disk
 
 
 def test_a_model_that_cannot_load_says_what_to_change(ko_mini, tmp_path):
