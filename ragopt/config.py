@@ -249,6 +249,11 @@ class Config(StrictModel):
         return found
 
     @property
+    def finite(self) -> bool:
+        """Whether the space is a finite set of pipelines (no float range without a step)."""
+        return all(not isinstance(v, FloatRange) or v.step is not None for _, v in self._ranges())
+
+    @property
     def max_depth(self) -> int:
         """The depth every retriever runs to, once: smaller k and reranker depths are slices."""
         depths = [d for r in self.rerankers if isinstance(r, CrossEncoderConfig)

@@ -61,7 +61,10 @@ def trials_table(study: optuna.Study, record_key: str) -> pd.DataFrame:
         row["seconds_per_query"] = record.get("seconds_per_query")
         row["reused"] = record.get("reused")
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    params = sorted(c for c in table.columns if c.startswith("param."))
+    first = ["trial", "value", "pipeline", *params]
+    return table[first + [c for c in table.columns if c not in first]]
 
 
 def metric_grid(means: dict[str, float], names: list[str], ks: list[int]) -> str:

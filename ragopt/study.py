@@ -149,9 +149,11 @@ def _warm_up(engine: Engine, config: Config, qa: QASet) -> None:
 
 def _trials_to_run(study: optuna.Study, config: Config, total: int) -> int:
     """How many trials this run adds: the grid's pipelines not yet run (queued once each), or
-    what is missing to reach `total` finished trials."""
-    if config.study.sampler == "grid":
-        for params in enumerate_space(config):
+    what is missing to reach `total` finished trials. A finite space with no more pipelines than
+    `total` is run as a grid too, rather than sampling the same pipelines again."""
+    grid = enumerate_space(config) if config.finite else None
+    if config.study.sampler == "grid" or (grid is not None and len(grid) <= total):
+        for params in grid or []:
             study.enqueue_trial(params, skip_if_exists=True)
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))

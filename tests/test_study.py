@@ -180,3 +180,16 @@ study: {n_trials: 8}
     assert not resumed.interrupted and resumed.n_trials == 8
     assert optimize(path, n_trials=2, fresh=True, progress=False).n_trials == 2
     assert len(list((stopped.output / "runs").glob("*.trec"))) == 2  # --fresh removed the old runs
+
+
+def test_a_small_finite_space_runs_as_a_grid(tmp_path):
+    text = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers: [{name: bm25, type: bm25, tokenizer: [whitespace, kiwi]}]
+top_k: [1, 3]
+study: {n_trials: 50}
+"""
+    outcome = optimize(write_config(tmp_path / "small.yaml", text), progress=False)
+    trials = pd.read_csv(outcome.output / "trials.csv")
+    assert len(trials) == 4 and trials["pipeline"].nunique() == 4
+    assert list(trials.columns[:5]) == ["trial", "value", "pipeline", "param.bm25.tokenizer", "param.top_k"]
