@@ -13,6 +13,7 @@ from transformers.utils import logging as transformers_logging
 
 from ragopt.config import ConfigError, load_config
 from ragopt.data import DataError, load_dataset
+from ragopt.space import enumerate_space
 from ragopt.study import StudyError, optimize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -63,8 +64,9 @@ def validate_command(config: Path = typer.Argument(..., help="The YAML file to c
         qa, corpus = load_dataset(**loaded.data.model_dump())
     except USER_ERRORS as error:
         _fail(error)
+    size = f"{len(enumerate_space(loaded))} distinct pipelines" if loaded.finite else "continuous ranges"
     console.print(f"ok: {len(qa)} questions, {len(corpus)} passages, {len(loaded.retrievers)} retrievers, "
-                  f"{len(loaded.rerankers)} reranker choices, top_k {loaded.top_k}")
+                  f"{len(loaded.rerankers)} reranker choices, top_k {loaded.top_k}; search space: {size}")
 
 
 @app.command("query")

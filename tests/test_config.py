@@ -98,3 +98,10 @@ rerankers: [none, {name: ce, type: cross_encoder, model: models/enc}]
     assert config.retrievers[0].tokenizer[1].model == local
     assert [r.model for r in config.retrievers[1:]] == [local, "BAAI/bge-m3"]
     assert config.rerankers[1].model == local
+
+
+def test_cli_validate_counts_a_finite_space(tmp_path):
+    path = write_config(tmp_path / "c.yaml", GOOD.replace("{low: 0.5, high: 2.0}", "[1.2, 1.5, 2.0]"))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "48 questions, 60 passages" in result.output and "6 distinct pipelines" in result.output
