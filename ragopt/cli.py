@@ -13,6 +13,7 @@ from transformers.utils import logging as transformers_logging
 
 from ragopt.config import ConfigError, load_config
 from ragopt.data import DataError, load_dataset
+from ragopt.models import ModelError
 from ragopt.space import enumerate_space
 from ragopt.study import StudyError, optimize
 
@@ -20,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Find the best retrieval pipeline for a QA set and corpus.")
 console = Console()
 err = Console(stderr=True)
-USER_ERRORS = (ConfigError, DataError, StudyError, ValueError)
+USER_ERRORS = (ConfigError, DataError, ModelError, StudyError)
 
 
 def _fail(error: Exception) -> None:

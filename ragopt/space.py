@@ -14,6 +14,7 @@ import optuna
 
 from ragopt.config import (
     BM25Config,
+    ConfigError,
     Config,
     CrossEncoderConfig,
     DenseConfig,
@@ -104,7 +105,7 @@ def enumerate_space(config: Config) -> list[dict[str, Any]]:
         suggest_pipeline(config, choose)
         found.append(params)
         if len(found) > MAX_GRID:
-            raise ValueError(f"the grid has more than {MAX_GRID} pipelines; use sampler: tpe, or fewer values")
+            raise ConfigError(f"the grid has more than {MAX_GRID} pipelines; use sampler: tpe, or fewer values")
         path = [path[i] if i < len(path) else 0 for i in range(len(sizes))]
         last = len(sizes) - 1
         while last >= 0 and path[last] + 1 >= sizes[last]:

