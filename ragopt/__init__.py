@@ -7,6 +7,6 @@ from ragopt.pipeline import Hit, Pipeline, load_pipeline
 from ragopt.spec import PipelineSpec
 from ragopt.study import Outcome, optimize
 
-__all__ = ["Config", "ConfigError", "Corpus", "DataError", "Hit", "ModelError", "Outcome", "Pipeline", "PipelineSpec", "QASet",
-           "load_config", "load_corpus", "load_dataset", "load_pipeline", "optimize"]
+__all__ = ["Config", "ConfigError", "Corpus", "DataError", "Hit", "ModelError", "Outcome", "Pipeline",
+           "PipelineSpec", "QASet", "load_config", "load_corpus", "load_dataset", "load_pipeline", "optimize"]
 __version__ = "0.1.0"

@@ -32,7 +32,8 @@ def _fail(error: Exception) -> None:
 @app.command("optimize")
 def optimize_command(
     config: Path = typer.Argument(..., help="The search space, a YAML file (see configs/)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder [default: <config>-output next to the config]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Output folder [default: <config>-output next to the config]."),
     n_trials: Optional[int] = typer.Option(None, "--n-trials", "-n", help="Total trials, overriding study.n_trials."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the stored study and start over instead of resuming."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -76,7 +77,8 @@ def query_command(
     questions: list[str] = typer.Argument(..., help="One or more questions."),
     corpus: Path = typer.Option(..., "--corpus", "-c", help="The corpus to search (parquet, jsonl or csv)."),
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Passages per question [default: the tuned top_k]."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder [default: cache/ next to best.yaml]."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
+                                             help="Cache folder [default: cache/ next to best.yaml]."),
 ) -> None:
     """Print the top-k passages the tuned pipeline finds for each question."""
     from ragopt.pipeline import load_pipeline

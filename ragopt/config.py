@@ -328,7 +328,8 @@ def load_config(path: str | Path) -> tuple[Config, Path]:
         raise ConfigError(describe_errors(path, error)) from None
     base = path.resolve().parent
     data = config.data.model_copy(update={
-        key: (base / value).resolve() for key in ("qa", "corpus", "beir") if (value := getattr(config.data, key)) is not None})
+        key: (base / value).resolve()
+        for key in ("qa", "corpus", "beir") if (value := getattr(config.data, key)) is not None})
     updates: dict[str, Any] = {"data": data, "retrievers": [_with_local_models(r, base) for r in config.retrievers],
                                "rerankers": [_with_local_models(r, base) for r in config.rerankers]}
     if config.cache_dir is not None:

@@ -213,7 +213,8 @@ def _validated_qa(qids: list[str], queries: list[str], groups: list[list[list[st
           "Every question needs at least one relevant doc id.")
     index = corpus.index_of()
     _fail(source, f"retrieval_gt ids missing from the corpus {corpus.source}",
-          [f"row {i}: qid {qids[i]!r}: {d!r}" for i, g in enumerate(groups) for grp in g for d in grp if d not in index],
+          [f"row {i}: qid {qids[i]!r}: {d!r}"
+           for i, g in enumerate(groups) for grp in g for d in grp if d not in index],
           "Fix the ids or use the corpus file these questions were written for.")
     repeated = []
     for i, g in enumerate(groups):

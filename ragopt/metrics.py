@@ -49,7 +49,8 @@ def relevance(ranked: np.ndarray, groups: list[list[list[int]]], n_docs: int) ->
     return first.reshape(n_queries, depth), n_groups
 
 
-def at_k(gains: np.ndarray, n_rel: np.ndarray, ks: list[int], names: tuple[str, ...] = METRICS) -> dict[str, np.ndarray]:
+def at_k(gains: np.ndarray, n_rel: np.ndarray, ks: list[int], names: tuple[str, ...] = METRICS
+         ) -> dict[str, np.ndarray]:
     """Per-query values of each metric at each k, keyed 'metric@k'."""
     depth = gains.shape[1]
     if max(ks) > depth:

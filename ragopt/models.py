@@ -42,7 +42,8 @@ def model_fingerprint(name: str) -> dict[str, Any]:
     if not path.exists():
         return {"hub": resolved}
     files = sorted(p for p in path.rglob("*") if p.is_file())
-    return {"path": resolved, "files": [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
+    stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return {"path": resolved, "files": stats}
 
 
 def load_model(kind: str, name: str, load: Callable[[str], Any]) -> Any:

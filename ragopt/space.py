@@ -85,27 +85,34 @@ def optuna_chooser(trial: optuna.Trial) -> Chooser:
     return choose
 
 
+class _Replay:
+    """A chooser that repeats the decisions of `path`, takes the first option for any later one,
+    and notes how many options each decision had."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path, self.sizes, self.params = path, [], {}
+
+    def __call__(self, name: str, options: Options) -> Any:
+        values = options.grid() if isinstance(options, (FloatRange, IntRange)) else options
+        index = self.path[len(self.sizes)] if len(self.sizes) < len(self.path) else 0
+        self.sizes.append(len(values))
+        if len(values) > 1:
+            self.params[name] = values[index]
+        return values[index]
+
+
 def enumerate_space(config: Config) -> list[dict[str, Any]]:
     """Every distinct pipeline of the space, as Optuna parameter dicts, by replaying the walk
     with an odometer over the decisions it meets (later decisions depend on earlier ones)."""
     found: list[dict[str, Any]] = []
     path: list[int] = []
     while True:
-        sizes: list[int] = []
-        params: dict[str, Any] = {}
-
-        def choose(name: str, options: Options) -> Any:
-            values = options.grid() if isinstance(options, (FloatRange, IntRange)) else options
-            index = path[len(sizes)] if len(sizes) < len(path) else 0
-            sizes.append(len(values))
-            if len(values) > 1:
-                params[name] = values[index]
-            return values[index]
-
-        suggest_pipeline(config, choose)
-        found.append(params)
+        replay = _Replay(path)
+        suggest_pipeline(config, replay)
+        found.append(replay.params)
         if len(found) > MAX_GRID:
             raise ConfigError(f"the grid has more than {MAX_GRID} pipelines; use sampler: tpe, or fewer values")
+        sizes = replay.sizes
         path = [path[i] if i < len(path) else 0 for i in range(len(sizes))]
         last = len(sizes) - 1
         while last >= 0 and path[last] + 1 >= sizes[last]:

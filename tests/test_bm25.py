@@ -9,7 +9,14 @@ from ragopt.cache import Cache
 from ragopt.data import Queries
 from ragopt.retrievers.bm25 import BM25Retriever, TermIndex, _token_arrays
 from ragopt.retrievers.tokenizers import tokenize
-from ragopt.spec import BM25Spec, CharNgramTokenizer, HuggingFaceTokenizer, KiwiTokenizer, MecabTokenizer, WhitespaceTokenizer
+from ragopt.spec import (
+    BM25Spec,
+    CharNgramTokenizer,
+    HuggingFaceTokenizer,
+    KiwiTokenizer,
+    MecabTokenizer,
+    WhitespaceTokenizer,
+)
 
 
 def test_kiwi_keeps_one_character_words_and_content_filter_drops_particles():

@@ -7,7 +7,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from conftest import AUTORAG_KO, KO_MINI
+from conftest import AUTORAG_KO
 from ragopt.data import DataError, load_beir, load_corpus, load_dataset, load_qa
 
 
@@ -36,8 +36,10 @@ def test_autorag_parquet_with_domain_from_qid_suffix():
 
 def test_nfd_ids_and_text_are_normalized(tmp_path):
     nfd = unicodedata.normalize("NFD", "은행 - 1")
-    corpus = load_corpus(write_jsonl(tmp_path / "c.jsonl", [{"doc_id": nfd, "contents": unicodedata.normalize("NFD", "예금")}]))
-    qa = load_qa(write_jsonl(tmp_path / "q.jsonl", [{"qid": "1", "query": "예금", "retrieval_gt": [["은행 - 1"]]}]), corpus)
+    passage = {"doc_id": nfd, "contents": unicodedata.normalize("NFD", "예금")}
+    corpus = load_corpus(write_jsonl(tmp_path / "c.jsonl", [passage]))
+    question = {"qid": "1", "query": "예금", "retrieval_gt": [["은행 - 1"]]}
+    qa = load_qa(write_jsonl(tmp_path / "q.jsonl", [question]), corpus)
     assert corpus.doc_ids == ["은행 - 1"] and corpus.contents == ["예금"]
     assert qa.groups == [[[0]]]
 
@@ -114,4 +116,3 @@ def test_unknown_file_type_and_missing_columns(tmp_path):
         load_corpus(tmp_path / "c.txt")
     with pytest.raises(DataError, match=r"missing column\(s\) \['contents'\]"):
         load_corpus(write_jsonl(tmp_path / "c.jsonl", [{"doc_id": "a", "text": "x"}]))
-    assert KO_MINI.exists()

@@ -64,7 +64,8 @@ def test_every_metric_matches_pytrec_eval_on_random_runs():
                 f"success.{','.join(map(str, ks))}"}
     run = {f"q{q}": {f"d{d}": float(depth - r) for r, d in enumerate(row) if d >= 0} for q, row in enumerate(ranked)}
     trec = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
-    names = {"precision": "P_{}", "recall": "recall_{}", "map": "map_cut_{}", "ndcg": "ndcg_cut_{}", "hit": "success_{}"}
+    names = {"precision": "P_{}", "recall": "recall_{}", "map": "map_cut_{}", "ndcg": "ndcg_cut_{}",
+             "hit": "success_{}"}
     for k in ks:
         cut = {q: {d: s for d, s in docs.items() if s > depth - k} for q, docs in run.items()}
         cut_eval = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "set_F"}).evaluate(cut)

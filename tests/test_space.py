@@ -60,5 +60,5 @@ def test_three_way_hybrid_weights_are_normalized(tmp_path):
     config, _ = load_config(write_config(tmp_path / "c.yaml", text.replace("study: {sampler: grid}", "")))
     params = {"retriever": "h", "h.fusion": "convex", "h.weight.bm25": 0.2, "h.weight.dense": 0.6,
               "h.weight.bm25b": 0.2, "top_k": 1}
-    spec = suggest_pipeline(config, lambda name, options: params.get(name, options[0] if isinstance(options, list) else options.low))
+    spec = suggest_pipeline(config, lambda name, options: params[name] if name in params else options[0])
     assert spec.retriever.weights == pytest.approx([0.2, 0.6, 0.2])

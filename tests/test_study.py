@@ -79,7 +79,8 @@ def test_trials_csv_matches_trec_eval_on_the_saved_runs(finished):
     assert any("%20" in doc for docs in qrels.values() for doc in docs)  # ids with spaces survive
     measures = {f"{m}.{','.join(map(str, KS))}" for m in ("P", "recall", "map_cut", "ndcg_cut", "success")}
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, measures)
-    names = {"precision": "P_{}", "recall": "recall_{}", "map": "map_cut_{}", "ndcg": "ndcg_cut_{}", "hit": "success_{}"}
+    names = {"precision": "P_{}", "recall": "recall_{}", "map": "map_cut_{}", "ndcg": "ndcg_cut_{}",
+             "hit": "success_{}"}
     for row in pd.read_csv(out / "trials.csv").to_dict("records"):
         run = read_trec(out / "runs" / f"{row['trial']}.trec", 6)
         assert set(run) == set(qrels)

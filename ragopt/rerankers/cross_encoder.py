@@ -23,8 +23,8 @@ class CrossEncoderScorer:
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         order = np.argsort([len(q) + len(p) for q, p in pairs], kind="stable")
-        scores = self.model.predict([pairs[i] for i in order], batch_size=self.spec.batch_size,
-                                    show_progress_bar=self.progress and len(pairs) > 4 * self.spec.batch_size, convert_to_numpy=True)
+        scores = self.model.predict([pairs[i] for i in order], batch_size=self.spec.batch_size, convert_to_numpy=True,
+                                    show_progress_bar=self.progress and len(pairs) > 4 * self.spec.batch_size)
         out = np.empty(len(pairs), dtype=np.float32)
         out[order] = np.asarray(scores, dtype=np.float32).reshape(len(pairs), -1)[:, -1]
         return out
