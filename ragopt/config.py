@@ -113,6 +113,10 @@ class DenseConfig(DenseSpec):
     type: Literal["dense"]
     name: str
 
+    def to_spec(self) -> DenseSpec:
+        """The concrete retriever: everything but the name."""
+        return DenseSpec(**self.model_dump(exclude={"name"}))
+
 
 class HybridConfig(StrictModel):
     """Fusion of named retrievers. With two, `weight` is the first one's share; with more, each

@@ -47,7 +47,7 @@ def _resolve(entry: BM25Config | DenseConfig | HybridConfig, entries: dict, choo
              ) -> BM25Spec | DenseSpec | HybridSpec:
     name = entry.name
     if isinstance(entry, DenseConfig):
-        return DenseSpec(**entry.model_dump(exclude={"name"}))
+        return entry.to_spec()
     if isinstance(entry, BM25Config):
         tokenizers = {t.label: t for t in entry.tokenizer}
         method = choose(f"{name}.method", entry.method)

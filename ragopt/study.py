@@ -27,7 +27,7 @@ from ragopt.pipeline import Engine
 from ragopt.report import TrecWriter, domain_means, trials_table, write_summary
 from ragopt.retrievers._base import Ranking
 from ragopt.space import enumerate_space, optuna_chooser, suggest_pipeline
-from ragopt.spec import BM25Spec, DenseSpec, PipelineSpec
+from ragopt.spec import BM25Spec, PipelineSpec
 
 RECORD = "ragopt"
 SCORED_KEPT = 1024
@@ -144,16 +144,16 @@ def _warm_up(engine: Engine, config: Config, qa: QASet) -> None:
             for tokenizer in entry.tokenizer:
                 engine.retrieve(BM25Spec(tokenizer=tokenizer), qa.queries, 1)
         elif entry.type == "dense":
-            engine.retrieve(DenseSpec(**entry.model_dump(exclude={"name"})), qa.queries, 1)
+            engine.retrieve(entry.to_spec(), qa.queries, 1)
 
 
 def _trials_to_run(study: optuna.Study, config: Config, total: int) -> int:
     """How many trials this run adds: the grid's pipelines not yet run (queued once each), or
     what is missing to reach `total` finished trials. A finite space with no more pipelines than
     `total` is run as a grid too, rather than sampling the same pipelines again."""
-    grid = enumerate_space(config) if config.finite else None
-    if config.study.sampler == "grid" or (grid is not None and len(grid) <= total):
-        for params in grid or []:
+    grid = enumerate_space(config) if config.finite else None  # validation makes every grid config finite
+    if grid is not None and (config.study.sampler == "grid" or len(grid) <= total):
+        for params in grid:
             study.enqueue_trial(params, skip_if_exists=True)
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
@@ -218,13 +218,11 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     seconds = {"first": warm_up + (durations[0] if durations else 0.0),
                "median": statistics.median(durations[1:]) if len(durations) > 1 else 0.0,
                "total": time.perf_counter() - started}
-    outcome = _write_outputs(study, config, config_path, output, evaluator, qa, corpus, seconds)
-    outcome.interrupted = interrupted
-    return outcome
+    return _write_outputs(study, config, config_path, output, evaluator, qa, corpus, seconds, interrupted)
 
 
 def _write_outputs(study: optuna.Study, config: Config, config_path: Path, output: Path, evaluator: Evaluator,
-                   qa: QASet, corpus: Corpus, seconds: dict[str, float]) -> Outcome:
+                   qa: QASet, corpus: Corpus, seconds: dict[str, float], interrupted: bool) -> Outcome:
     table = trials_table(study, RECORD)
     if table.empty:
         raise StudyError(f"study {study.study_name!r} has no completed trial; raise n_trials or timeout")
@@ -244,4 +242,4 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
                         "metrics": metrics, "top_k": spec.top_k},
                   names=config.metrics, ks=config.top_k, per_domain=per_domain, objective=dict(config.optimize),
                   seconds=seconds)
-    return Outcome(output, spec, float(best_trial.value), metrics, len(table))
+    return Outcome(output, spec, float(best_trial.value), metrics, len(table), interrupted)
