@@ -25,6 +25,9 @@ class Memo(Generic[T]):
         self.capacity = capacity
         self._items: OrderedDict[Hashable, T] = OrderedDict()
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
     def get(self, key: Hashable, compute: Callable[[], T]) -> tuple[T, bool]:
         """The value for key, computed on a miss, and whether it was already there."""
         if key in self._items:

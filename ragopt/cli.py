@@ -46,7 +46,9 @@ def optimize_command(
     except USER_ERRORS as error:
         _fail(error)
     k = outcome.best_spec.top_k
-    console.print(f"best of {outcome.n_trials} trials: {escape(outcome.best_spec.describe())}", highlight=False)
+    pruned = f" (and {outcome.n_pruned} pruned)" if outcome.n_pruned else ""
+    console.print(f"best of {outcome.n_trials} trials{pruned}: {escape(outcome.best_spec.describe())}",
+                  highlight=False)
     table = Table("metric", f"@{k}")
     for name, value in outcome.best_metrics.items():
         if name.endswith(f"@{k}"):

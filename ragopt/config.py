@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from ragopt.metrics import METRICS
 from ragopt.spec import (
+    BGEM3Mode,
+    BGEM3Spec,
     BM25Method,
+    CrossEncoderSpec,
     DenseSpec,
+    FlagLLMRerankerSpec,
+    FlagRerankerSpec,
     Normalization,
     StrictModel,
     Tokenizer,
@@ -132,7 +137,19 @@ class HybridConfig(StrictModel):
     depth: int = Field(100, ge=1)
 
 
-RetrieverConfig = Annotated[Union[BM25Config, DenseConfig, HybridConfig], Field(discriminator="type")]
+class BGEM3Config(BGEM3Spec):
+    """BGE-M3 through FlagEmbedding; `mode` (dense, sparse, colbert) is searchable, and entries
+    of the same model share one encoding pass, so a hybrid of two modes encodes once."""
+
+    type: Literal["bge_m3"]
+    name: str
+    mode: choices(BGEM3Mode) = ["dense"]
+
+    def to_spec(self, mode: str) -> BGEM3Spec:
+        return BGEM3Spec(**self.model_dump(exclude={"name", "mode"}), mode=mode)
+
+
+RetrieverConfig = Annotated[Union[BM25Config, DenseConfig, BGEM3Config, HybridConfig], Field(discriminator="type")]
 
 
 class NoReranker(StrictModel):
@@ -140,24 +157,51 @@ class NoReranker(StrictModel):
     name: str = "none"
 
 
-class CrossEncoderConfig(StrictModel):
-    """A CrossEncoder reranker; `depth` (candidates handed to it) is searchable."""
+class _RerankerEntry:
+    """What the reranker entries share: a name, and a searchable `depth` (candidates handed over)."""
 
+    spec_class: ClassVar[type]
+
+    def to_spec(self, depth: int) -> CrossEncoderSpec | FlagRerankerSpec | FlagLLMRerankerSpec:
+        return self.spec_class(**self.model_dump(exclude={"name", "depth"}), depth=depth)
+
+
+class CrossEncoderConfig(_RerankerEntry, CrossEncoderSpec):
+    """A sentence-transformers CrossEncoder reranker."""
+
+    spec_class: ClassVar[type] = CrossEncoderSpec
     type: Literal["cross_encoder"]
     name: str
-    model: str
     depth: IntParam = [20]
-    max_length: int | None = Field(None, ge=1)
-    batch_size: int = Field(32, ge=1)
-    trust_remote_code: bool = False
+
+
+class FlagRerankerConfig(_RerankerEntry, FlagRerankerSpec):
+    """A FlagEmbedding FlagReranker."""
+
+    spec_class: ClassVar[type] = FlagRerankerSpec
+    type: Literal["flag_reranker"]
+    name: str
+    depth: IntParam = [20]
+
+
+class FlagLLMRerankerConfig(_RerankerEntry, FlagLLMRerankerSpec):
+    """A FlagEmbedding FlagLLMReranker."""
+
+    spec_class: ClassVar[type] = FlagLLMRerankerSpec
+    type: Literal["flag_llm_reranker"]
+    name: str
+    depth: IntParam = [20]
+
+
+ModelReranker = Union[CrossEncoderConfig, FlagRerankerConfig, FlagLLMRerankerConfig]
 
 
 def _reranker_shorthand(value: Any) -> Any:
     return {"type": "none"} if value in ("none", None) else value
 
 
-RerankerConfig = Annotated[Union[NoReranker, CrossEncoderConfig], Field(discriminator="type"),
-                           BeforeValidator(_reranker_shorthand)]
+RerankerConfig = Annotated[Union[NoReranker, CrossEncoderConfig, FlagRerankerConfig, FlagLLMRerankerConfig],
+                           Field(discriminator="type"), BeforeValidator(_reranker_shorthand)]
 
 
 class DataConfig(StrictModel):
@@ -189,6 +233,9 @@ class StudyConfig(StrictModel):
     seed: int = 0
     name: str | None = None
     storage: str | None = None
+    pruner: Literal["none", "wilcoxon"] = "none"
+    prune_steps: int = Field(8, ge=2)
+    prune_p: float = Field(0.1, gt=0, lt=1)
 
 
 class Config(StrictModel):
@@ -201,6 +248,7 @@ class Config(StrictModel):
     study: StudyConfig = StudyConfig()
     device: str = "auto"
     cache_dir: Path | None = None
+    exact_search_max: int = Field(1_000_000, ge=1)
 
     @field_validator("optimize", mode="before")
     @classmethod
@@ -224,7 +272,7 @@ class Config(StrictModel):
                 bad = [n for n in r.retrievers if n not in plain]
                 if bad or len(set(r.retrievers)) != len(r.retrievers):
                     raise ValueError(f"retrievers[{i}].retrievers: {bad or r.retrievers} must be distinct names of "
-                                     f"bm25 or dense retrievers in this file; choose from {sorted(plain)}")
+                                     f"bm25, dense or bge_m3 retrievers in this file; choose from {sorted(plain)}")
         for name in self.optimize:
             metric, _, k = name.partition("@")
             if metric not in METRICS or (k and (not k.isdigit() or int(k) not in self.top_k)):
@@ -260,7 +308,7 @@ class Config(StrictModel):
     @property
     def max_depth(self) -> int:
         """The depth every retriever runs to, once: smaller k and reranker depths are slices."""
-        depths = [d for r in self.rerankers if isinstance(r, CrossEncoderConfig)
+        depths = [d for r in self.rerankers if not isinstance(r, NoReranker)
                   for d in (r.depth.grid() if isinstance(r.depth, IntRange) else r.depth)]
         return max(self.top_k + depths)
 
@@ -285,8 +333,8 @@ def _where(loc: tuple) -> str:
     return text or "(top level)"
 
 
-_TAGS = {"bm25", "dense", "hybrid", "none", "cross_encoder", "kiwi", "mecab", "whitespace", "char_ngram",
-         "huggingface"}
+_TAGS = {"bm25", "dense", "bge_m3", "hybrid", "none", "cross_encoder", "flag_reranker", "flag_llm_reranker", "kiwi",
+         "mecab", "whitespace", "char_ngram", "huggingface"}
 
 
 def _with_local_models(entry: Any, base: Path) -> Any:
@@ -300,7 +348,9 @@ def _with_local_models(entry: Any, base: Path) -> Any:
         tokenizers = [t.model_copy(update={"model": local(t.model)}) if t.type == "huggingface" else t
                       for t in entry.tokenizer]
         return entry.model_copy(update={"tokenizer": tokenizers})
-    if isinstance(entry, (DenseConfig, CrossEncoderConfig)):
+    if isinstance(entry, DenseConfig) and entry.query_model is not None:
+        return entry.model_copy(update={"model": local(entry.model), "query_model": local(entry.query_model)})
+    if isinstance(entry, (DenseConfig, BGEM3Config, CrossEncoderConfig, FlagRerankerConfig, FlagLLMRerankerConfig)):
         return entry.model_copy(update={"model": local(entry.model)})
     return entry
 

@@ -13,17 +13,18 @@ from typing import Any, Callable, Union
 import optuna
 
 from ragopt.config import (
+    BGEM3Config,
     BM25Config,
     ConfigError,
     Config,
-    CrossEncoderConfig,
     DenseConfig,
     FloatRange,
     HybridConfig,
     IntRange,
+    NoReranker,
 )
 from ragopt.retrievers.bm25 import NONOCCURRENCE_METHODS
-from ragopt.spec import BM25Spec, CrossEncoderSpec, DenseSpec, HybridSpec, PipelineSpec
+from ragopt.spec import BGEM3Spec, BM25Spec, DenseSpec, HybridSpec, PipelineSpec
 
 Options = Union[list, FloatRange, IntRange]
 Chooser = Callable[[str, Options], Any]
@@ -37,17 +38,18 @@ def suggest_pipeline(config: Config, choose: Chooser) -> PipelineSpec:
     rerankers = {r.name: r for r in config.rerankers}
     reranker_entry = rerankers[choose("reranker", list(rerankers))]
     reranker = None
-    if isinstance(reranker_entry, CrossEncoderConfig):
-        fields = reranker_entry.model_dump(exclude={"name", "depth"})
-        reranker = CrossEncoderSpec(**fields, depth=choose(f"{reranker_entry.name}.depth", reranker_entry.depth))
+    if not isinstance(reranker_entry, NoReranker):
+        reranker = reranker_entry.to_spec(choose(f"{reranker_entry.name}.depth", reranker_entry.depth))
     return PipelineSpec(retriever=retriever, reranker=reranker, top_k=choose("top_k", config.top_k))
 
 
-def _resolve(entry: BM25Config | DenseConfig | HybridConfig, entries: dict, choose: Chooser
-             ) -> BM25Spec | DenseSpec | HybridSpec:
+def _resolve(entry: BM25Config | DenseConfig | BGEM3Config | HybridConfig, entries: dict, choose: Chooser
+             ) -> BM25Spec | DenseSpec | BGEM3Spec | HybridSpec:
     name = entry.name
     if isinstance(entry, DenseConfig):
         return entry.to_spec()
+    if isinstance(entry, BGEM3Config):
+        return entry.to_spec(choose(f"{name}.mode", entry.mode))
     if isinstance(entry, BM25Config):
         tokenizers = {t.label: t for t in entry.tokenizer}
         method = choose(f"{name}.method", entry.method)

@@ -117,12 +117,19 @@ class BM25Spec(StrictModel):
     delta: float = 0.5
 
 
+Precision = Literal["auto", "float32", "float16", "bfloat16"]
+"""Weights' precision for sentence-transformers models; auto is bfloat16 on CUDA (float16 where
+the GPU lacks bfloat16), float16 on Apple's mps and float32 on the CPU."""
+
+
 class DenseSpec(StrictModel):
     """A sentence-transformers bi-encoder. Prefixes are prepended to the text (KoE5 and E5 need
-    'query: ' / 'passage: '); prompt names select prompts stored with the model instead."""
+    'query: ' / 'passage: '); prompt names select prompts stored with the model instead. A
+    different `query_model` encodes the queries (asymmetric encoders with two towers)."""
 
     type: Literal["dense"] = "dense"
     model: str
+    query_model: str | None = None
     query_prefix: str = ""
     passage_prefix: str = ""
     query_prompt_name: str | None = None
@@ -130,14 +137,36 @@ class DenseSpec(StrictModel):
     max_length: int | None = Field(None, ge=1)
     normalize: bool = True
     batch_size: int = Field(32, ge=1)
+    dtype: Precision = "auto"
     trust_remote_code: bool = False
+
+
+BGEM3Mode = Literal["dense", "sparse", "colbert"]
+
+
+class BGEM3Spec(StrictModel):
+    """BGE-M3 through FlagEmbedding's BGEM3FlagModel: one encoding pass yields the dense vector,
+    the sparse lexical weights and the ColBERT token vectors; `mode` picks which one ranks."""
+
+    type: Literal["bge_m3"] = "bge_m3"
+    model: str = "BAAI/bge-m3"
+    mode: BGEM3Mode = "dense"
+    max_length: int = Field(8192, ge=1)
+    query_max_length: int = Field(512, ge=1)
+    batch_size: int = Field(32, ge=1)
+    use_fp16: bool | None = None
+    trust_remote_code: bool = False
+
+    def encoder_key(self) -> str:
+        """What the encoding depends on: everything but the mode, so all modes share one pass."""
+        return self.model_copy(update={"mode": "dense"}).key()
 
 
 class HybridSpec(StrictModel):
     """Fusion of the rankings of two or more retrievers, each taken to `depth` candidates."""
 
     type: Literal["hybrid"] = "hybrid"
-    retrievers: list[Annotated[Union[BM25Spec, DenseSpec], Field(discriminator="type")]]
+    retrievers: list[Annotated[Union[BM25Spec, DenseSpec, BGEM3Spec], Field(discriminator="type")]]
     fusion: Literal["rrf", "convex"]
     rrf_k: int | None = None
     normalization: Normalization | None = None
@@ -145,13 +174,12 @@ class HybridSpec(StrictModel):
     depth: int = Field(100, ge=1)
 
 
-RetrieverSpec = Annotated[Union[BM25Spec, DenseSpec, HybridSpec], Field(discriminator="type")]
+RetrieverSpec = Annotated[Union[BM25Spec, DenseSpec, BGEM3Spec, HybridSpec], Field(discriminator="type")]
 
 
-class CrossEncoderSpec(StrictModel):
-    """A sentence-transformers CrossEncoder that reorders the first `depth` candidates."""
+class _RerankerSpec(StrictModel):
+    """A pair scorer that reorders the first `depth` candidates."""
 
-    type: Literal["cross_encoder"] = "cross_encoder"
     model: str
     depth: int = Field(20, ge=1)
     max_length: int | None = Field(None, ge=1)
@@ -159,7 +187,32 @@ class CrossEncoderSpec(StrictModel):
     trust_remote_code: bool = False
 
 
-RerankerSpec = Annotated[Union[CrossEncoderSpec], Field(discriminator="type")]
+class CrossEncoderSpec(_RerankerSpec):
+    """A sentence-transformers CrossEncoder."""
+
+    type: Literal["cross_encoder"] = "cross_encoder"
+    dtype: Precision = "auto"
+
+
+class FlagRerankerSpec(_RerankerSpec):
+    """FlagEmbedding's FlagReranker (bge-reranker-v2-m3 and its Korean fine-tunes)."""
+
+    type: Literal["flag_reranker"] = "flag_reranker"
+    max_length: int | None = Field(512, ge=1)
+    use_fp16: bool | None = None
+
+
+class FlagLLMRerankerSpec(_RerankerSpec):
+    """FlagEmbedding's FlagLLMReranker (bge-reranker-v2-gemma): a decoder asked whether the
+    passage answers the query, scored by the logit of 'Yes'."""
+
+    type: Literal["flag_llm_reranker"] = "flag_llm_reranker"
+    max_length: int | None = Field(512, ge=1)
+    batch_size: int = Field(16, ge=1)
+    use_fp16: bool | None = None
+
+
+RerankerSpec = Annotated[Union[CrossEncoderSpec, FlagRerankerSpec, FlagLLMRerankerSpec], Field(discriminator="type")]
 
 
 class PipelineSpec(StrictModel):
@@ -177,11 +230,13 @@ class PipelineSpec(StrictModel):
         return f"{text} k={self.top_k}"
 
 
-def describe_retriever(spec: BM25Spec | DenseSpec | HybridSpec) -> str:
+def describe_retriever(spec: BM25Spec | DenseSpec | BGEM3Spec | HybridSpec) -> str:
     if isinstance(spec, BM25Spec):
         return f"bm25[{spec.tokenizer.label},{spec.method},k1={spec.k1:.3g},b={spec.b:.3g}]"
     if isinstance(spec, DenseSpec):
         return f"dense[{spec.model}]"
+    if isinstance(spec, BGEM3Spec):
+        return f"bge_m3[{spec.model},{spec.mode}]"
     parts = "+".join(describe_retriever(r) for r in spec.retrievers)
     how = f"rrf(k={spec.rrf_k})" if spec.fusion == "rrf" else (
         f"cc({spec.normalization},w={','.join(f'{w:.2f}' for w in spec.weights or [])})")

@@ -60,6 +60,8 @@ class Evaluator:
         self.engine, self.qa, self.config = engine, qa, config
         self.depth = max(config.top_k)
         self._seen: Memo[Scored] = Memo(SCORED_KEPT)
+        order = np.random.default_rng(config.study.seed).permutation(len(qa))
+        self.chunks = np.array_split(order, min(config.study.prune_steps, len(qa)))
 
     def evaluate(self, spec: PipelineSpec) -> tuple[Scored, bool]:
         """The scores of a pipeline, and whether they were reused from an earlier trial."""
@@ -70,11 +72,40 @@ class Evaluator:
         gains, n_rel = relevance(ranking.ids, self.qa.groups, len(self.engine.corpus))
         return Scored(ranking, at_k(gains, n_rel, self.config.top_k, METRICS))
 
-    def objective(self, scored: Scored, top_k: int) -> float:
-        """The weighted mean of the optimized metrics; a bare name is taken at the trial's k."""
+    def evaluate_pruned(self, spec: PipelineSpec, trial: optuna.Trial) -> tuple[Scored, bool]:
+        """Like evaluate, but a reranking pipeline is first scored on growing subsets of the
+        questions; each question's objective value is reported to the trial (its step is the
+        question's row), and the trial stops with TrialPruned as soon as the pruner, comparing
+        with the best trial on the same questions, finds it cannot win. Other pipelines cost
+        little per question and are scored whole, then reported the same way."""
+        key = spec.model_copy(update={"top_k": self.depth}).key()
+        if spec.reranker is not None and key not in self._seen:
+            for rows in self.chunks:
+                ranking = self.engine.rerank_rows(spec, self.qa.queries, rows, self.depth)
+                gains, n_rel = relevance(ranking.ids, [self.qa.groups[i] for i in rows], len(self.engine.corpus))
+                self._report(trial, rows, self.per_query_objective(at_k(gains, n_rel, self.config.top_k, METRICS),
+                                                                     spec.top_k))
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        scored, reused = self.evaluate(spec)
+        if spec.reranker is None or reused:
+            self._report(trial, np.arange(len(self.qa)), self.per_query_objective(scored.per_query, spec.top_k))
+        return scored, reused
+
+    @staticmethod
+    def _report(trial: optuna.Trial, rows: np.ndarray, values: np.ndarray) -> None:
+        for row, value in zip(rows.tolist(), values.tolist()):
+            trial.report(value, row)
+
+    def per_query_objective(self, per_query: dict[str, np.ndarray], top_k: int) -> np.ndarray:
+        """Each question's weighted mean of the optimized metrics; a bare name is taken at the trial's k."""
         weights = self.config.optimize
-        total = sum(w * scored.mean(name if "@" in name else f"{name}@{top_k}") for name, w in weights.items())
+        total = sum(w * per_query[name if "@" in name else f"{name}@{top_k}"] for name, w in weights.items())
         return total / sum(weights.values())
+
+    def objective(self, scored: Scored, top_k: int) -> float:
+        """The mean over questions of the per-question objective."""
+        return float(self.per_query_objective(scored.per_query, top_k).mean())
 
 
 @dataclass
@@ -87,6 +118,7 @@ class Outcome:
     best_metrics: dict[str, float]
     n_trials: int
     interrupted: bool = False
+    n_pruned: int = 0
 
 
 def default_output(config_path: Path) -> Path:
@@ -115,14 +147,19 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
                 seed=config.study.seed, multivariate=True, group=True)
     else:
         sampler = optuna.samplers.RandomSampler(seed=config.study.seed)
+    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    if config.study.pruner == "wilcoxon":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            pruner = optuna.pruners.WilcoxonPruner(p_threshold=config.study.prune_p)
     storage = config.study.storage or f"sqlite:///{output / 'study.db'}"
     if fresh:
         try:
             optuna.delete_study(study_name=name, storage=storage)
         except KeyError:
             pass
-    durable = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize",
-                                  load_if_exists=True)
+    durable = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                  direction="maximize", load_if_exists=True)
     stored = durable.user_attrs.get("space")
     if stored is None:
         durable.set_user_attr("space", fingerprint)
@@ -131,7 +168,7 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
                          f"Rerun with --fresh to start over, or give another --output.")
     if config.study.storage:
         return durable, None
-    working = optuna.create_study(study_name=name, sampler=sampler, direction="maximize")
+    working = optuna.create_study(study_name=name, sampler=sampler, pruner=pruner, direction="maximize")
     working.add_trials([t for t in durable.get_trials(deepcopy=False) if t.state.is_finished()])
     return working, durable
 
@@ -145,6 +182,8 @@ def _warm_up(engine: Engine, config: Config, qa: QASet) -> None:
                 engine.retrieve(BM25Spec(tokenizer=tokenizer), qa.queries, 1)
         elif entry.type == "dense":
             engine.retrieve(entry.to_spec(), qa.queries, 1)
+        elif entry.type == "bge_m3":
+            engine.retrieve(entry.to_spec(entry.mode[0]), qa.queries, 1)
 
 
 def _trials_to_run(study: optuna.Study, config: Config, total: int) -> int:
@@ -173,7 +212,8 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, durable = _open_study(config, output, config.study.name or config_path.stem, fresh,
                                  _space_fingerprint(config, qa, corpus))
-    engine = Engine(corpus, Cache(config.cache_dir or output / "cache"), config.device, progress)
+    engine = Engine(corpus, Cache(config.cache_dir or output / "cache"), config.device, progress,
+                    config.exact_search_max)
     evaluator = Evaluator(engine, qa, config)
     trec = TrecWriter(qa, corpus)
     trec.qrels(output / "qrels.trec")
@@ -187,7 +227,10 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     def objective(trial: optuna.Trial) -> float:
         start = time.perf_counter()
         spec = suggest_pipeline(config, optuna_chooser(trial))
-        scored, reused = evaluator.evaluate(spec)
+        if config.study.pruner == "none":
+            scored, reused = evaluator.evaluate(spec)
+        else:
+            scored, reused = evaluator.evaluate_pruned(spec, trial)
         value = evaluator.objective(scored, spec.top_k)
         elapsed = time.perf_counter() - start
         durations.append(elapsed)
@@ -242,4 +285,5 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
                         "metrics": metrics, "top_k": spec.top_k},
                   names=config.metrics, ks=config.top_k, per_domain=per_domain, objective=dict(config.optimize),
                   seconds=seconds)
-    return Outcome(output, spec, float(best_trial.value), metrics, len(table), interrupted)
+    n_pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+    return Outcome(output, spec, float(best_trial.value), metrics, len(table), interrupted, n_pruned)

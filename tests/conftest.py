@@ -37,11 +37,11 @@ def _train_tokenizer(kind: str):
     return tokenizer
 
 
-def _save_tiny(folder: Path, model_class, config_class, tokenizer, **config) -> Path:
+def _save_tiny(folder: Path, model_class, config_class, tokenizer, seed: int = 0, **config) -> Path:
     """Random weights from a real architecture's config, 2 layers of width 32, saved with the tokenizer."""
     import torch
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model_class(config_class(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                              intermediate_size=64, **config)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -61,16 +61,66 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_query_tower(tmp_path_factory) -> Path:
+    """A second BERT of the same width with other weights: the query tower of an asymmetric pair."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    tokenizer = BertTokenizerFast(tokenizer_object=_train_tokenizer("wordpiece"), unk_token="[UNK]",
+                                  pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                  strip_accents=False)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-bert-q"), BertModel, BertConfig, tokenizer, seed=1,
+                      max_position_embeddings=256)
+
+
+def _xlmr_tokenizer():
+    from transformers import XLMRobertaTokenizerFast
+
+    return XLMRobertaTokenizerFast(tokenizer_object=_train_tokenizer("unigram"), bos_token="<s>", eos_token="</s>",
+                                   sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
+                                   mask_token="<mask>")
+
+
+def _xlmr_ids(tokenizer) -> dict:
+    return {"max_position_embeddings": 260, "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+
+
+@pytest.fixture(scope="session")
 def tiny_xlmr_reranker(tmp_path_factory) -> Path:
     """An XLM-RoBERTa cross-encoder with one relevance logit, the architecture of bge-reranker-v2-m3."""
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    tokenizer = XLMRobertaTokenizerFast(tokenizer_object=_train_tokenizer("unigram"), bos_token="<s>",
-                                        eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
-                                        pad_token="<pad>", mask_token="<mask>")
+    tokenizer = _xlmr_tokenizer()
     return _save_tiny(tmp_path_factory.mktemp("tiny-xlmr"), XLMRobertaForSequenceClassification, XLMRobertaConfig,
-                      tokenizer, max_position_embeddings=260, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+                      tokenizer, num_labels=1, **_xlmr_ids(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_bge_m3(tmp_path_factory) -> Path:
+    """BGE-M3's layout: an XLM-RoBERTa encoder plus the ColBERT and sparse heads as
+    colbert_linear.pt and sparse_linear.pt beside it."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    tokenizer = _xlmr_tokenizer()
+    folder = _save_tiny(tmp_path_factory.mktemp("tiny-bge-m3"), XLMRobertaModel, XLMRobertaConfig, tokenizer,
+                        **_xlmr_ids(tokenizer))
+    torch.save(torch.nn.Linear(32, 32).state_dict(), folder / "colbert_linear.pt")
+    torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_reranker(tmp_path_factory) -> Path:
+    """A Gemma decoder, the architecture of bge-reranker-v2-gemma (FlagLLMReranker)."""
+    from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_train_tokenizer("unigram"), bos_token="<s>",
+                                        eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gemma"), GemmaForCausalLM, GemmaConfig, tokenizer,
+                      num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
 
 
 @pytest.fixture(scope="session")

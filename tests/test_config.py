@@ -91,13 +91,47 @@ retrievers:
   - {name: bm25, type: bm25, tokenizer: [whitespace, {type: huggingface, model: models/enc}]}
   - {name: d, type: dense, model: models/enc}
   - {name: hub, type: dense, model: BAAI/bge-m3}
-rerankers: [none, {name: ce, type: cross_encoder, model: models/enc}]
+  - {name: two, type: dense, model: BAAI/bge-m3, query_model: models/enc}
+  - {name: m3, type: bge_m3, model: models/enc}
+rerankers: [none, {name: ce, type: cross_encoder, model: models/enc}, {name: f, type: flag_reranker, model: models/enc},
+            {name: g, type: flag_llm_reranker, model: models/enc}]
 """
     config, _ = load_config(write_config(tmp_path / "c.yaml", text))
     local = str((tmp_path / "models" / "enc").resolve())
     assert config.retrievers[0].tokenizer[1].model == local
-    assert [r.model for r in config.retrievers[1:]] == [local, "BAAI/bge-m3"]
-    assert config.rerankers[1].model == local
+    assert [r.model for r in config.retrievers[1:]] == [local, "BAAI/bge-m3", "BAAI/bge-m3", local]
+    assert config.retrievers[3].query_model == local
+    assert [r.model for r in config.rerankers[1:]] == [local] * 3
+
+
+def test_flagembedding_entries_search_mode_and_depth(tmp_path):
+    from ragopt.space import enumerate_space, suggest_pipeline
+    from ragopt.spec import FlagRerankerSpec
+
+    text = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers:
+  - {name: m3, type: bge_m3, model: BAAI/bge-m3, mode: [dense, sparse, colbert]}
+rerankers: [none, {name: flag, type: flag_reranker, model: BAAI/bge-reranker-v2-m3, depth: [10, 20]}]
+top_k: [5]
+"""
+    config, _ = load_config(write_config(tmp_path / "c.yaml", text))
+    grid = enumerate_space(config)
+    assert len(grid) == 3 * 3  # three modes x (none, depth 10, depth 20)
+    choice = {"retriever": "m3", "m3.mode": "sparse", "reranker": "flag", "flag.depth": 20}
+    spec = suggest_pipeline(config, lambda name, options: choice.get(name, options[0]))
+    assert (spec.retriever.mode, spec.retriever.trust_remote_code) == ("sparse", False)
+    assert spec.reranker == FlagRerankerSpec(model="BAAI/bge-reranker-v2-m3", depth=20)
+    assert config.max_depth == 20
+
+
+def test_remote_code_and_modes_are_checked(tmp_path):
+    text = GOOD.replace("top_k", "  - {name: m3, type: bge_m3, mode: [dense, lexical]}\ntop_k")
+    with pytest.raises(ConfigError, match=r"retrievers\[1\]\.mode\[1\]: Input should be 'dense', 'sparse' or"):
+        load_config(write_config(tmp_path / "c.yaml", text))
+    text = GOOD.replace("top_k", "  - {name: d, type: dense, model: x, trust_remote_code: maybe}\ntop_k")
+    with pytest.raises(ConfigError, match=r"retrievers\[1\]\.trust_remote_code"):
+        load_config(write_config(tmp_path / "c.yaml", text))
 
 
 def test_cli_validate_counts_a_finite_space(tmp_path):

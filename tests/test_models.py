@@ -100,3 +100,80 @@ def test_a_model_that_cannot_load_says_what_to_change(ko_mini, tmp_path):
     _, corpus = ko_mini
     with pytest.raises(ModelError, match="dense model .* could not be loaded from the folder"):
         DenseRetriever(DenseSpec(model=str(tmp_path)), corpus, Cache(None), ModelPool(), "cpu")
+
+
+def test_an_asymmetric_pair_encodes_queries_with_the_query_tower(ko_mini, tiny_bert, tiny_bert_query_tower):
+    qa, corpus = ko_mini
+    spec = DenseSpec(model=str(tiny_bert), query_model=str(tiny_bert_query_tower))
+    queries = Queries(qa.queries.texts[:3])
+    ranking = Engine(corpus, device="cpu").retrieve(spec, queries, 3)
+    q = SentenceTransformer(str(tiny_bert_query_tower), device="cpu").encode(queries.texts, normalize_embeddings=True)
+    d = SentenceTransformer(str(tiny_bert), device="cpu").encode(corpus.contents, normalize_embeddings=True)
+    expected = np.argsort(-(q @ d.T), axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(ranking.ids, expected)
+
+
+def test_precision_follows_the_device():
+    import torch
+
+    from ragopt.models import half_on_gpu, torch_dtype
+
+    assert torch_dtype("auto", "cpu") == torch.float32
+    assert torch_dtype("auto", "mps") == torch.float16
+    assert torch_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert half_on_gpu(None, "cpu") is False and half_on_gpu(None, "cuda") is True
+    assert half_on_gpu(False, "cuda") is False
+
+
+def test_out_of_memory_halves_the_batch_and_remembers_it():
+    import torch
+
+    pool = ModelPool()
+    for name in ("a", "b", "c"):
+        pool.get(name, lambda: object())
+    tried = []
+
+    def run(batch_size):
+        tried.append(batch_size)
+        if batch_size > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return batch_size
+
+    assert pool.batched("c", 64, run) == 8
+    assert tried == [64, 32, 16, 8]
+    assert len(pool) == 1  # the other models were released to make room
+    assert pool.batched("c", 64, run) == 8 and tried[-1] == 8  # the next call starts at the size that fit
+    with pytest.raises(ModelError, match="out of memory even with batch size 1"):
+        pool.batched("d", 4, lambda size: (_ for _ in ()).throw(torch.OutOfMemoryError("out of memory")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        pool.batched("e", 4, lambda size: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+
+
+def test_loading_out_of_memory_releases_the_least_recent_model():
+    import torch
+
+    pool = ModelPool()
+    pool.get("old", lambda: "old model")
+    pool.get("recent", lambda: "recent model")
+    attempts = []
+
+    def load():
+        attempts.append(len(pool))
+        if len(pool) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return "new model"
+
+    assert pool.get("new", load) == "new model"
+    assert attempts == [2, 1]
+    assert pool.get("recent", lambda: pytest.fail("reloaded")) == "recent model"
+
+
+def test_large_corpora_switch_to_an_hnsw_index_with_the_same_answers(ko_mini, tiny_bert):
+    qa, corpus = ko_mini
+    spec = DenseSpec(model=str(tiny_bert))
+    exact = Engine(corpus, device="cpu").retrieve(spec, qa.queries, 5)
+    engine = Engine(corpus, device="cpu", exact_search_max=len(corpus) - 1)
+    approximate = engine.retrieve(spec, qa.queries, 5)
+    assert engine._component(spec).index is not None
+    np.testing.assert_array_equal(approximate.ids, exact.ids)
+    np.testing.assert_allclose(approximate.scores, exact.scores, rtol=1e-5, atol=1e-6)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import optuna
 import pytrec_eval
 import yaml
 from typer.testing import CliRunner
@@ -194,3 +195,35 @@ study: {n_trials: 50}
     trials = pd.read_csv(outcome.output / "trials.csv")
     assert len(trials) == 4 and trials["pipeline"].nunique() == 4
     assert list(trials.columns[:5]) == ["trial", "value", "pipeline", "param.bm25.tokenizer", "param.top_k"]
+
+
+def test_wilcoxon_pruning_stops_a_losing_reranker_early(tmp_path, tiny_xlmr_reranker, monkeypatch):
+    from ragopt import pipeline
+
+    text = f"""
+data: {{qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}}
+retrievers:
+  - {{name: bm25, type: bm25, tokenizer: kiwi}}
+rerankers: [none, {{name: ce, type: cross_encoder, model: "{tiny_xlmr_reranker}", depth: 10}}]
+top_k: [1, 3]
+study: {{sampler: grid, pruner: wilcoxon, prune_steps: 8}}
+"""
+    scored = []
+
+    class Counting(pipeline.CrossEncoderScorer):
+        def score(self, pairs):
+            scored.extend(pairs)
+            return super().score(pairs)
+
+    monkeypatch.setattr(pipeline, "CrossEncoderScorer", Counting)
+    outcome = optimize(write_config(tmp_path / "prune.yaml", text), progress=False)
+    db = f"sqlite:///{outcome.output / 'study.db'}"
+    trials = optuna.load_study(study_name="prune", storage=db).get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert outcome.n_pruned == len(pruned) >= 1 and outcome.best_spec.reranker is None
+    for trial in complete:  # every question reported, and their mean is the trial's value
+        assert sorted(trial.intermediate_values) == list(range(48))
+        assert np.mean(list(trial.intermediate_values.values())) == pytest.approx(trial.value, abs=1e-12)
+    assert all(len(t.intermediate_values) < 48 for t in pruned)
+    assert 0 < len(scored) < 48 * 10  # the reranker never saw the questions the pruned trials did not reach

@@ -5,9 +5,10 @@ depths are scored once."""
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+import torch
 
 from ragopt.cache import ScoreTable
 from ragopt.retrievers._base import Ranking
@@ -18,6 +19,47 @@ class PairScorer(Protocol):
     rerankers plug in here the same way as sentence-transformers' CrossEncoder."""
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
+
+
+def by_length(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """Pair order, longest first: batches of similar length carry little padding, and the
+    largest batch runs first, so an out-of-memory shows at once."""
+    return np.argsort([-(len(q) + len(p)) for q, p in pairs], kind="stable")
+
+
+PAD_MULTIPLE = 16
+"""Padded lengths are rounded up to this, so batches share a few shapes (and kernels)."""
+
+
+def classify_pairs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int, max_length: int,
+                   device: str, query_max_length: int | None = None) -> torch.Tensor:
+    """The last logit of a sequence-classification model for each (query, passage) pair, in
+    input order. All pairs are tokenized in one call of the fast tokenizer (queries first cut
+    to query_max_length tokens, passages cut to fit max_length), run longest first so batches
+    carry little padding and an out-of-memory shows at once, and copied to the host once.
+    CrossEncoder.predict and FlagReranker.compute_score tokenize per batch or per pair in
+    Python and leave the GPU idle meanwhile (see bench/RESULTS.md)."""
+    from ragopt.models import attention_kernels
+
+    queries = [q for q, _ in pairs]
+    if query_max_length is not None:
+        cut = tokenizer(queries, add_special_tokens=False, truncation=True, max_length=query_max_length,
+                        return_offsets_mapping=True)["offset_mapping"]
+        queries = [q[:spans[-1][1]] if spans else q for q, spans in zip(queries, cut)]
+    encoded = tokenizer(queries, [p for _, p in pairs], truncation="only_second", max_length=max_length)
+    order = np.argsort([-len(ids) for ids in encoded["input_ids"]], kind="stable")
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+    logits = []
+    with torch.inference_mode(), attention_kernels(device):
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = tokenizer.pad({k: [encoded[k][i] for i in rows] for k in keys}, padding=True,
+                                  pad_to_multiple_of=PAD_MULTIPLE, return_tensors="pt")
+            logits.append(model(**batch.to(device)).logits[:, -1].float())
+    scores = torch.empty(len(pairs), dtype=torch.float32, device=device) if pairs else torch.zeros(0)
+    if logits:
+        scores[torch.from_numpy(order).to(device)] = torch.cat(logits)
+    return scores
 
 
 def text_hashes(texts: Sequence[str]) -> np.ndarray:

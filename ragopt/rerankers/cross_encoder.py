@@ -6,25 +6,31 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ragopt.models import load_model
+from ragopt.models import ModelPool, load_model, torch_dtype
+from ragopt.rerankers._base import classify_pairs
 from ragopt.spec import CrossEncoderSpec
 
 
 class CrossEncoderScorer:
-    """Scores pairs in batches of similar length, so little of each batch is padding
-    (CrossEncoder.predict keeps the input order)."""
+    """CrossEncoder.predict's scores (logits through the model's activation), computed by
+    classify_pairs in batches of similar length, halving the batch on out-of-memory."""
 
-    def __init__(self, spec: CrossEncoderSpec, device: str, progress: bool = False) -> None:
+    def __init__(self, spec: CrossEncoderSpec, device: str, pool: ModelPool, key: str, progress: bool = False
+                 ) -> None:
         from sentence_transformers import CrossEncoder
 
-        self.spec, self.progress = spec, progress
+        self.spec, self.pool, self.key, self.progress = spec, pool, key, progress
         self.model: Any = load_model("cross_encoder", spec.model, lambda path: CrossEncoder(
             path, device=device, max_length=spec.max_length, trust_remote_code=spec.trust_remote_code))
+        self.model.to(torch_dtype(spec.dtype, device))
+        self.device = device
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        order = np.argsort([len(q) + len(p) for q, p in pairs], kind="stable")
-        scores = self.model.predict([pairs[i] for i in order], batch_size=self.spec.batch_size, convert_to_numpy=True,
-                                    show_progress_bar=self.progress and len(pairs) > 4 * self.spec.batch_size)
-        out = np.empty(len(pairs), dtype=np.float32)
-        out[order] = np.asarray(scores, dtype=np.float32).reshape(len(pairs), -1)[:, -1]
-        return out
+        max_length = self.spec.max_length or self.model.max_length or self.model.tokenizer.model_max_length
+
+        def run(batch_size: int) -> np.ndarray:
+            logits = classify_pairs(self.model.model, self.model.tokenizer, pairs, batch_size, max_length,
+                                    self.device)
+            return self.model.activation_fn(logits).cpu().numpy()
+
+        return self.pool.batched(self.key, self.spec.batch_size, run)

@@ -110,14 +110,16 @@ class TermIndex:
 class BM25Retriever:
     """BM25 over one tokenizer's view of the corpus; cheap to search with new parameters."""
 
-    theoretical_min = 0.0
-
     def __init__(self, tokenizer_spec: BM25Spec, corpus: Corpus, cache: Cache, progress: bool = False) -> None:
         self.cache = cache
         self.tokenizer_spec = tokenizer_spec
         self.index = TermIndex.build(tokens_of(tokenizer_spec, corpus.contents, corpus.key, cache, progress))
         self._idf: dict[str, np.ndarray] = {}
         self._queries: dict[str, sp.csr_matrix] = {}
+
+    def theoretical_min(self, spec: BM25Spec) -> float:
+        """The lowest score any passage can get (for 'tmm' normalization in fusion)."""
+        return 0.0
 
     def search(self, spec: BM25Spec, queries: Queries, depth: int) -> Ranking:
         if queries.key not in self._queries:
