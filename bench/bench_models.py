@@ -32,8 +32,9 @@ from ragopt.data import Corpus
 from ragopt.models import ModelPool, pick_device
 from ragopt.rerankers.cross_encoder import CrossEncoderScorer
 from ragopt.rerankers.flag import FlagScorer
+from ragopt.retrievers.bge_m3 import BGEM3Retriever
 from ragopt.retrievers.dense import DenseRetriever
-from ragopt.spec import CrossEncoderSpec, DenseSpec, FlagRerankerSpec
+from ragopt.spec import BGEM3Spec, CrossEncoderSpec, DenseSpec, FlagRerankerSpec
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "autorag-ko"
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}
@@ -136,6 +137,18 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict]:
         seconds = time.perf_counter() - start
         tokens = sum(len(ids) for ids in tokenizer(passages, truncation=True, max_length=limit)["input_ids"])
         rows.append(_row(arch, "encode passages", device, len(passages), tokens, seconds, params, peak, matmul))
+        if ARCHITECTURES[arch]["family"] == "xlmr":  # BGE-M3's layout: the same encoder plus its two heads
+            width = ARCHITECTURES[arch]["hidden_size"]
+            torch.save(torch.nn.Linear(width, width).state_dict(), folder / "colbert_linear.pt")
+            torch.save(torch.nn.Linear(width, 1).state_dict(), folder / "sparse_linear.pt")
+            m3 = BGEM3Retriever(BGEM3Spec(model=str(folder), batch_size=args.batch_size),
+                                Corpus(["w"], [passages[0]]), Cache(None), pool, device)
+            _sync(device)
+            start = time.perf_counter()
+            m3.encode(sample.contents, sample.key, "passage")
+            _sync(device)
+            rows.append(_row(arch, "encode passages (BGE-M3, 3 outputs)", device, len(passages), tokens,
+                             time.perf_counter() - start, params, peak, matmul))
 
         folder = work / f"{arch}-reranker"
         params = build_model(folder, arch, "reranker", tokenizer, seed=1)
@@ -157,7 +170,6 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict]:
         tokens = sum(len(ids) for ids in tokenizer([q for q, _ in pairs], [p for _, p in pairs], truncation=True,
                                                    max_length=max_length)["input_ids"])
         rows.append(_row(arch, kind, device, len(pairs), tokens, seconds, params, peak, matmul))
-        del retriever, scorer, pool
     return rows
 
 
@@ -227,7 +239,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--study-arch", choices=list(ARCHITECTURES), default="xlmr-large")
-    parser.add_argument("--data", type=lambda p: Path(p).resolve(), default=DATA, help="folder with AutoRAG's qa.parquet and corpus.parquet")
+    parser.add_argument("--data", type=lambda p: Path(p).resolve(), default=DATA,
+                        help="folder with AutoRAG's qa.parquet and corpus.parquet")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:

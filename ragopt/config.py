@@ -193,9 +193,6 @@ class FlagLLMRerankerConfig(_RerankerEntry, FlagLLMRerankerSpec):
     depth: IntParam = [20]
 
 
-ModelReranker = Union[CrossEncoderConfig, FlagRerankerConfig, FlagLLMRerankerConfig]
-
-
 def _reranker_shorthand(value: Any) -> Any:
     return {"type": "none"} if value in ("none", None) else value
 

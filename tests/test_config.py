@@ -27,7 +27,11 @@ def test_korean_models_config_names_the_community_models():
     config, _ = load_config(ROOT / "configs" / "korean-models.yaml")
     models = {getattr(r, "model", None) for r in config.retrievers + config.rerankers}
     assert {"dragonkue/BGE-m3-ko", "dragonkue/snowflake-arctic-embed-l-v2.0-ko", "nlpai-lab/KoE5", "BAAI/bge-m3",
-            "dragonkue/bge-reranker-v2-m3-ko", "Dongjin-kr/ko-reranker", "BAAI/bge-reranker-v2-m3"} <= models
+            "intfloat/multilingual-e5-large-instruct", "dragonkue/bge-reranker-v2-m3-ko", "Dongjin-kr/ko-reranker",
+            "BAAI/bge-reranker-v2-m3"} <= models
+    assert all(not getattr(entry, "trust_remote_code", False) for entry in config.retrievers + config.rerankers)
+    m3 = next(r for r in config.retrievers if r.type == "bge_m3" and len(r.mode) == 3)
+    assert m3.model == "BAAI/bge-m3" and config.study.pruner == "wilcoxon"
     koe5 = next(r for r in config.retrievers if getattr(r, "model", None) == "nlpai-lab/KoE5")
     assert (koe5.query_prefix, koe5.passage_prefix) == ("query: ", "passage: ")
 

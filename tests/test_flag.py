@@ -89,3 +89,59 @@ def test_flag_rerankers_score_like_compute_score(kind, tiny_xlmr_reranker, tiny_
             [(queries.texts[q], corpus.contents[d]) for d in first.ids[q]], max_length=128), dtype=np.float32)
         np.testing.assert_allclose(reranked.scores[q], np.sort(expected)[::-1], rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(sorted(reranked.ids[q]), sorted(first.ids[q]))
+
+
+def test_flag_reranker_truncates_long_queries_like_compute_score(tiny_xlmr_reranker, ko_mini):
+    from ragopt.models import ModelPool
+    from ragopt.rerankers.flag import FlagScorer
+
+    qa, corpus = ko_mini
+    long_queries = [" ".join(qa.queries.texts[i:i + 4]) for i in range(6)]
+    pairs = [(q, corpus.contents[i]) for i, q in enumerate(long_queries)]
+    spec = FlagRerankerSpec(model=str(tiny_xlmr_reranker), max_length=40, batch_size=4)
+    ours = FlagScorer(spec, "cpu", ModelPool(), "key").score(pairs)
+    reference = FlagReranker(str(tiny_xlmr_reranker), use_fp16=False, devices=["cpu"])
+    expected = np.asarray(reference.compute_score(pairs, max_length=40), dtype=np.float32)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_remote_code_reaches_every_loader_only_as_configured(trust, monkeypatch, tmp_path):
+    import FlagEmbedding
+    import sentence_transformers
+
+    from ragopt.models import ModelPool
+    from ragopt.rerankers.cross_encoder import CrossEncoderScorer
+    from ragopt.retrievers.bge_m3 import load_bge_m3
+    from ragopt.retrievers.dense import load_sentence_transformer
+    from ragopt.spec import CrossEncoderSpec, DenseSpec
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(name):
+        def loader(path, **kwargs):
+            seen[name] = kwargs["trust_remote_code"]
+            raise Stop
+        return loader
+
+    for module, name in [(sentence_transformers, "SentenceTransformer"), (sentence_transformers, "CrossEncoder"),
+                         (FlagEmbedding, "BGEM3FlagModel"), (FlagEmbedding, "FlagReranker"),
+                         (FlagEmbedding, "FlagLLMReranker")]:
+        monkeypatch.setattr(module, name, fake(name))
+    folder = str(tmp_path)
+    attempts = [
+        lambda: load_sentence_transformer(folder, DenseSpec(model=folder, trust_remote_code=trust), "cpu"),
+        lambda: CrossEncoderScorer(CrossEncoderSpec(model=folder, trust_remote_code=trust), "cpu", ModelPool(), "k"),
+        lambda: load_bge_m3(BGEM3Spec(model=folder, trust_remote_code=trust), "cpu"),
+        lambda: pipeline.FlagScorer(FlagRerankerSpec(model=folder, trust_remote_code=trust), "cpu", ModelPool(), "k"),
+        lambda: pipeline.FlagScorer(FlagLLMRerankerSpec(model=folder, trust_remote_code=trust), "cpu", ModelPool(),
+                                    "k"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(Stop):
+            attempt()
+    assert seen == dict.fromkeys(["SentenceTransformer", "CrossEncoder", "BGEM3FlagModel", "FlagReranker",
+                                  "FlagLLMReranker"], trust)
