@@ -41,6 +41,7 @@ class Engine:
         self._retrievers: dict[str, Component] = {}
         self._rankings: Memo[Ranking] = Memo(RANKINGS_KEPT)
         self._doc_hashes = None
+        self._weights: dict[str, dict] = {}
 
     def _component(self, spec: BM25Spec | DenseSpec | BGEM3Spec) -> Component:
         """The retriever that serves a spec: one per tokenizer (BM25), per model and settings
@@ -96,15 +97,17 @@ class Engine:
     def _rerank(self, spec: RerankerSpec, candidates: Ranking, queries: Queries) -> Ranking:
         precision = (str(torch_dtype(spec.dtype, self.device)) if isinstance(spec, CrossEncoderSpec)
                      else half_on_gpu(spec.use_fp16, self.device))
-        scores_key = cache_key(spec.type, model_fingerprint(spec.model), spec.max_length, precision)
+        if spec.model not in self._weights:  # once per process, like the retrievers' own fingerprints
+            self._weights[spec.model] = model_fingerprint(spec.model)
+        scores_key = cache_key(spec.type, self._weights[spec.model], spec.max_length, precision)
         model_key = cache_key(scores_key, spec.model_dump(exclude={"depth"}), self.device)
         if self._doc_hashes is None:
             self._doc_hashes = text_hashes(self.corpus.contents)
 
         def scorer() -> PairScorer:
             if isinstance(spec, CrossEncoderSpec):
-                return CrossEncoderScorer(spec, self.device, self.pool, model_key, self.progress)
-            return FlagScorer(spec, self.device, self.pool, model_key, self.progress)
+                return CrossEncoderScorer(spec, self.device, self.pool, model_key)
+            return FlagScorer(spec, self.device, self.pool, model_key)
 
         return rerank(candidates, spec.depth, queries.texts, text_hashes(queries.texts), self.corpus.contents,
                       self._doc_hashes, lambda: self.pool.get(model_key, scorer),

@@ -130,6 +130,22 @@ def ko_mini():
     return load_dataset(qa=KO_MINI / "qa.jsonl", corpus=KO_MINI / "corpus.jsonl", domain_column="domain")
 
 
+@pytest.fixture
+def scored_pairs(monkeypatch) -> list:
+    """Every (query, passage) pair a CrossEncoder reranker is asked to score, in order."""
+    from ragopt import pipeline
+
+    seen: list = []
+
+    class Counting(pipeline.CrossEncoderScorer):
+        def score(self, pairs):
+            seen.extend(pairs)
+            return super().score(pairs)
+
+    monkeypatch.setattr(pipeline, "CrossEncoderScorer", Counting)
+    return seen
+
+
 def write_config(path: Path, text: str) -> Path:
     """A config file in a temp folder whose data paths point at the bundled example."""
     path.write_text(text.replace("@KO_MINI@", str(KO_MINI)), encoding="utf-8")

@@ -65,19 +65,11 @@ def test_real_minilm_finds_the_paraphrase():
 
 
 def test_cross_encoder_reranks_the_head_and_scores_each_pair_once(ko_mini, tiny_xlmr_reranker, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, scored_pairs):
     qa, corpus = ko_mini
     bm25 = BM25Spec(tokenizer=WhitespaceTokenizer())
     reranker = CrossEncoderSpec(model=str(tiny_xlmr_reranker), depth=4)
     queries = Queries(qa.queries.texts[:6])
-    scored_pairs = []
-
-    class Counting(pipeline.CrossEncoderScorer):
-        def score(self, pairs):
-            scored_pairs.extend(pairs)
-            return super().score(pairs)
-
-    monkeypatch.setattr(pipeline, "CrossEncoderScorer", Counting)
     engine = Engine(corpus, Cache(tmp_path), "cpu")
     first = engine.retrieve(bm25, queries, 8)
     reranked = engine.run(PipelineSpec(retriever=bm25, reranker=reranker, top_k=8), queries)

@@ -197,9 +197,7 @@ study: {n_trials: 50}
     assert list(trials.columns[:5]) == ["trial", "value", "pipeline", "param.bm25.tokenizer", "param.top_k"]
 
 
-def test_wilcoxon_pruning_stops_a_losing_reranker_early(tmp_path, tiny_xlmr_reranker, monkeypatch):
-    from ragopt import pipeline
-
+def test_wilcoxon_pruning_stops_a_losing_reranker_early(tmp_path, tiny_xlmr_reranker, scored_pairs):
     text = f"""
 data: {{qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}}
 retrievers:
@@ -208,14 +206,6 @@ rerankers: [none, {{name: ce, type: cross_encoder, model: "{tiny_xlmr_reranker}"
 top_k: [1, 3]
 study: {{sampler: grid, pruner: wilcoxon, prune_steps: 8}}
 """
-    scored = []
-
-    class Counting(pipeline.CrossEncoderScorer):
-        def score(self, pairs):
-            scored.extend(pairs)
-            return super().score(pairs)
-
-    monkeypatch.setattr(pipeline, "CrossEncoderScorer", Counting)
     outcome = optimize(write_config(tmp_path / "prune.yaml", text), progress=False)
     db = f"sqlite:///{outcome.output / 'study.db'}"
     trials = optuna.load_study(study_name="prune", storage=db).get_trials()
@@ -226,4 +216,4 @@ study: {{sampler: grid, pruner: wilcoxon, prune_steps: 8}}
         assert sorted(trial.intermediate_values) == list(range(48))
         assert np.mean(list(trial.intermediate_values.values())) == pytest.approx(trial.value, abs=1e-12)
     assert all(len(t.intermediate_values) < 48 for t in pruned)
-    assert 0 < len(scored) < 48 * 10  # the reranker never saw the questions the pruned trials did not reach
+    assert 0 < len(scored_pairs) < 48 * 10  # the reranker never saw the questions the pruned trials did not reach

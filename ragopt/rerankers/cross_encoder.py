@@ -15,11 +15,10 @@ class CrossEncoderScorer:
     """CrossEncoder.predict's scores (logits through the model's activation), computed by
     classify_pairs in batches of similar length, halving the batch on out-of-memory."""
 
-    def __init__(self, spec: CrossEncoderSpec, device: str, pool: ModelPool, key: str, progress: bool = False
-                 ) -> None:
+    def __init__(self, spec: CrossEncoderSpec, device: str, pool: ModelPool, key: str) -> None:
         from sentence_transformers import CrossEncoder
 
-        self.spec, self.pool, self.key, self.progress = spec, pool, key, progress
+        self.spec, self.pool, self.key = spec, pool, key
         self.model: Any = load_model("cross_encoder", spec.model, lambda path: CrossEncoder(
             path, device=device, max_length=spec.max_length, trust_remote_code=spec.trust_remote_code))
         self.model.to(torch_dtype(spec.dtype, device))

@@ -20,11 +20,10 @@ class FlagScorer:
     FlagLLMReranker through its own compute_score, longest pairs first. Both halve the batch on
     out-of-memory."""
 
-    def __init__(self, spec: FlagRerankerSpec | FlagLLMRerankerSpec, device: str, pool: ModelPool, key: str,
-                 progress: bool = False) -> None:
+    def __init__(self, spec: FlagRerankerSpec | FlagLLMRerankerSpec, device: str, pool: ModelPool, key: str) -> None:
         from FlagEmbedding import FlagLLMReranker, FlagReranker
 
-        self.spec, self.pool, self.key, self.progress = spec, pool, key, progress
+        self.spec, self.pool, self.key = spec, pool, key
         model_class = FlagLLMReranker if isinstance(spec, FlagLLMRerankerSpec) else FlagReranker
         self.model: Any = load_model(spec.type, spec.model, lambda path: model_class(
             path, use_fp16=half_on_gpu(spec.use_fp16, device), devices=[device],
@@ -44,7 +43,7 @@ class FlagScorer:
         ordered = [pairs[i] for i in order]
 
         def run(batch_size: int) -> np.ndarray:
-            scores = self.model.compute_score(ordered, batch_size=batch_size, max_length=self.spec.max_length or 512)
+            scores = self.model.compute_score(ordered, batch_size=batch_size, max_length=max_length)
             return np.asarray(scores, dtype=np.float32).reshape(len(pairs))
 
         out = np.empty(len(pairs), dtype=np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,27 @@ def top_k(scores: np.ndarray, depth: int) -> Ranking:
     picked = np.take_along_axis(scores, ids, axis=1)
     order = np.lexsort((ids, -picked), axis=1)
     return padded(np.take_along_axis(ids, order, axis=1), np.take_along_axis(picked, order, axis=1), depth)
+
+
+class RunningTopK:
+    """The best `depth` (score, corpus row) pairs per query over a corpus scanned in blocks of
+    consecutive rows, kept on the device so no block's full score matrix outlives its scan."""
+
+    def __init__(self, n_queries: int, depth: int, device: str) -> None:
+        self.depth, self.device = depth, device
+        self.scores = torch.full((n_queries, 0), -torch.inf, device=device)
+        self.ids = torch.zeros((n_queries, 0), dtype=torch.long, device=device)
+
+    def add(self, block_scores: torch.Tensor, first_row: int) -> None:
+        """Merge the scores of rows first_row, first_row + 1, ... (one column each)."""
+        rows = torch.arange(first_row, first_row + block_scores.shape[1], device=self.device)
+        scores = torch.cat([self.scores, block_scores], dim=1)
+        ids = torch.cat([self.ids, rows.expand(len(scores), -1)], dim=1)
+        self.scores, pos = torch.topk(scores, min(self.depth, scores.shape[1]), dim=1)
+        self.ids = torch.gather(ids, 1, pos)
+
+    def ranking(self) -> Ranking:
+        return padded(self.ids.cpu().numpy(), self.scores.cpu().numpy(), self.depth)
 
 
 def padded(ids: np.ndarray, scores: np.ndarray, depth: int) -> Ranking:

@@ -14,7 +14,7 @@ import torch
 from ragopt.cache import Cache, cache_key
 from ragopt.data import Corpus, Queries
 from ragopt.models import ModelPool, attention_kernels, half_on_gpu, load_model, model_fingerprint
-from ragopt.retrievers._base import Ranking, padded, top_k
+from ragopt.retrievers._base import Ranking, RunningTopK, top_k
 from ragopt.retrievers.dense import exact_search
 from ragopt.spec import BGEM3Spec
 
@@ -38,6 +38,7 @@ class BGEM3Retriever:
     def __init__(self, spec: BGEM3Spec, corpus: Corpus, cache: Cache, pool: ModelPool, device: str,
                  progress: bool = False) -> None:
         self.spec, self.cache, self.pool, self.device, self.progress = spec, cache, pool, device, progress
+        self._weights = model_fingerprint(spec.model)
         self.corpus_outputs = self.encode(corpus.contents, corpus.key, "passage")
 
     def theoretical_min(self, spec: BGEM3Spec) -> float:
@@ -46,7 +47,7 @@ class BGEM3Retriever:
     def encode(self, texts: list[str], texts_key: str, role: str) -> dict[str, np.ndarray]:
         """Dense vectors, sparse weights (CSR parts) and ColBERT vectors (flat, with offsets)."""
         max_length = self.spec.query_max_length if role == "query" else self.spec.max_length
-        key = cache_key("bge_m3", model_fingerprint(self.spec.model), max_length,
+        key = cache_key("bge_m3", self._weights, max_length,
                         half_on_gpu(self.spec.use_fp16, self.device), texts_key)
         model_key = cache_key("bge_m3", self.spec.encoder_key(), self.device)
 
@@ -104,8 +105,7 @@ def colbert_search(q_vectors: np.ndarray, q_offsets: np.ndarray, d_vectors: np.n
     q_lengths = torch.from_numpy(np.diff(q_offsets)).to(device)
     q = torch.from_numpy(q_vectors).to(device, dtype)
     q_owner = torch.repeat_interleave(torch.arange(n_queries, device=device), q_lengths)
-    best_scores = torch.full((n_queries, 0), -torch.inf, device=device)
-    best_ids = torch.zeros((n_queries, 0), dtype=torch.long, device=device)
+    best = RunningTopK(n_queries, depth, device)
     first = 0
     while first < n_docs:
         last = max(first + 1, int(np.searchsorted(d_offsets, d_offsets[first] + TOKEN_CHUNK, side="right")) - 1)
@@ -116,10 +116,6 @@ def colbert_search(q_vectors: np.ndarray, q_offsets: np.ndarray, d_vectors: np.n
         best_match = torch.full((len(q), last - first), -torch.inf, device=device).scatter_reduce_(
             1, owner.expand(len(q), -1), similarity, "amax")
         block_scores = torch.zeros((n_queries, last - first), device=device).index_add_(0, q_owner, best_match)
-        block_scores /= q_lengths.clamp(min=1)[:, None]
-        scores = torch.cat([best_scores, block_scores], dim=1)
-        ids = torch.cat([best_ids, torch.arange(first, last, device=device).expand(n_queries, -1)], dim=1)
-        best_scores, pos = torch.topk(scores, min(depth, scores.shape[1]), dim=1)
-        best_ids = torch.gather(ids, 1, pos)
+        best.add(block_scores / q_lengths.clamp(min=1)[:, None], first)
         first = last
-    return padded(best_ids.cpu().numpy(), best_scores.cpu().numpy(), depth)
+    return best.ranking()

@@ -12,7 +12,7 @@ import torch
 from ragopt.cache import Cache, cache_key
 from ragopt.data import Corpus, Queries
 from ragopt.models import ModelPool, attention_kernels, load_model, model_fingerprint, torch_dtype
-from ragopt.retrievers._base import Ranking, padded
+from ragopt.retrievers._base import Ranking, RunningTopK, padded
 from ragopt.spec import DenseSpec
 
 CORPUS_CHUNK = 65_536
@@ -38,6 +38,7 @@ class DenseRetriever:
     def __init__(self, spec: DenseSpec, corpus: Corpus, cache: Cache, pool: ModelPool, device: str,
                  progress: bool = False, exact_search_max: int = 1_000_000) -> None:
         self.spec, self.cache, self.pool, self.device, self.progress = spec, cache, pool, device, progress
+        self._weights = {name: model_fingerprint(name) for name in (spec.model, spec.query_model) if name}
         self.corpus_vectors = self.embed(corpus.contents, corpus.key, "passage")
         self.index = hnsw_index(self.corpus_vectors) if len(corpus) > exact_search_max else None
 
@@ -52,7 +53,7 @@ class DenseRetriever:
         settings = {"prefix": prefix, "prompt_name": prompt_name, "max_length": self.spec.max_length,
                     "normalize": self.spec.normalize, "trust_remote_code": self.spec.trust_remote_code,
                     "dtype": str(torch_dtype(self.spec.dtype, self.device))}
-        key = cache_key("embeddings", model_fingerprint(name), settings, texts_key)
+        key = cache_key("embeddings", self._weights[name], settings, texts_key)
         model_key = cache_key("dense", name, self.spec.model_dump(exclude={"model", "query_model"}), self.device)
 
         def encode(batch_size: int) -> np.ndarray:
@@ -75,16 +76,10 @@ class DenseRetriever:
 def exact_search(queries: np.ndarray, corpus: np.ndarray, depth: int, device: str) -> Ranking:
     """Top-`depth` inner products, scanning the corpus in chunks and keeping a running top-k."""
     q = torch.from_numpy(queries).to(device)
-    best_scores = torch.full((len(queries), 0), -torch.inf, device=device)
-    best_ids = torch.zeros((len(queries), 0), dtype=torch.long, device=device)
+    best = RunningTopK(len(queries), depth, device)
     for start in range(0, len(corpus), CORPUS_CHUNK):
-        block = torch.from_numpy(corpus[start:start + CORPUS_CHUNK]).to(device)
-        scores = torch.cat([best_scores, q @ block.T], dim=1)
-        ids = torch.cat([best_ids, torch.arange(start, start + len(block), device=device).expand(len(q), -1)], dim=1)
-        take = min(depth, scores.shape[1])
-        best_scores, pos = torch.topk(scores, take, dim=1)
-        best_ids = torch.gather(ids, 1, pos)
-    return padded(best_ids.cpu().numpy(), best_scores.cpu().numpy(), depth)
+        best.add(q @ torch.from_numpy(corpus[start:start + CORPUS_CHUNK]).to(device).T, start)
+    return best.ranking()
 
 
 def hnsw_index(vectors: np.ndarray) -> Any:
