@@ -13,26 +13,31 @@ KO_MINI = ROOT / "examples" / "ko-mini"
 AUTORAG_KO = ROOT.parent / "shared" / "data" / "autorag-ko"
 
 
-def corpus_texts() -> list[str]:
-    return [json.loads(line)["contents"] for line in (KO_MINI / "corpus.jsonl").read_text().splitlines()]
+def example_texts() -> list[str]:
+    """Every passage and question of the bundled example."""
+    return [json.loads(line)[field] for name, field in (("corpus.jsonl", "contents"), ("qa.jsonl", "query"))
+            for line in (KO_MINI / name).read_text().splitlines()]
 
 
 def _train_tokenizer(kind: str):
-    """A WordPiece (BERT) or Unigram (XLM-R) tokenizer trained on the example corpus."""
+    """A WordPiece (BERT) or Unigram (XLM-R) tokenizer trained on the example data, with every
+    character of it in the vocabulary (as the real models' vocabularies cover Korean), so that
+    no text becomes <unk>."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-    texts = corpus_texts()
+    texts = example_texts()
+    alphabet = sorted(set("".join(texts).lower()) | set("".join(texts)))
     if kind == "wordpiece":
         tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=False)
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(vocab_size=800,
+        trainer = trainers.WordPieceTrainer(vocab_size=1600, initial_alphabet=alphabet,
                                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     else:
         tokenizer = Tokenizer(models.Unigram())
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=800, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                                          unk_token="<unk>")
+        trainer = trainers.UnigramTrainer(vocab_size=1600, initial_alphabet=alphabet, unk_token="<unk>",
+                                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
 
@@ -92,7 +97,7 @@ def tiny_xlmr_reranker(tmp_path_factory) -> Path:
 
     tokenizer = _xlmr_tokenizer()
     return _save_tiny(tmp_path_factory.mktemp("tiny-xlmr"), XLMRobertaForSequenceClassification, XLMRobertaConfig,
-                      tokenizer, num_labels=1, **_xlmr_ids(tokenizer))
+                      tokenizer, num_labels=1, initializer_range=0.3, **_xlmr_ids(tokenizer))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ The models are tiny random-weight XLM-RoBERTa and Gemma folders built in a temp 
 
 import numpy as np
 import pytest
+import torch
 from FlagEmbedding import BGEM3FlagModel, FlagLLMReranker, FlagReranker
 
 from ragopt import pipeline
@@ -91,18 +92,35 @@ def test_flag_rerankers_score_like_compute_score(kind, tiny_xlmr_reranker, tiny_
         np.testing.assert_array_equal(sorted(reranked.ids[q]), sorted(first.ids[q]))
 
 
-def test_flag_reranker_truncates_long_queries_like_compute_score(tiny_xlmr_reranker, ko_mini):
+def test_flag_reranker_cuts_long_queries_on_token_ids(tiny_xlmr_reranker, ko_mini):
+    """FlagReranker's truncation: the query's first 3/4 x max_length tokens, then the passage cut
+    to fit, on token ids as FlagEmbedding does under transformers 4 (under transformers 5 it
+    decodes the cut ids and tokenizes the text again, which can change tokens, e.g. around
+    <unk>). The scores are the model's logits on exactly those ids."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     from ragopt.models import ModelPool
+    from ragopt.rerankers._base import pair_features
     from ragopt.rerankers.flag import FlagScorer
 
     qa, corpus = ko_mini
-    long_queries = [" ".join(qa.queries.texts[i:i + 4]) for i in range(6)]
-    pairs = [(q, corpus.contents[i]) for i, q in enumerate(long_queries)]
-    spec = FlagRerankerSpec(model=str(tiny_xlmr_reranker), max_length=40, batch_size=4)
-    ours = FlagScorer(spec, "cpu", ModelPool(), "key").score(pairs)
-    reference = FlagReranker(str(tiny_xlmr_reranker), use_fp16=False, devices=["cpu"])
-    expected = np.asarray(reference.compute_score(pairs, max_length=40), dtype=np.float32)
-    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
+    pairs = [(" ".join(qa.queries.texts[i:i + 4]), corpus.contents[i]) for i in range(6)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_xlmr_reranker)
+    expected_ids = []
+    for query, passage in pairs:
+        query_ids = tokenizer(query, add_special_tokens=False)["input_ids"]
+        assert len(query_ids) > 30
+        passage_ids = tokenizer(passage, add_special_tokens=False)["input_ids"][:40 - 4 - 30]
+        expected_ids.append([tokenizer.cls_token_id, *query_ids[:30], tokenizer.sep_token_id, tokenizer.sep_token_id,
+                             *passage_ids, tokenizer.sep_token_id])
+    assert pair_features(tokenizer, pairs, 40, 30)["input_ids"] == expected_ids
+
+    ours = FlagScorer(FlagRerankerSpec(model=str(tiny_xlmr_reranker), max_length=40, batch_size=4), "cpu",
+                      ModelPool(), "key").score(pairs)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_xlmr_reranker).eval()
+    with torch.inference_mode():
+        expected = [model(input_ids=torch.tensor([ids])).logits[0, -1].item() for ids in expected_ids]
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("trust", [False, True])

@@ -88,6 +88,21 @@ def test_cross_encoder_reranks_the_head_and_scores_each_pair_once(ko_mini, tiny_
     np.testing.assert_array_equal(again.ids, reranked.ids)  # a new process reads every score from disk
 
 
+def test_cross_encoder_pairs_are_cut_longest_first_like_predict(ko_mini, tiny_xlmr_reranker):
+    """With queries longer than half of max_length, CrossEncoder cuts query and passage alike
+    (longest first); ragopt's pair tokenization gives the same ids as CrossEncoder.preprocess."""
+    from ragopt.rerankers._base import pair_features
+
+    qa, corpus = ko_mini
+    pairs = [(" ".join(qa.queries.texts[i:i + 3]), corpus.contents[i]) for i in range(6)]
+    model = CrossEncoder(str(tiny_xlmr_reranker), device="cpu", max_length=40)
+    features = model.preprocess(pairs)
+    expected = [ids[mask.bool()].tolist() for ids, mask in zip(features["input_ids"], features["attention_mask"])]
+    assert pair_features(model.tokenizer, pairs, 40)["input_ids"] == expected
+    separator = model.tokenizer.sep_token_id
+    assert all(len(ids) == 40 and ids.index(separator) > 15 for ids in expected)
+
+
 def test_a_model_that_cannot_load_says_what_to_change(ko_mini, tmp_path):
     _, corpus = ko_mini
     with pytest.raises(ModelError, match="dense model .* could not be loaded from the folder"):

@@ -31,29 +31,50 @@ PAD_MULTIPLE = 16
 """Padded lengths are rounded up to this, so batches share a few shapes (and kernels)."""
 
 
+def pair_features(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int,
+                  query_max_length: int | None = None) -> dict[str, list[list[int]]]:
+    """Unpadded model inputs for (query, passage) pairs, all pairs in one tokenizer pass.
+    Without query_max_length, CrossEncoder's truncation (longest first, to max_length). With it,
+    FlagReranker's: the query cut to its first query_max_length tokens and the passage cut to fit
+    max_length, on token ids (text is never cut and re-tokenized, which could change the tokens)."""
+    queries, passages = [q for q, _ in pairs], [p for _, p in pairs]
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in tokenizer.model_input_names]
+    if query_max_length is None:
+        encoded = tokenizer(queries, passages, truncation="longest_first", max_length=max_length)
+        return {k: encoded[k] for k in keys}
+    backend = tokenizer.backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    features: dict[str, list[list[int]]] = {k: [] for k in keys}
+    for query, passage in zip(backend.encode_batch(queries, add_special_tokens=False),
+                              backend.encode_batch(passages, add_special_tokens=False)):
+        query.truncate(query_max_length)
+        passage.truncate(max(room - len(query.ids), 0))
+        pair = backend.post_process(query, passage, add_special_tokens=True)
+        for key, values in (("input_ids", pair.ids), ("attention_mask", pair.attention_mask),
+                            ("token_type_ids", pair.type_ids)):
+            if key in features:
+                features[key].append(values)
+    return features
+
+
 def classify_pairs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int, max_length: int,
                    device: str, query_max_length: int | None = None) -> torch.Tensor:
     """The last logit of a sequence-classification model for each (query, passage) pair, in
-    input order. All pairs are tokenized in one call of the fast tokenizer (queries first cut
-    to query_max_length tokens, passages cut to fit max_length), run longest first so batches
+    input order. Pairs are tokenized at once by pair_features, run longest first so batches
     carry little padding and an out-of-memory shows at once, and copied to the host once.
     CrossEncoder.predict and FlagReranker.compute_score tokenize per batch or per pair in
     Python and leave the GPU idle meanwhile (see bench/RESULTS.md)."""
     from ragopt.models import attention_kernels
 
-    queries = [q for q, _ in pairs]
-    if query_max_length is not None:
-        cut = tokenizer(queries, add_special_tokens=False, truncation=True, max_length=query_max_length,
-                        return_offsets_mapping=True)["offset_mapping"]
-        queries = [q[:spans[-1][1]] if spans else q for q, spans in zip(queries, cut)]
-    encoded = tokenizer(queries, [p for _, p in pairs], truncation="only_second", max_length=max_length)
-    order = np.argsort([-len(ids) for ids in encoded["input_ids"]], kind="stable")
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+    features = pair_features(tokenizer, pairs, max_length, query_max_length)
+    order = np.argsort([-len(ids) for ids in features["input_ids"]], kind="stable")
     logits = []
     with torch.inference_mode(), attention_kernels(device):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = tokenizer.pad({k: [encoded[k][i] for i in rows] for k in keys}, padding=True,
+            batch = tokenizer.pad({k: [v[i] for i in rows] for k, v in features.items()}, padding=True,
                                   pad_to_multiple_of=PAD_MULTIPLE, return_tensors="pt")
             logits.append(model(**batch.to(device)).logits[:, -1].float())
     scores = torch.empty(len(pairs), dtype=torch.float32, device=device) if pairs else torch.zeros(0)

@@ -16,9 +16,9 @@ from ragopt.spec import FlagLLMRerankerSpec, FlagRerankerSpec
 
 class FlagScorer:
     """FlagReranker.compute_score's scores (raw logits) computed by classify_pairs from the
-    loaded model and tokenizer, with FlagReranker's truncation (query to 3/4 of max_length);
-    FlagLLMReranker through its own compute_score, longest pairs first. Both halve the batch on
-    out-of-memory."""
+    loaded model and tokenizer, with FlagReranker's truncation (query to 3/4 of max_length
+    tokens, on token ids); FlagLLMReranker through its own compute_score, longest pairs first.
+    Both halve the batch on out-of-memory."""
 
     def __init__(self, spec: FlagRerankerSpec | FlagLLMRerankerSpec, device: str, pool: ModelPool, key: str) -> None:
         from FlagEmbedding import FlagLLMReranker, FlagReranker
