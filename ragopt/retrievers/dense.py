@@ -12,6 +12,7 @@ import torch
 from ragopt.cache import Cache, cache_key
 from ragopt.data import Corpus, Queries
 from ragopt.models import ModelPool, attention_kernels, load_model, model_fingerprint, torch_dtype
+from ragopt.retrievers import packed
 from ragopt.retrievers._base import Ranking, RunningTopK, padded
 from ragopt.spec import DenseSpec
 
@@ -58,6 +59,9 @@ class DenseRetriever:
 
         def encode(batch_size: int) -> np.ndarray:
             model = self.pool.get(model_key, lambda: load_sentence_transformer(name, self.spec, self.device))
+            if packed.packable(model, prompt_name):
+                return packed.encode(model, [prefix + t for t in texts], prompt_name, batch_size, self.spec.normalize,
+                                     self.progress and len(texts) > batch_size).cpu().numpy()
             with attention_kernels(self.device):
                 return model.encode([prefix + t for t in texts], prompt_name=prompt_name, batch_size=batch_size,
                                     normalize_embeddings=self.spec.normalize, convert_to_tensor=True,

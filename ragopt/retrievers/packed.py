@@ -1,0 +1,175 @@
+"""Padding-free encoding for sentence-transformers bi-encoders. Texts are tokenized on a worker
+thread and packed end to end, in input order, into rows of batch_size x 512 tokens; attention stays
+inside each text (variable-length flash attention on a GPU, one attention call per text
+elsewhere). No compute goes to padding, and a model runs a few large matrix products instead of
+one small batch per 64 texts with Python in between. Gives model.encode's embeddings (tested), for
+the stacks Transformer -> Pooling (cls, mean, last token) -> optional Normalize on transformers
+models that take a pluggable attention function; other models go through model.encode."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+ATTENTION = "ragopt_packed"
+POOLING_MODES = ("cls", "mean", "lasttoken")
+TOKENS_PER_TEXT = 512
+"""A pack holds batch_size x this many tokens (at least one text), so halving the batch size on
+out-of-memory halves the packs."""
+TOKENIZE_CHUNK = 16
+"""Texts per tokenizer call: small, so that the first pack is ready soon."""
+
+
+def prompt_text(model: Any, prompt_name: str | None) -> str:
+    """The prompt model.encode would put before each text (the named or the default one)."""
+    name = prompt_name or model.default_prompt_name
+    return model.prompts.get(name, "") if name else ""
+
+
+def packable(model: Any, prompt_name: str | None) -> bool:
+    """Whether model is a Transformer -> Pooling -> [Normalize] stack this module can run."""
+    if prompt_name and prompt_name not in model.prompts:
+        return False  # model.encode says which prompts exist
+    prompt = prompt_text(model, prompt_name)
+    modules = list(model)
+    names = [type(module).__name__ for module in modules]
+    if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        return False
+    transformer, pooling = modules[0], modules[1]
+    return (getattr(pooling, "pooling_mode", None) in POOLING_MODES
+            and (getattr(pooling, "include_prompt", True) or not prompt)
+            and getattr(transformer, "tokenizer", None) is not None and transformer.tokenizer.is_fast
+            and getattr(transformer.auto_model, "_supports_attention_backend", False)
+            and _register_attention())
+
+
+def encode(model: Any, texts: Sequence[str], prompt_name: str | None, batch_size: int,
+           normalize: bool, progress: bool = False) -> torch.Tensor:
+    """Float32 embeddings of each text (after its prompt), in input order, on the model's device.
+    Nothing waits for the GPU until the caller reads the result, so the tokenizer and the Python
+    that launches each pack run while the GPU computes the previous one."""
+    transformer, pooling = model[0], model[1]
+    prompt = prompt_text(model, prompt_name)
+    network = transformer.auto_model
+    device = network.device
+    offset = _position_offset(network)
+    vectors = torch.empty(len(texts), network.config.hidden_size, dtype=torch.float32, device=device)
+    tokenized = _tokenized(transformer.tokenizer, [prompt + text for text in texts], transformer.max_seq_length)
+    with torch.inference_mode(), _attention(network), tqdm(total=len(texts), unit="text", disable=not progress,
+                                                           desc="Encoding") as bar:
+        for first, pack in _packs(tokenized, batch_size * TOKENS_PER_TEXT):
+            bar.update(len(pack))
+            lengths = torch.tensor([len(ids) for ids in pack])
+            bounds = F.pad(lengths.cumsum(0), (1, 0)).to(device=device, dtype=torch.int32)
+            input_ids = torch.tensor(list(chain.from_iterable(pack)), device=device)[None]
+            positions = torch.cat([torch.arange(n) for n in lengths.tolist()]).to(device)[None] + offset
+            longest = int(lengths.max())
+            hidden = network(input_ids=input_ids, position_ids=positions, token_type_ids=torch.zeros_like(input_ids),
+                             cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest,
+                             max_length_k=longest).last_hidden_state[0]
+            vectors[first:first + len(pack)] = _pool(hidden, bounds, lengths.to(device), pooling.pooling_mode)
+    has_normalize = len(model) == 3  # packable() checked that the third module is Normalize
+    return F.normalize(vectors, dim=-1) if normalize or has_normalize else vectors
+
+
+def _tokenized(tokenizer: Any, texts: list[str], max_length: int | None) -> Iterator[list[int]]:
+    """Token ids of each text in order, tokenized in chunks on a worker thread (the Rust
+    tokenizer releases the GIL), so tokenizing overlaps with encoding."""
+    chunks = [texts[i:i + TOKENIZE_CHUNK] for i in range(0, len(texts), TOKENIZE_CHUNK)]
+    with ThreadPoolExecutor(1) as worker:
+        for ids in worker.map(lambda chunk: tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"],
+                              chunks):
+            yield from ids
+
+
+def _packs(tokenized: Iterable[list[int]], tokens: int) -> Iterator[tuple[int, list[list[int]]]]:
+    """(index of the first text, token ids of the texts) for runs of consecutive texts of at most
+    `tokens` tokens together (one text at least); the first run is an eighth of that, so the GPU
+    starts while the tokenizer is still at work. Without padding, order and mixed lengths cost nothing."""
+    pack: list[list[int]] = []
+    first = used = 0
+    budget = max(tokens // 8, 1)
+    for ids in tokenized:
+        if pack and used + len(ids) > budget:
+            yield first, pack
+            first, pack, used, budget = first + len(pack), [], 0, tokens
+        pack.append(ids)
+        used += len(ids)
+    if pack:
+        yield first, pack
+
+
+def _pool(hidden: torch.Tensor, bounds: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:
+    """One vector per packed text: its first token, last token, or the mean of its tokens."""
+    if mode == "cls":
+        return hidden[bounds[:-1].long()].float()
+    if mode == "lasttoken":
+        return hidden[bounds[1:].long() - 1].float()
+    text_of_token = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths,
+                                            output_size=hidden.shape[0])  # a size given: no wait for the GPU
+    sums = torch.zeros(len(lengths), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+    return sums.index_add_(0, text_of_token, hidden.float()) / lengths[:, None]
+
+
+def _position_offset(network: Any) -> int:
+    """Where position ids start: RoBERTa-family embeddings (XLM-R) count from padding_idx + 1."""
+    embeddings = getattr(network, "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return padding_idx + 1 if isinstance(padding_idx, int) else 0
+
+
+def _packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: Any, scaling: float | None = None, dropout: float = 0.0,
+                      cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None,
+                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Attention within each packed text; inputs (1, heads, tokens, dim), output (1, tokens, heads, dim)."""
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    varlen_attn = _varlen_kernel() if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
+    if varlen_attn is not None:
+        out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling)
+    else:
+        edges = cu_seq_lens_q.tolist()
+        out = torch.cat([F.scaled_dot_product_attention(*(t[None, a:b].transpose(1, 2) for t in (q, k, v)),
+                                                        scale=scaling)[0].transpose(0, 1)
+                         for a, b in zip(edges[:-1], edges[1:])])
+    return out[None], None
+
+
+def _varlen_kernel() -> Any:
+    """PyTorch's variable-length flash attention (torch >= 2.10), or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _register_attention() -> bool:
+    """Make ATTENTION a transformers attention implementation (transformers >= 5)."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
+    except ImportError:
+        return False
+    AttentionInterface.register(ATTENTION, _packed_attention)
+    AttentionMaskInterface.register(ATTENTION, lambda *args, **kwargs: None)
+    return True
+
+
+@contextlib.contextmanager
+def _attention(network: Any) -> Iterator[None]:
+    """Run network with packed attention, then give it back its own."""
+    _register_attention()
+    previous = network.config._attn_implementation
+    network.set_attn_implementation(ATTENTION)
+    try:
+        yield
+    finally:
+        network.set_attn_implementation(previous)
