@@ -59,11 +59,12 @@ class DenseRetriever:
 
         def encode(batch_size: int) -> np.ndarray:
             model = self.pool.get(model_key, lambda: load_sentence_transformer(name, self.spec, self.device))
+            inputs = [prefix + t for t in texts]
             if packed.packable(model, prompt_name):
-                return packed.encode(model, [prefix + t for t in texts], prompt_name, batch_size, self.spec.normalize,
+                return packed.encode(model, inputs, prompt_name, batch_size, self.spec.normalize,
                                      self.progress and len(texts) > batch_size).cpu().numpy()
             with attention_kernels(self.device):
-                return model.encode([prefix + t for t in texts], prompt_name=prompt_name, batch_size=batch_size,
+                return model.encode(inputs, prompt_name=prompt_name, batch_size=batch_size,
                                     normalize_embeddings=self.spec.normalize, convert_to_tensor=True,
                                     show_progress_bar=self.progress and len(texts) > batch_size).float().cpu().numpy()
 

@@ -9,6 +9,7 @@ models that take a pluggable attention function; other models go through model.e
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
@@ -151,8 +152,9 @@ def _varlen_kernel() -> Any:
     return varlen_attn
 
 
+@functools.cache
 def _register_attention() -> bool:
-    """Make ATTENTION a transformers attention implementation (transformers >= 5)."""
+    """Make ATTENTION a transformers attention implementation (transformers >= 5), once."""
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface
