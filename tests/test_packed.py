@@ -47,6 +47,10 @@ def test_stacks_it_cannot_run_are_left_to_model_encode(tiny_bert):
 
 
 def test_packs_are_consecutive_texts_within_the_token_budget():
-    tokenized = [[0] * n for n in (3, 5, 2, 9, 1, 4, 4)]
-    packs = [(first, [len(ids) for ids in pack]) for first, pack in packed._packs(tokenized, 8)]
-    assert packs == [(0, [3]), (1, [5, 2]), (3, [9]), (4, [1, 4]), (6, [4])]
+    lengths = np.array([3, 5, 2, 9, 1, 4, 4])
+    ends = lengths.cumsum()
+    chunks = [(lengths[a:b], np.arange(ends[a - 1] if a else 0, ends[b - 1])) for a, b in ((0, 3), (3, 5), (5, 7))]
+    packs = list(packed._packs(chunks, 8))
+    assert [(first, counts.tolist()) for first, counts, _ in packs] == [
+        (0, [3]), (1, [5, 2]), (3, [9]), (4, [1, 4]), (6, [4])]
+    assert np.array_equal(np.concatenate([ids for _, _, ids in packs]), np.arange(ends[-1]))
