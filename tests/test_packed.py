@@ -26,7 +26,7 @@ def test_packed_encoding_matches_model_encode(family, pooling, normalize, tiny_b
     for prompt_name in (None, "query"):
         assert packed.packable(model, prompt_name)
         expected = model.encode(texts, prompt_name=prompt_name, batch_size=8, convert_to_numpy=True)
-        ours = packed.encode(model, texts, prompt_name, 1, False).numpy()  # packs of 512 tokens, the first of 64
+        ours = packed.encode(model, texts, prompt_name, 1, False).numpy()  # packs of 512 tokens, the first of 256
         np.testing.assert_allclose(ours, expected, atol=2e-6)
     assert model[0].auto_model.config._attn_implementation == "sdpa"  # its own attention is given back
 
