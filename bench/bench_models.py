@@ -27,14 +27,13 @@ import torch
 import yaml
 
 from ragopt import load_dataset, optimize
-from ragopt.cache import Cache
 from ragopt.data import Corpus
-from ragopt.models import ModelPool, pick_device
-from ragopt.rerankers.cross_encoder import CrossEncoderScorer
-from ragopt.rerankers.flag import FlagScorer
-from ragopt.retrievers.bge_m3 import BGEM3Retriever
-from ragopt.retrievers.dense import DenseRetriever
-from ragopt.spec import BGEM3Spec, CrossEncoderSpec, DenseSpec, FlagRerankerSpec
+from ragopt.engine import Engine
+from ragopt.models import Locator, pick_device
+from ragopt.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
+from ragopt.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
+from ragopt.retrievers.bge_m3 import BGEM3Spec
+from ragopt.retrievers.dense import DenseSpec
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "autorag-ko"
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}
@@ -127,9 +126,9 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict]:
         folder = work / f"{arch}-encoder"
         params = build_model(folder, arch, "encoder", tokenizer, seed=0)
         spec = DenseSpec(model=str(folder), max_length=limit, batch_size=args.batch_size)
-        pool = ModelPool()
         sample = Corpus([str(i) for i in range(len(passages))], passages)
-        retriever = DenseRetriever(spec, Corpus(["w"], [passages[0]]), Cache(None), pool, device)  # load, warm up
+        engine = Engine(Corpus(["w"], [passages[0]]), device=device)
+        retriever = engine.retriever(spec)  # load, warm up
         _sync(device)
         start = time.perf_counter()
         retriever.embed(sample.contents, sample.key, "passage")
@@ -141,8 +140,7 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict]:
             width = ARCHITECTURES[arch]["hidden_size"]
             torch.save(torch.nn.Linear(width, width).state_dict(), folder / "colbert_linear.pt")
             torch.save(torch.nn.Linear(width, 1).state_dict(), folder / "sparse_linear.pt")
-            m3 = BGEM3Retriever(BGEM3Spec(model=str(folder), batch_size=args.batch_size),
-                                Corpus(["w"], [passages[0]]), Cache(None), pool, device)
+            m3 = engine.retriever(BGEM3Spec(model=str(folder), batch_size=args.batch_size))
             _sync(device)
             start = time.perf_counter()
             m3.encode(sample.contents, sample.key, "passage")
@@ -154,12 +152,12 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict]:
         params = build_model(folder, arch, "reranker", tokenizer, seed=1)
         max_length = 512
         if ARCHITECTURES[arch]["family"] == "xlmr":
-            scorer = FlagScorer(FlagRerankerSpec(model=str(folder), max_length=max_length,
-                                                 batch_size=args.batch_size), device, pool, "bench-flag")
+            spec = FlagRerankerSpec(model=str(folder), max_length=max_length, batch_size=args.batch_size)
+            scorer = FlagScorer(spec, Locator()(spec.model), device, engine.pool, "bench-flag")
             kind = "rerank (FlagReranker)"
         else:
-            scorer = CrossEncoderScorer(CrossEncoderSpec(model=str(folder), max_length=max_length,
-                                                         batch_size=args.batch_size), device, pool, "bench-ce")
+            spec = CrossEncoderSpec(model=str(folder), max_length=max_length, batch_size=args.batch_size)
+            scorer = CrossEncoderScorer(spec, Locator()(spec.model), device, engine.pool, "bench-ce")
             kind = "rerank (CrossEncoder)"
         scorer.score(pairs[:8])
         _sync(device)

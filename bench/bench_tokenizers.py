@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ragopt.data import load_dataset
 from ragopt.metrics import at_k, relevance
-from ragopt.pipeline import Engine
-from ragopt.spec import BM25Spec, CharNgramTokenizer, KiwiTokenizer, MecabTokenizer, WhitespaceTokenizer
+from ragopt.engine import Engine
+from ragopt.retrievers.bm25 import BM25Spec
+from ragopt.retrievers.tokenizers import CharNgramTokenizer, KiwiTokenizer, MecabTokenizer, WhitespaceTokenizer
 
 TOKENIZERS = [KiwiTokenizer(), KiwiTokenizer(pos="content"), MecabTokenizer(), MecabTokenizer(pos="content"),
               CharNgramTokenizer(n=2), CharNgramTokenizer(n=3), WhitespaceTokenizer()]

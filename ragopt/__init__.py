@@ -1,12 +1,35 @@
-"""ragopt: find the best retrieval pipeline for a question-answering corpus."""
+"""ragopt: find the best retrieval pipeline for a question-answering corpus.
 
-from ragopt.config import Config, ConfigError, load_config
-from ragopt.data import Corpus, DataError, QASet, load_corpus, load_dataset
-from ragopt.models import ModelError
-from ragopt.pipeline import Hit, Pipeline, load_pipeline
-from ragopt.spec import PipelineSpec
-from ragopt.study import Outcome, optimize
+The public names are imported on first use, so `import ragopt` (and the `ragopt` command's
+start-up) stays light: nothing here imports torch until a model runs."""
 
-__all__ = ["Config", "ConfigError", "Corpus", "DataError", "Hit", "ModelError", "Outcome", "Pipeline",
-           "PipelineSpec", "QASet", "load_config", "load_corpus", "load_dataset", "load_pipeline", "optimize"]
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "Config": "ragopt.config", "load_config": "ragopt.config",
+    "Corpus": "ragopt.data", "QASet": "ragopt.data", "load_corpus": "ragopt.data", "load_dataset": "ragopt.data",
+    "ConfigError": "ragopt.errors", "DataError": "ragopt.errors", "ModelError": "ragopt.errors",
+    "StudyError": "ragopt.errors", "UserError": "ragopt.errors",
+    "Hit": "ragopt.pipeline", "Pipeline": "ragopt.pipeline", "load_pipeline": "ragopt.pipeline",
+    "PipelineSpec": "ragopt.spec",
+    "Ranking": "ragopt.ranking",
+    "Outcome": "ragopt.study", "optimize": "ragopt.study",
+}
+
+__all__ = sorted(_PUBLIC)
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ragopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

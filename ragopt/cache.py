@@ -1,32 +1,58 @@
-"""A content-addressed disk cache for the expensive things: tokens, embeddings, BM25 term
-statistics and reranker scores. Files are .npy (never pickled), .json and .parquet, named by a
-hash of what produced them (model, settings, content hash of the texts)."""
+"""A content-addressed disk cache for the expensive things: tokens, embeddings and reranker
+scores. Files are .npz (loaded without pickle) and .parquet, named by a hash of everything that
+produced them: the code path's schema version, the model's resolved revision or content hash,
+the library versions, the settings and the content hash of the texts. Change any of these and
+the entry is computed anew; change none and it is reused."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Any, Callable, Generic, Hashable, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from ragopt.files import atomic_write
 
 T = TypeVar("T")
 
+SCHEMA = {"tokens": 2, "embeddings": 2, "bge_m3": 2, "rerank": 2}
+"""The version of each code path's cached output: bump one when ragopt changes how that output
+is computed, and every entry made by the old code is recomputed instead of reused."""
+
+MEMORY_BYTES = 2 << 30
+"""What the in-process copy of cached arrays and score tables may hold (least recently used out)."""
+
+
+def nbytes(value: Any) -> int:
+    """The memory an array, a dict of arrays or an object with `nbytes` holds."""
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    return int(getattr(value, "nbytes", 0))
+
 
 class Memo(Generic[T]):
-    """The most recently used results of in-process computations (rankings, scored trials)."""
+    """The most recently used results of in-process computations, bounded by count and by the
+    bytes they hold."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int, max_bytes: int = MEMORY_BYTES, size: Callable[[T], int] = nbytes) -> None:
+        self.capacity, self.max_bytes, self.size = capacity, max_bytes, size
         self._items: OrderedDict[Hashable, T] = OrderedDict()
+        self._bytes: dict[Hashable, int] = {}
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._bytes.values())
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> tuple[T, bool]:
         """The value for key, computed on a miss, and whether it was already there."""
@@ -34,8 +60,10 @@ class Memo(Generic[T]):
             self._items.move_to_end(key)
             return self._items[key], True
         value = self._items[key] = compute()
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        self._bytes[key] = self.size(value)
+        while len(self._items) > 1 and (len(self._items) > self.capacity or self.bytes > self.max_bytes):
+            old, _ = self._items.popitem(last=False)
+            del self._bytes[old]
         return value, False
 
 
@@ -45,12 +73,19 @@ def cache_key(*parts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-class Cache:
-    """Arrays and tables on disk under `root`, or in memory only when root is None."""
+def entry_key(kind: str, *parts: object) -> str:
+    """The key of one cached output of `kind`: its schema version plus what produced it."""
+    return cache_key(kind, SCHEMA[kind], *parts)
 
-    def __init__(self, root: str | Path | None) -> None:
+
+class Cache:
+    """Arrays and tables on disk under `root`, or in memory only when root is None.
+    `misses` lists the (kind, key) of every entry computed by this process, in order."""
+
+    def __init__(self, root: str | Path | None, memory_bytes: int = MEMORY_BYTES) -> None:
         self.root = Path(root) if root is not None else None
-        self._memory: dict[str, object] = {}
+        self._memory: Memo[Any] = Memo(1 << 20, memory_bytes)
+        self.misses: list[tuple[str, str]] = []
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -58,35 +93,38 @@ class Cache:
         return None if self.root is None else self.root / kind / f"{key}{suffix}"
 
     def arrays(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Named arrays stored together as one .npz (loaded without pickle); computed on a miss."""
-        memo = f"{kind}/{key}"
-        if memo in self._memory:
-            return self._memory[memo]  # type: ignore[return-value]
+        """Named arrays stored together as one .npz; computed on a miss."""
+        return self._memory.get((kind, key), lambda: self._load_or_compute(kind, key, compute))[0]
+
+    def _load_or_compute(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]
+                         ) -> dict[str, np.ndarray]:
         path = self._path(kind, key, ".npz")
         if path is not None and path.exists():
             with np.load(path, allow_pickle=False) as stored:
-                value = {name: stored[name] for name in stored.files}
-        else:
-            value = compute()
-            if path is not None:
-                _atomic(path, lambda tmp: np.savez(tmp, **value))
-        self._memory[memo] = value
+                return {name: stored[name] for name in stored.files}
+        self.misses.append((kind, key))
+        value = compute()
+        if path is not None:
+            atomic_write(path, lambda tmp: _savez(tmp, value))
         return value
 
     def scores(self, kind: str, key: str) -> "ScoreTable":
         """A growing table of float scores keyed by 64-bit pair hashes (reranker scores)."""
-        memo = f"{kind}/{key}"
-        if memo not in self._memory:
-            folder = None if self.root is None else self.root / kind / key
-            self._memory[memo] = ScoreTable(folder)
-        return self._memory[memo]  # type: ignore[return-value]
+        folder = None if self.root is None else self.root / kind / key
+        return self._memory.get((kind, key), lambda: ScoreTable(folder, lambda: self.misses.append((kind, key))))[0]
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 class ScoreTable:
-    """Scores for pair hashes, kept in memory and appended to parquet parts on disk."""
+    """Scores for pair hashes, kept in memory and appended to parquet parts on disk (one part per
+    batch of new scores, named uniquely so that processes sharing the folder never collide)."""
 
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path | None, on_add: Callable[[], None] = lambda: None) -> None:
+        self.folder, self.on_add = folder, on_add
         self.keys = np.empty(0, dtype=np.uint64)
         self.values = np.empty(0, dtype=np.float32)
         if folder is not None and folder.exists():
@@ -94,6 +132,10 @@ class ScoreTable:
             if parts:
                 table = pd.concat(parts).drop_duplicates("key", keep="last")
                 self._set(table["key"].to_numpy(np.uint64), table["score"].to_numpy(np.float32))
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
 
     def _set(self, keys: np.ndarray, values: np.ndarray) -> None:
         order = np.argsort(keys)
@@ -110,20 +152,11 @@ class ScoreTable:
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
         if len(keys) == 0:
             return
+        self.on_add()
         merged_keys = np.concatenate([self.keys, keys.astype(np.uint64)])
         merged_values = np.concatenate([self.values, values.astype(np.float32)])
         unique, index = np.unique(merged_keys[::-1], return_index=True)
         self._set(unique, merged_values[::-1][index])
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            part = self.folder / f"{len(list(self.folder.glob('*.parquet'))):06d}-{os.getpid()}.parquet"
             frame = pd.DataFrame({"key": keys.astype(np.uint64), "score": values.astype(np.float32)})
-            _atomic(part, lambda tmp: frame.to_parquet(tmp, index=False))
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a half-written cache file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
+            atomic_write(self.folder / f"{uuid.uuid4().hex}.parquet", lambda tmp: frame.to_parquet(tmp, index=False))

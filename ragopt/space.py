@@ -8,71 +8,33 @@ Parameter names are stable and readable: 'retriever', 'reranker', 'top_k', then
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Any
 
-import optuna
+from ragopt.config import Config, ConfigError
+from ragopt.params import Chooser, FloatRange, IntRange, Options
+from ragopt.spec import PipelineSpec
 
-from ragopt.config import (
-    BGEM3Config,
-    BM25Config,
-    ConfigError,
-    Config,
-    DenseConfig,
-    FloatRange,
-    HybridConfig,
-    IntRange,
-    NoReranker,
-)
-from ragopt.retrievers.bm25 import NONOCCURRENCE_METHODS
-from ragopt.spec import BGEM3Spec, BM25Spec, DenseSpec, HybridSpec, PipelineSpec
+if TYPE_CHECKING:
+    import optuna
 
-Options = Union[list, FloatRange, IntRange]
-Chooser = Callable[[str, Options], Any]
 MAX_GRID = 100_000
 
 
 def suggest_pipeline(config: Config, choose: Chooser) -> PipelineSpec:
-    """Walk the space once, taking each decision from `choose(name, options)`."""
+    """Walk the space once, taking each decision from `choose(name, options)`; each entry type
+    suggests its own settings."""
     entries = {r.name: r for r in config.retrievers}
-    retriever = _resolve(entries[choose("retriever", list(entries))], entries, choose)
+
+    def resolve(name: str) -> Any:
+        return entries[name].suggest(choose, resolve)
+
+    retriever = resolve(choose("retriever", list(entries)))
     rerankers = {r.name: r for r in config.rerankers}
-    reranker_entry = rerankers[choose("reranker", list(rerankers))]
-    reranker = None
-    if not isinstance(reranker_entry, NoReranker):
-        reranker = reranker_entry.to_spec(choose(f"{reranker_entry.name}.depth", reranker_entry.depth))
+    reranker = rerankers[choose("reranker", list(rerankers))].suggest(choose)
     return PipelineSpec(retriever=retriever, reranker=reranker, top_k=choose("top_k", config.top_k))
 
 
-def _resolve(entry: BM25Config | DenseConfig | BGEM3Config | HybridConfig, entries: dict, choose: Chooser
-             ) -> BM25Spec | DenseSpec | BGEM3Spec | HybridSpec:
-    name = entry.name
-    if isinstance(entry, DenseConfig):
-        return entry.to_spec()
-    if isinstance(entry, BGEM3Config):
-        return entry.to_spec(choose(f"{name}.mode", entry.mode))
-    if isinstance(entry, BM25Config):
-        tokenizers = {t.label: t for t in entry.tokenizer}
-        method = choose(f"{name}.method", entry.method)
-        return BM25Spec(
-            tokenizer=tokenizers[choose(f"{name}.tokenizer", list(tokenizers))], method=method,
-            k1=choose(f"{name}.k1", entry.k1), b=choose(f"{name}.b", entry.b),
-            delta=choose(f"{name}.delta", entry.delta) if method in NONOCCURRENCE_METHODS else 0.5)
-    components = [_resolve(entries[c], entries, choose) for c in entry.retrievers]
-    fusion = choose(f"{name}.fusion", entry.fusion)
-    if fusion == "rrf":
-        return HybridSpec(retrievers=components, fusion="rrf", rrf_k=choose(f"{name}.rrf_k", entry.rrf_k),
-                          depth=entry.depth)
-    if len(components) == 2:
-        first = choose(f"{name}.weight", entry.weight)
-        weights = [first, 1.0 - first]
-    else:
-        raw = [choose(f"{name}.weight.{c}", entry.weight) for c in entry.retrievers]
-        weights = [w / sum(raw) for w in raw] if sum(raw) > 0 else [1.0 / len(raw)] * len(raw)
-    return HybridSpec(retrievers=components, fusion="convex", normalization=choose(f"{name}.normalization",
-                      entry.normalization), weights=weights, depth=entry.depth)
-
-
-def optuna_chooser(trial: optuna.Trial) -> Chooser:
+def optuna_chooser(trial: "optuna.Trial") -> Chooser:
     """Decisions drawn by an Optuna trial; a single fixed value is not recorded as a parameter."""
 
     def choose(name: str, options: Options) -> Any:

@@ -1,7 +1,9 @@
 """The Optuna study: sampler, storage, objective, resume, and the files it writes.
 
-Every trial's record (pipeline, metrics, timing) is stored in the study's storage, and the output
-files are derived from it, so a resumed or shared study reports all of its trials.
+Every trial's record (pipeline, metrics, relevance gains, timing) is stored in the study's
+storage, and the output files are derived from it, so a resumed or shared study reports all of
+its trials. A study remembers the data and space it was started with and the revisions of the
+models and tokenizers it ran, and refuses to mix in trials from others.
 """
 
 from __future__ import annotations
@@ -14,98 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
-from ragopt.cache import Cache, Memo, cache_key
+from ragopt.cache import Cache, cache_key
 from ragopt.config import Config, load_config
 from ragopt.data import Corpus, QASet, load_dataset
+from ragopt.engine import Engine
+from ragopt.errors import StudyError
+from ragopt.evaluation import Evaluator
 from ragopt.export import write_best
-from ragopt.metrics import METRICS, at_k, relevance
-from ragopt.pipeline import Engine
-from ragopt.report import TrecWriter, domain_means, trials_table, write_summary
-from ragopt.retrievers._base import Ranking
+from ragopt.files import atomic_write
+from ragopt.metrics import METRICS
+from ragopt.provenance import library_versions
+from ragopt.records import RECORD, TrialRecord, finished, per_question_table, trials_table
 from ragopt.space import enumerate_space, optuna_chooser, suggest_pipeline
-from ragopt.spec import BM25Spec, PipelineSpec
-
-RECORD = "ragopt"
-SCORED_KEPT = 1024
-
-
-class StudyError(RuntimeError):
-    """A study that cannot continue as asked (e.g. its config changed since it started)."""
-
-
-@dataclass
-class Scored:
-    """A pipeline's ranking at the deepest k and every metric per query."""
-
-    ranking: Ranking
-    per_query: dict[str, np.ndarray]
-
-    def mean(self, name: str) -> float:
-        return float(self.per_query[name].mean())
-
-    def means(self, metrics: list[str]) -> dict[str, float]:
-        """Means of the named metrics at every k, keyed 'metric@k'."""
-        return {key: self.mean(key) for key in self.per_query if key.split("@")[0] in metrics}
-
-
-class Evaluator:
-    """Scores pipelines on a QA set. Pipelines that differ only in top_k share one ranking (a
-    smaller k is a slice), and a pipeline seen before is not recomputed."""
-
-    def __init__(self, engine: Engine, qa: QASet, config: Config) -> None:
-        self.engine, self.qa, self.config = engine, qa, config
-        self.depth = max(config.top_k)
-        self._seen: Memo[Scored] = Memo(SCORED_KEPT)
-        order = np.random.default_rng(config.study.seed).permutation(len(qa))
-        self.chunks = np.array_split(order, min(config.study.prune_steps, len(qa)))
-
-    def evaluate(self, spec: PipelineSpec) -> tuple[Scored, bool]:
-        """The scores of a pipeline, and whether they were reused from an earlier trial."""
-        return self._seen.get(spec.model_copy(update={"top_k": self.depth}).key(), lambda: self._score(spec))
-
-    def _score(self, spec: PipelineSpec) -> Scored:
-        ranking = self.engine.run(spec, self.qa.queries, self.depth)
-        gains, n_rel = relevance(ranking.ids, self.qa.groups, len(self.engine.corpus))
-        return Scored(ranking, at_k(gains, n_rel, self.config.top_k, METRICS))
-
-    def evaluate_pruned(self, spec: PipelineSpec, trial: optuna.Trial) -> tuple[Scored, bool]:
-        """Like evaluate, but a reranking pipeline is first scored on growing subsets of the
-        questions; each question's objective value is reported to the trial (its step is the
-        question's row), and the trial stops with TrialPruned as soon as the pruner, comparing
-        with the best trial on the same questions, finds it cannot win. Other pipelines cost
-        little per question and are scored whole, then reported the same way."""
-        key = spec.model_copy(update={"top_k": self.depth}).key()
-        if spec.reranker is not None and key not in self._seen:
-            for rows in self.chunks:
-                ranking = self.engine.rerank_rows(spec, self.qa.queries, rows, self.depth)
-                gains, n_rel = relevance(ranking.ids, [self.qa.groups[i] for i in rows], len(self.engine.corpus))
-                self._report(trial, rows, self.per_query_objective(at_k(gains, n_rel, self.config.top_k, METRICS),
-                                                                     spec.top_k))
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-        scored, reused = self.evaluate(spec)
-        if spec.reranker is None or reused:
-            self._report(trial, np.arange(len(self.qa)), self.per_query_objective(scored.per_query, spec.top_k))
-        return scored, reused
-
-    @staticmethod
-    def _report(trial: optuna.Trial, rows: np.ndarray, values: np.ndarray) -> None:
-        for row, value in zip(rows.tolist(), values.tolist()):
-            trial.report(value, row)
-
-    def per_query_objective(self, per_query: dict[str, np.ndarray], top_k: int) -> np.ndarray:
-        """Each question's weighted mean of the optimized metrics; a bare name is taken at the trial's k."""
-        weights = self.config.optimize
-        total = sum(w * per_query[name if "@" in name else f"{name}@{top_k}"] for name, w in weights.items())
-        return total / sum(weights.values())
-
-    def objective(self, scored: Scored, top_k: int) -> float:
-        """The mean over questions of the per-question objective."""
-        return float(self.per_query_objective(scored.per_query, top_k).mean())
+from ragopt.spec import PipelineSpec
+from ragopt.summary import domain_means, write_summary
+from ragopt.trec import TrecWriter
 
 
 @dataclass
@@ -131,7 +59,18 @@ def _space_fingerprint(config: Config, qa: QASet, corpus: Corpus) -> str:
     return cache_key(space, corpus.key, qa.queries.key, qa.qids, qa.groups)
 
 
-def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprint: str
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The models and tokenizers whose revision or versions changed since the study started."""
+    lines = []
+    for group in ("models", "tokenizers"):
+        before, now = stored.get(group, {}), current.get(group, {})
+        for name in sorted(set(before) | set(now)):
+            if name in before and name in now and before[name] != now[name]:
+                lines.append(f"  {group[:-1]} {name!r}: {before[name]} -> {now[name]}")
+    return lines
+
+
+def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprint: str, provenance: dict[str, Any]
                 ) -> tuple[optuna.Study, optuna.Study | None]:
     """The study trials run in, and the durable one to copy each finished trial to (or None).
 
@@ -160,12 +99,17 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
             pass
     durable = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                   direction="maximize", load_if_exists=True)
-    stored = durable.user_attrs.get("space")
-    if stored is None:
+    attrs = durable.user_attrs
+    if "space" not in attrs:
         durable.set_user_attr("space", fingerprint)
-    elif stored != fingerprint:
+        durable.set_user_attr("provenance", provenance)
+    elif attrs["space"] != fingerprint:
         raise StudyError(f"study {name!r} in {storage} was started with a different data set or search space. "
                          f"Rerun with --fresh to start over, or give another --output.")
+    elif changed := _differences(attrs.get("provenance", {}), provenance):
+        raise StudyError(f"study {name!r} in {storage} was run with other model weights or tokenizers; its trials "
+                         "cannot be mixed with new ones:\n" + "\n".join(changed)
+                         + "\nRerun with --fresh to start over, or give another --output.")
     if config.study.storage:
         return durable, None
     working = optuna.create_study(study_name=name, sampler=sampler, pruner=pruner, direction="maximize")
@@ -177,13 +121,8 @@ def _warm_up(engine: Engine, config: Config, qa: QASet) -> None:
     """Tokenize and encode corpus and queries for every retriever up front, with progress bars,
     so that trials only combine cached arrays."""
     for entry in config.retrievers:
-        if entry.type == "bm25":
-            for tokenizer in entry.tokenizer:
-                engine.retrieve(BM25Spec(tokenizer=tokenizer), qa.queries, 1)
-        elif entry.type == "dense":
-            engine.retrieve(entry.to_spec(), qa.queries, 1)
-        elif entry.type == "bge_m3":
-            engine.retrieve(entry.to_spec(entry.mode[0]), qa.queries, 1)
+        for spec in entry.warm_up_specs():
+            engine.retrieve(spec, qa.queries, 1)
 
 
 def _trials_to_run(study: optuna.Study, config: Config, total: int) -> int:
@@ -210,11 +149,12 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
         shutil.rmtree(output / "runs", ignore_errors=True)
     (output / "runs").mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, durable = _open_study(config, output, config.study.name or config_path.stem, fresh,
-                                 _space_fingerprint(config, qa, corpus))
     engine = Engine(corpus, Cache(config.cache_dir or output / "cache"), config.device, progress,
                     config.exact_search_max)
-    evaluator = Evaluator(engine, qa, config)
+    provenance = engine.provenance(config.models(), config.tokenizers())
+    study, durable = _open_study(config, output, config.study.name or config_path.stem, fresh,
+                                 _space_fingerprint(config, qa, corpus), provenance)
+    evaluator = Evaluator(engine, qa, config.top_k, config.optimize, config.study.seed, config.study.prune_steps)
     trec = TrecWriter(qa, corpus)
     trec.qrels(output / "qrels.trec")
 
@@ -234,10 +174,8 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
         value = evaluator.objective(scored, spec.top_k)
         elapsed = time.perf_counter() - start
         durations.append(elapsed)
-        trial.set_user_attr(RECORD, {
-            "pipeline": spec.model_dump(mode="json"), "description": spec.describe(), "reused": reused,
-            "seconds_per_query": elapsed / len(qa),
-            "metrics": scored.means(config.metrics)})
+        record = TrialRecord.of(spec, scored.gains, scored.means(config.metrics), reused, elapsed / len(qa))
+        trial.set_user_attr(RECORD, record.to_attr())
         trec.run(output / "runs" / f"{trial.number}.trec", scored.ranking, f"ragopt-{trial.number}")
         return value
 
@@ -261,29 +199,34 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     seconds = {"first": warm_up + (durations[0] if durations else 0.0),
                "median": statistics.median(durations[1:]) if len(durations) > 1 else 0.0,
                "total": time.perf_counter() - started}
-    return _write_outputs(study, config, config_path, output, evaluator, qa, corpus, seconds, interrupted)
+    return _write_outputs(study, config, config_path, output, engine, qa, corpus, seconds, interrupted)
 
 
-def _write_outputs(study: optuna.Study, config: Config, config_path: Path, output: Path, evaluator: Evaluator,
+def _write_outputs(study: optuna.Study, config: Config, config_path: Path, output: Path, engine: Engine,
                    qa: QASet, corpus: Corpus, seconds: dict[str, float], interrupted: bool) -> Outcome:
-    table = trials_table(study, RECORD)
-    if table.empty:
+    trials = finished(study)
+    if not trials:
         raise StudyError(f"study {study.study_name!r} has no completed trial; raise n_trials or timeout")
-    table.to_csv(output / "trials.csv", index=False)
+    table = trials_table(trials)
+    atomic_write(output / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
+    per_question = per_question_table(trials, qa, config.top_k, tuple(config.metrics))
+    atomic_write(output / "per_question.parquet", lambda tmp: per_question.to_parquet(tmp, index=False))
     best_trial = study.best_trial
-    record: dict[str, Any] = best_trial.user_attrs[RECORD]
-    spec = PipelineSpec.model_validate(record["pipeline"])
-    scored, _ = evaluator.evaluate(spec)
-    metrics = scored.means(config.metrics)
+    record = TrialRecord.from_attrs(best_trial.user_attrs)
+    spec = record.pipeline
     write_best(output / "best.yaml", spec, {
         "study": study.study_name, "trial": best_trial.number, "objective": dict(config.optimize),
         "value": round(float(best_trial.value), 6),
-        "metrics_at_k": {k: round(v, 6) for k, v in metrics.items() if k.endswith(f"@{spec.top_k}")}})
-    per_domain = domain_means(scored.per_query, qa.domains, config.metrics, spec.top_k) if qa.domains else {}
+        "metrics_at_k": {k: round(v, 6) for k, v in record.metrics.items() if k.endswith(f"@{spec.top_k}")}},
+        {**engine.provenance(spec.retriever.models() + ([spec.reranker.model] if spec.reranker else []),
+                             spec.retriever.tokenizers()),
+         "libraries": library_versions()})
+    per_query = record.per_question(qa, config.top_k, METRICS)
+    per_domain = domain_means(per_query, qa.domains, config.metrics, spec.top_k) if qa.domains else {}
     write_summary(output / "summary.md", title=config_path.name, qa=qa, corpus=corpus, table=table,
                   best={"trial": best_trial.number, "value": best_trial.value, "description": spec.describe(),
-                        "metrics": metrics, "top_k": spec.top_k},
+                        "metrics": record.metrics, "top_k": spec.top_k},
                   names=config.metrics, ks=config.top_k, per_domain=per_domain, objective=dict(config.optimize),
                   seconds=seconds)
     n_pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
-    return Outcome(output, spec, float(best_trial.value), metrics, len(table), interrupted, n_pruned)
+    return Outcome(output, spec, float(best_trial.value), record.metrics, len(table), interrupted, n_pruned)

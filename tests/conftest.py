@@ -4,9 +4,12 @@ tiny random-weight models built in a temp folder so the real loading code runs o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("NUMBA_DISABLE_JIT", "1")  # ranx (test_fusion) as plain Python: no half minute of JIT
 
 ROOT = Path(__file__).resolve().parent.parent
 KO_MINI = ROOT / "examples" / "ko-mini"
@@ -101,6 +104,56 @@ def tiny_xlmr_reranker(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_xlmr_two_labels(tmp_path_factory) -> Path:
+    """An XLM-RoBERTa cross-encoder with two output labels (not relevant, relevant)."""
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    tokenizer = _xlmr_tokenizer()
+    return _save_tiny(tmp_path_factory.mktemp("tiny-xlmr-2"), XLMRobertaForSequenceClassification, XLMRobertaConfig,
+                      tokenizer, seed=2, num_labels=2, initializer_range=0.3, **_xlmr_ids(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    """A RoBERTa encoder (position ids counted from padding_idx + 1, like XLM-R)."""
+    from transformers import RobertaConfig, RobertaModel
+
+    tokenizer = _xlmr_tokenizer()
+    return _save_tiny(tmp_path_factory.mktemp("tiny-roberta"), RobertaModel, RobertaConfig, tokenizer, seed=3,
+                      **_xlmr_ids(tokenizer))
+
+
+def _decoder_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=_train_tokenizer("unigram"), bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    """A Qwen3 decoder, the architecture of Qwen3-Embedding: causal attention, grouped-query
+    attention (one key/value head for two query heads)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = _decoder_tokenizer()
+    return _save_tiny(tmp_path_factory.mktemp("tiny-qwen3"), Qwen3Model, Qwen3Config, tokenizer, seed=4,
+                      num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                      pad_token_id=tokenizer.pad_token_id)
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral(tmp_path_factory) -> Path:
+    """A Mistral decoder (the base of e5-mistral-style embedders) with an 8-token sliding window."""
+    from transformers import MistralConfig, MistralModel
+
+    tokenizer = _decoder_tokenizer()
+    return _save_tiny(tmp_path_factory.mktemp("tiny-mistral"), MistralModel, MistralConfig, tokenizer, seed=5,
+                      num_key_value_heads=1, head_dim=16, sliding_window=8, max_position_embeddings=512,
+                      pad_token_id=tokenizer.pad_token_id)
+
+
+@pytest.fixture(scope="session")
 def tiny_bge_m3(tmp_path_factory) -> Path:
     """BGE-M3's layout: an XLM-RoBERTa encoder plus the ColBERT and sparse heads as
     colbert_linear.pt and sparse_linear.pt beside it."""
@@ -138,16 +191,16 @@ def ko_mini():
 @pytest.fixture
 def scored_pairs(monkeypatch) -> list:
     """Every (query, passage) pair a CrossEncoder reranker is asked to score, in order."""
-    from ragopt import pipeline
+    from ragopt.rerankers.cross_encoder import CrossEncoderScorer
 
     seen: list = []
+    real = CrossEncoderScorer.score_pairs
 
-    class Counting(pipeline.CrossEncoderScorer):
-        def score(self, pairs):
-            seen.extend(pairs)
-            return super().score(pairs)
+    def counting(self, pairs):
+        seen.extend(pairs)
+        return real(self, pairs)
 
-    monkeypatch.setattr(pipeline, "CrossEncoderScorer", Counting)
+    monkeypatch.setattr(CrossEncoderScorer, "score_pairs", counting)
     return seen
 
 

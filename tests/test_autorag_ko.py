@@ -7,9 +7,9 @@ import pytest
 from conftest import AUTORAG_KO
 from ragopt.data import load_dataset
 from ragopt.metrics import at_k, relevance
-from ragopt.pipeline import Engine
-from ragopt.retrievers.tokenizers import tokenize
-from ragopt.spec import BM25Spec, KiwiTokenizer
+from ragopt.engine import Engine
+from ragopt.retrievers.bm25 import BM25Spec
+from ragopt.retrievers.tokenizers import KiwiTokenizer, tokenize
 
 pytestmark = pytest.mark.skipif(not AUTORAG_KO.exists(), reason="../shared/data/autorag-ko is not beside this checkout")
 

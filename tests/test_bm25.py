@@ -4,19 +4,30 @@ import bm25s
 import numpy as np
 import pytest
 
-from ragopt import retrievers
 from ragopt.cache import Cache
-from ragopt.data import Queries
-from ragopt.retrievers.bm25 import BM25Retriever, TermIndex, _token_arrays
-from ragopt.retrievers.tokenizers import tokenize
-from ragopt.spec import (
-    BM25Spec,
+from ragopt.data import Corpus, Queries
+from ragopt.engine import Engine
+from ragopt.metrics import at_k, relevance
+from ragopt.retrievers import bm25
+from ragopt.retrievers.bm25 import BM25Spec, TermIndex, _token_arrays
+from ragopt.retrievers.tokenizers import (
     CharNgramTokenizer,
     HuggingFaceTokenizer,
     KiwiTokenizer,
     MecabTokenizer,
     WhitespaceTokenizer,
+    tokenize,
 )
+from ragopt.testing.retrievers import RetrieverCase, RetrieverContract
+
+
+class TestBM25Contract(RetrieverContract):
+    @pytest.fixture(params=["lucene", "robertson", "bm25+"])
+    def case(self, request, ko_mini):
+        qa, corpus = ko_mini
+        spec = BM25Spec(tokenizer=KiwiTokenizer(), method=request.param)
+        return RetrieverCase(spec, corpus, qa.queries, unmatched=Queries(["zzqx qqqq", "!!!"]),
+                             variants=[BM25Spec(tokenizer=KiwiTokenizer(pos="content"))], cache_kinds=("tokens",))
 
 
 def test_kiwi_keeps_one_character_words_and_content_filter_drops_particles():
@@ -56,26 +67,52 @@ def test_scores_equal_bm25s(ko_mini, method):
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_tokens_are_cached_on_disk(ko_mini, tmp_path, monkeypatch):
+def test_tokens_are_cached_on_disk_per_tokenizer_and_library_version(ko_mini, tmp_path, monkeypatch):
     qa, corpus = ko_mini
     spec = BM25Spec(tokenizer=KiwiTokenizer())
-    first = BM25Retriever(spec, corpus, Cache(tmp_path)).search(spec, qa.queries, 5)
-    monkeypatch.setattr(retrievers.bm25, "tokenize", lambda *a, **k: pytest.fail("tokenized again"))
-    second = BM25Retriever(spec, corpus, Cache(tmp_path)).search(spec, qa.queries, 5)
+    first = Engine(corpus, Cache(tmp_path)).retrieve(spec, qa.queries, 5)
+    monkeypatch.setattr(bm25, "tokenize", lambda *a, **k: pytest.fail("tokenized again"))
+    second = Engine(corpus, Cache(tmp_path)).retrieve(spec, qa.queries, 5)
     np.testing.assert_array_equal(first.ids, second.ids)
     assert any((tmp_path / "tokens").iterdir())
+    monkeypatch.undo()
+    monkeypatch.setattr(KiwiTokenizer, "provenance", lambda self, locate: {"kiwipiepy": "9.9"})
+    upgraded = Cache(tmp_path)
+    Engine(corpus, upgraded).retrieve(spec, qa.queries, 5)
+    assert [kind for kind, _ in upgraded.misses] == ["tokens", "tokens"]  # a new Kiwi dictionary: corpus and queries
 
 
 def test_queries_are_scored_in_blocks(ko_mini, monkeypatch):
     qa, corpus = ko_mini
     spec = BM25Spec(tokenizer=WhitespaceTokenizer())
-    whole = BM25Retriever(spec, corpus, Cache(None)).search(spec, qa.queries, 7)
-    monkeypatch.setattr(retrievers.bm25, "SCORE_BLOCK", 5 * len(corpus))  # 5 queries at a time
-    np.testing.assert_array_equal(BM25Retriever(spec, corpus, Cache(None)).search(spec, qa.queries, 7).ids, whole.ids)
+    whole = Engine(corpus).retrieve(spec, qa.queries, 7)
+    monkeypatch.setattr(bm25, "SCORE_BLOCK", 5 * len(corpus))  # 5 queries at a time
+    blocks = Engine(corpus).retrieve(spec, qa.queries, 7)
+    np.testing.assert_array_equal(blocks.ids, whole.ids)
+    np.testing.assert_array_equal(blocks.stats.mean, whole.stats.mean)
 
 
-def test_unknown_query_words_and_empty_queries_score_zero(ko_mini, tmp_path):
-    _, corpus = ko_mini
+def test_only_passages_sharing_a_term_are_retrieved():
+    corpus = Corpus(["a", "b", "c", "d"], ["은행 예금 금리", "대출 금리", "날씨 맑음", "은행"])
     spec = BM25Spec(tokenizer=WhitespaceTokenizer())
-    ranking = BM25Retriever(spec, corpus, Cache(None)).search(spec, Queries(["zzqx", "!!!"]), 3)
-    assert ranking.ids.shape == (2, 3) and np.all(ranking.scores == 0)
+    ranking = Engine(corpus).retrieve(spec, Queries(["은행 예금", "금리", "zzqx", "!!!"]), 4)
+    assert ranking.ids[0, :2].tolist() == [0, 3] and ranking.ids[0, 2:].tolist() == [-1, -1]
+    assert sorted(ranking.ids[1, :2].tolist()) == [0, 1] and ranking.ids[1, 2:].tolist() == [-1, -1]
+    assert np.all(ranking.ids[2:] == -1) and np.all(ranking.stats.count[2:] == 0)
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]])
+def test_a_question_sharing_no_term_with_the_corpus_scores_0_whatever_the_corpus_order(order):
+    ids, texts = ["a-정답", "b", "c", "d"], ["예금 보호", "대출 금리", "날씨 맑음", "주식 시장"]
+    corpus = Corpus([ids[i] for i in order], [texts[i] for i in order])
+    ranking = Engine(corpus).retrieve(BM25Spec(tokenizer=WhitespaceTokenizer()), Queries(["zzqx"]), 3)
+    gains, n_rel = relevance(ranking.ids, [[[corpus.doc_ids.index("a-정답")]]], len(corpus))
+    assert all(v[0] == 0.0 for v in at_k(gains, n_rel, [1, 3]).values())
+
+
+def test_robertson_has_no_lower_bound_of_0(ko_mini):
+    _, corpus = ko_mini
+    engine = Engine(corpus)
+    retriever = engine.retriever(BM25Spec(tokenizer=WhitespaceTokenizer()))
+    assert retriever.theoretical_min(BM25Spec(tokenizer=WhitespaceTokenizer(), method="robertson")) is None
+    assert retriever.theoretical_min(BM25Spec(tokenizer=WhitespaceTokenizer(), method="lucene")) == 0.0

@@ -110,7 +110,7 @@ rerankers: [none, {name: ce, type: cross_encoder, model: models/enc}, {name: f, 
 
 def test_flagembedding_entries_search_mode_and_depth(tmp_path):
     from ragopt.space import enumerate_space, suggest_pipeline
-    from ragopt.spec import FlagRerankerSpec
+    from ragopt.rerankers.flag_reranker import FlagRerankerSpec
 
     text = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}

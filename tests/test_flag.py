@@ -1,25 +1,25 @@
 """FlagEmbedding models through ragopt's real loading code: BGE-M3's three retrievers against
-BGEM3FlagModel's own scoring functions, and FlagReranker / FlagLLMReranker against compute_score.
-The models are tiny random-weight XLM-RoBERTa and Gemma folders built in a temp folder."""
+BGEM3FlagModel's own scoring functions, and FlagReranker / FlagLLMReranker against compute_score;
+all pass the retriever or pair-scorer contract. The models are tiny random-weight XLM-RoBERTa and
+Gemma folders built in a temp folder."""
 
 import numpy as np
 import pytest
 import torch
 from FlagEmbedding import BGEM3FlagModel, FlagLLMReranker, FlagReranker
 
-from ragopt import pipeline
 from ragopt.cache import Cache
 from ragopt.data import Queries
-from ragopt.pipeline import Engine
-from ragopt.spec import (
-    BGEM3Spec,
-    BM25Spec,
-    FlagLLMRerankerSpec,
-    FlagRerankerSpec,
-    HybridSpec,
-    PipelineSpec,
-    WhitespaceTokenizer,
-)
+from ragopt.engine import Engine
+from ragopt.errors import ModelError
+from ragopt.models import Locator, ModelPool
+from ragopt.rerankers._pairs import pair_features
+from ragopt.rerankers.flag_llm_reranker import FlagLLMRerankerSpec, FlagLLMScorer
+from ragopt.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
+from ragopt.retrievers.bge_m3 import BGEM3Retriever, BGEM3Spec
+from ragopt.retrievers.hybrid import HybridSpec
+from ragopt.testing.rerankers import PairScorerContract, ScorerCase
+from ragopt.testing.retrievers import RetrieverCase, RetrieverContract
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,15 @@ def m3_reference(tiny_bge_m3, ko_mini):
     queries = Queries(qa.queries.texts[:5])
     kwargs = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": True}
     return model, queries, model.encode_queries(queries.texts, **kwargs), model.encode_corpus(corpus.contents, **kwargs)
+
+
+class TestBGEM3Contract(RetrieverContract):
+    @pytest.fixture(params=["dense", "sparse", "colbert"])
+    def case(self, request, ko_mini, tiny_bge_m3):
+        qa, corpus = ko_mini
+        spec = BGEM3Spec(model=str(tiny_bge_m3), mode=request.param)
+        return RetrieverCase(spec, corpus, Queries(qa.queries.texts[:8]), cache_kinds=("bge_m3",),
+                             variants=[spec.model_copy(update={"max_length": 64})])
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse", "colbert"])
@@ -42,22 +51,26 @@ def test_bge_m3_modes_rank_by_flagembeddings_own_scores(mode, tiny_bge_m3, ko_mi
         elif mode == "sparse":
             expected = np.array([model.compute_lexical_matching_score(q["lexical_weights"][i], w)
                                  for w in d["lexical_weights"]])
+            shared = [set(q["lexical_weights"][i]) & set(w) for w in d["lexical_weights"]]
+            expected = np.where([bool(s) for s in shared], expected, -np.inf)  # no shared token: not retrieved
         else:
             expected = np.array([float(model.colbert_score(q["colbert_vecs"][i], v)) for v in d["colbert_vecs"]])
-        np.testing.assert_allclose(ranking.scores[i], np.sort(expected)[::-1][:10], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(expected[ranking.ids[i]], ranking.scores[i], rtol=1e-4, atol=1e-5)
+        found = ranking.ids[i] >= 0
+        np.testing.assert_allclose(ranking.scores[i][found], np.sort(expected)[::-1][:10][found], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(expected[ranking.ids[i][found]], ranking.scores[i][found], rtol=1e-4, atol=1e-5)
+        assert found.sum() == min(10, np.isfinite(expected).sum())
 
 
 def test_bge_m3_modes_share_one_encoding_pass_and_fuse(tiny_bge_m3, ko_mini, tmp_path, monkeypatch):
     qa, corpus = ko_mini
     loads = []
-    real = pipeline.BGEM3Retriever.encode
+    real = BGEM3Retriever.encode
 
     def counting(self, texts, texts_key, role):
         loads.append(role)
         return real(self, texts, texts_key, role)
 
-    monkeypatch.setattr(pipeline.BGEM3Retriever, "encode", counting)
+    monkeypatch.setattr(BGEM3Retriever, "encode", counting)
     engine = Engine(corpus, Cache(tmp_path), "cpu")
     modes = [BGEM3Spec(model=str(tiny_bge_m3), mode=m) for m in ("dense", "sparse", "colbert")]
     hybrid = HybridSpec(retrievers=modes, fusion="convex", normalization="min_max", weights=[0.4, 0.2, 0.4])
@@ -67,29 +80,36 @@ def test_bge_m3_modes_share_one_encoding_pass_and_fuse(tiny_bge_m3, ko_mini, tmp
     assert fused.ids.shape == (len(qa), 5) and (fused.ids >= 0).all()
 
 
-def _pairs(qa, corpus, n):
-    return [(qa.queries.texts[i], corpus.contents[(7 * i) % len(corpus)]) for i in range(n)]
+def _reference(model, **kwargs):
+    def score(pairs):
+        if not pairs:
+            return np.zeros(0)
+        return np.asarray(model.compute_score(pairs, **kwargs), dtype=np.float32).reshape(len(pairs))
+    return score
 
 
-@pytest.mark.parametrize("kind", ["flag_reranker", "flag_llm_reranker"])
-def test_flag_rerankers_score_like_compute_score(kind, tiny_xlmr_reranker, tiny_gemma_reranker, ko_mini, tmp_path):
-    qa, corpus = ko_mini
-    if kind == "flag_reranker":
-        spec = FlagRerankerSpec(model=str(tiny_xlmr_reranker), depth=5, max_length=128)
+class TestFlagRerankerContract(PairScorerContract):
+    @pytest.fixture
+    def case(self, ko_mini, tiny_xlmr_reranker):
+        qa, corpus = ko_mini
         reference = FlagReranker(str(tiny_xlmr_reranker), use_fp16=False, devices=["cpu"])
-    else:
-        spec = FlagLLMRerankerSpec(model=str(tiny_gemma_reranker), depth=5, max_length=128)
+        return ScorerCase(FlagRerankerSpec(model=str(tiny_xlmr_reranker), depth=5, max_length=128), corpus,
+                          Queries(qa.queries.texts[:4]), _reference(reference, max_length=128))
+
+
+class TestFlagLLMRerankerContract(PairScorerContract):
+    @pytest.fixture
+    def case(self, ko_mini, tiny_gemma_reranker):
+        qa, corpus = ko_mini
         reference = FlagLLMReranker(str(tiny_gemma_reranker), use_fp16=False, devices=["cpu"])
-    bm25 = BM25Spec(tokenizer=WhitespaceTokenizer())
-    queries = Queries(qa.queries.texts[:4])
-    engine = Engine(corpus, Cache(tmp_path), "cpu")
-    first = engine.retrieve(bm25, queries, 5)
-    reranked = engine.run(PipelineSpec(retriever=bm25, reranker=spec, top_k=5), queries)
-    for q in range(4):
-        expected = np.asarray(reference.compute_score(
-            [(queries.texts[q], corpus.contents[d]) for d in first.ids[q]], max_length=128), dtype=np.float32)
-        np.testing.assert_allclose(reranked.scores[q], np.sort(expected)[::-1], rtol=1e-4, atol=1e-5)
-        np.testing.assert_array_equal(sorted(reranked.ids[q]), sorted(first.ids[q]))
+        return ScorerCase(FlagLLMRerankerSpec(model=str(tiny_gemma_reranker), depth=5, max_length=128), corpus,
+                          Queries(qa.queries.texts[:4]), _reference(reference, max_length=128))
+
+
+def test_flag_reranker_refuses_a_model_with_two_labels(tiny_xlmr_two_labels):
+    spec = FlagRerankerSpec(model=str(tiny_xlmr_two_labels))
+    with pytest.raises(ModelError, match="Use type: cross_encoder"):
+        FlagScorer(spec, Locator()(spec.model), "cpu", ModelPool(), "k")
 
 
 def test_flag_reranker_cuts_long_queries_on_token_ids(tiny_xlmr_reranker, ko_mini):
@@ -98,10 +118,6 @@ def test_flag_reranker_cuts_long_queries_on_token_ids(tiny_xlmr_reranker, ko_min
     decodes the cut ids and tokenizes the text again, which can change tokens, e.g. around
     <unk>). The scores are the model's logits on exactly those ids."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from ragopt.models import ModelPool
-    from ragopt.rerankers._base import pair_features
-    from ragopt.rerankers.flag import FlagScorer
 
     qa, corpus = ko_mini
     pairs = [(" ".join(qa.queries.texts[i:i + 4]), corpus.contents[i]) for i in range(6)]
@@ -115,8 +131,8 @@ def test_flag_reranker_cuts_long_queries_on_token_ids(tiny_xlmr_reranker, ko_min
                              *passage_ids, tokenizer.sep_token_id])
     assert pair_features(tokenizer, pairs, 40, 30)["input_ids"] == expected_ids
 
-    ours = FlagScorer(FlagRerankerSpec(model=str(tiny_xlmr_reranker), max_length=40, batch_size=4), "cpu",
-                      ModelPool(), "key").score(pairs)
+    spec = FlagRerankerSpec(model=str(tiny_xlmr_reranker), max_length=40, batch_size=4)
+    ours = FlagScorer(spec, Locator()(spec.model), "cpu", ModelPool(), "key").score(pairs)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_xlmr_reranker).eval()
     with torch.inference_mode():
         expected = [model(input_ids=torch.tensor([ids])).logits[0, -1].item() for ids in expected_ids]
@@ -128,11 +144,9 @@ def test_remote_code_reaches_every_loader_only_as_configured(trust, monkeypatch,
     import FlagEmbedding
     import sentence_transformers
 
-    from ragopt.models import ModelPool
-    from ragopt.rerankers.cross_encoder import CrossEncoderScorer
+    from ragopt.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
     from ragopt.retrievers.bge_m3 import load_bge_m3
-    from ragopt.retrievers.dense import load_sentence_transformer
-    from ragopt.spec import CrossEncoderSpec, DenseSpec
+    from ragopt.retrievers.dense import DenseSpec, load_sentence_transformer
 
     seen = {}
 
@@ -150,13 +164,15 @@ def test_remote_code_reaches_every_loader_only_as_configured(trust, monkeypatch,
                          (FlagEmbedding, "FlagLLMReranker")]:
         monkeypatch.setattr(module, name, fake(name))
     folder = str(tmp_path)
+    located = Locator()(folder)
     attempts = [
-        lambda: load_sentence_transformer(folder, DenseSpec(model=folder, trust_remote_code=trust), "cpu"),
-        lambda: CrossEncoderScorer(CrossEncoderSpec(model=folder, trust_remote_code=trust), "cpu", ModelPool(), "k"),
-        lambda: load_bge_m3(BGEM3Spec(model=folder, trust_remote_code=trust), "cpu"),
-        lambda: pipeline.FlagScorer(FlagRerankerSpec(model=folder, trust_remote_code=trust), "cpu", ModelPool(), "k"),
-        lambda: pipeline.FlagScorer(FlagLLMRerankerSpec(model=folder, trust_remote_code=trust), "cpu", ModelPool(),
-                                    "k"),
+        lambda: load_sentence_transformer(located, DenseSpec(model=folder, trust_remote_code=trust), "cpu"),
+        lambda: CrossEncoderScorer(CrossEncoderSpec(model=folder, trust_remote_code=trust), located, "cpu",
+                                   ModelPool(), "k"),
+        lambda: load_bge_m3(located, BGEM3Spec(model=folder, trust_remote_code=trust), "cpu"),
+        lambda: FlagScorer(FlagRerankerSpec(model=folder, trust_remote_code=trust), located, "cpu", ModelPool(), "k"),
+        lambda: FlagLLMScorer(FlagLLMRerankerSpec(model=folder, trust_remote_code=trust), located, "cpu",
+                              ModelPool(), "k"),
     ]
     for attempt in attempts:
         with pytest.raises(Stop):

@@ -1,25 +1,32 @@
 """Padding-free encoding: the same embeddings as model.encode for every supported pooling, with
-prompts, truncation and texts split across packs; unsupported stacks are left to model.encode."""
+prompts, truncation and texts split across packs; everything it cannot prove equal (decoders,
+other architectures, stacks, a GPU without the varlen kernel) is left to model.encode."""
+
+import warnings
 
 import numpy as np
 import pytest
+import torch
 from sentence_transformers import SentenceTransformer, models
 
-from ragopt.retrievers import packed
 from conftest import example_texts
+from ragopt.engine import Engine
+from ragopt.data import Queries
+from ragopt.retrievers import packed
+from ragopt.retrievers.dense import DenseSpec
 
 
-def _stack(path, pooling: str, normalize: bool, include_prompt: bool = True) -> SentenceTransformer:
-    transformer = models.Transformer(str(path), max_seq_length=24)
+def _stack(path, pooling: str, normalize: bool, include_prompt: bool = True, **transformer) -> SentenceTransformer:
+    transformer = models.Transformer(str(path), **{"max_seq_length": 24, **transformer})
     modules = [transformer, models.Pooling(32, pooling_mode=pooling, include_prompt=include_prompt)]
     return SentenceTransformer(modules=modules + [models.Normalize()] * normalize, device="cpu",
                                prompts={"query": "query: ", "passage": "passage: "})
 
 
 @pytest.mark.parametrize("pooling,normalize", [("cls", True), ("mean", False), ("lasttoken", True)])
-@pytest.mark.parametrize("family", ["bert", "xlmr"])
-def test_packed_encoding_matches_model_encode(family, pooling, normalize, tiny_bert, tiny_bge_m3):
-    model = _stack(tiny_bert if family == "bert" else tiny_bge_m3, pooling, normalize)
+@pytest.mark.parametrize("family", ["bert", "xlmr", "roberta"])
+def test_packed_encoding_matches_model_encode(family, pooling, normalize, tiny_bert, tiny_bge_m3, tiny_roberta):
+    model = _stack({"bert": tiny_bert, "xlmr": tiny_bge_m3, "roberta": tiny_roberta}[family], pooling, normalize)
     texts = example_texts()
     lengths = [len(ids) for ids in model.tokenizer(texts)["input_ids"]]
     assert min(lengths) < 24 < max(lengths)  # some texts are cut to max_seq_length, some are not
@@ -29,6 +36,37 @@ def test_packed_encoding_matches_model_encode(family, pooling, normalize, tiny_b
         ours = packed.encode(model, texts, prompt_name, 1, False).numpy()  # packs of 512 tokens, the first of 256
         np.testing.assert_allclose(ours, expected, atol=2e-6)
     assert model[0].auto_model.config._attn_implementation == "sdpa"  # its own attention is given back
+
+
+def test_surrounding_whitespace_lower_casing_and_processing_settings_match(tiny_bge_m3):
+    """The texts go through the model's own preprocessing: a lower-casing model, texts with
+    surrounding whitespace and Latin capitals, and a max_length set in processing_kwargs."""
+    model = _stack(tiny_bge_m3, "mean", True, do_lower_case=True, processing_kwargs={"text": {"max_length": 12}})
+    texts = [f"  {t[:40]} AI MRI  \n" for t in example_texts()[:20]] + ["\tDSR 규제 ", " 예금 "]
+    assert packed.packable(model, None)
+    np.testing.assert_allclose(packed.encode(model, texts, None, 1, False).numpy(),
+                               model.encode(texts, convert_to_numpy=True), atol=2e-6)
+
+
+@pytest.mark.parametrize("decoder", ["tiny_qwen3", "tiny_mistral"])
+def test_decoders_fall_back_to_model_encode(decoder, request, ko_mini):
+    """Causal attention, grouped-query attention and sliding windows are not what packed
+    attention computes: such models are never packed, and the retriever's embeddings are
+    model.encode's."""
+    path = request.getfixturevalue(decoder)
+    model = _stack(path, "lasttoken", True, max_seq_length=64)
+    assert not packed.packable(model, None)
+    model.save(str(path / "st"))
+    _, corpus = ko_mini
+    spec = DenseSpec(model=str(path / "st"))
+    engine = Engine(corpus, device="cpu")
+    vectors = engine.retriever(spec).corpus_vectors
+    reference = SentenceTransformer(str(path / "st"), device="cpu")
+    np.testing.assert_allclose(vectors, reference.encode(corpus.contents, normalize_embeddings=True), atol=2e-6)
+    queries = Queries(["예금자 보호 한도는?", "DSR 규제"])
+    q = reference.encode(queries.texts, normalize_embeddings=True)
+    expected = np.argsort(-(q @ vectors.T), axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(engine.retrieve(spec, queries, 5).ids, expected)
 
 
 def test_normalize_on_request_gives_unit_vectors(tiny_bert):
@@ -44,6 +82,25 @@ def test_stacks_it_cannot_run_are_left_to_model_encode(tiny_bert):
     assert packed.packable(without_prompt_tokens, None)
     assert not packed.packable(without_prompt_tokens, "query")
     assert not packed.packable(_stack(tiny_bert, "mean", normalize=True), "no-such-prompt")
+    truncated = _stack(tiny_bert, "mean", normalize=True)
+    truncated.truncate_dim = 16
+    assert not packed.packable(truncated, None)
+
+
+def test_a_gpu_without_the_varlen_kernel_uses_model_encode_and_says_so(monkeypatch):
+    monkeypatch.setattr(packed, "_varlen_kernel", lambda: None)
+    packed._warn_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="varlen attention"):
+        assert packed.attention_path("cuda", torch.bfloat16) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert packed.attention_path("cuda", torch.bfloat16) is None  # said once, not at every call
+    assert packed.attention_path("cpu", torch.float32) == "per_text"
+    monkeypatch.setattr(packed, "_varlen_kernel", lambda: object())
+    assert packed.attention_path("cuda", torch.float16) == "varlen"
+    packed._warn_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="float16 or bfloat16"):
+        assert packed.attention_path("cuda", torch.float32) is None
 
 
 def test_packs_are_consecutive_texts_within_the_token_budget():

@@ -6,7 +6,7 @@ import pytest
 from conftest import write_config
 from ragopt.config import load_config
 from ragopt.space import enumerate_space, optuna_chooser, suggest_pipeline
-from ragopt.spec import HybridSpec
+from ragopt.retrievers.hybrid import HybridSpec
 
 SPACE = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}

@@ -1,86 +1,145 @@
-"""Reranking: reorder the first `depth` candidates of a ranking by a pair scorer, with every
-(model, query, passage) score cached so candidate lists shared by several retrievers or
-depths are scored once."""
+"""The reranker plug-in kind: a config entry (its `depth` searchable), a spec, and a PairScorer
+that scores (query, passage) pairs, registered together under the config's `type`. Reranking
+reorders the first `depth` candidates of a ranking by the scorer, with every (model, query,
+passage) score cached, so candidate lists shared by several retrievers or depths are scored once.
+
+Contract of a PairScorer (checked for every registered type by ragopt.testing.rerankers): one
+finite float32 score per pair, higher is more relevant, the same whatever the order, batch or
+company the pair is scored in, equal to the library's own scoring of the model.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Protocol, Sequence
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, Sequence, Union
 
 import numpy as np
-import torch
+from pydantic import BeforeValidator, Field
 
-from ragopt.cache import ScoreTable
-from ragopt.retrievers._base import Ranking
+from ragopt.params import Chooser, StrictModel, bounded_ints
+from ragopt.ranking import Ranking
+
+if TYPE_CHECKING:
+    from ragopt.cache import ScoreTable
+    from ragopt.models import Located, ModelPool
 
 
-class PairScorer(Protocol):
-    """A model that scores (query, passage) pairs, higher is more relevant. FlagEmbedding's
-    rerankers plug in here the same way as sentence-transformers' CrossEncoder."""
+class RerankerSpec(StrictModel):
+    """A concrete reranker: a model and the number of candidates it reorders."""
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
+    type: str
+    model: str
+    depth: int = Field(20, ge=1)
+
+    def describe(self) -> str:
+        return f"{self.model}@{self.depth}"
+
+    def score_settings(self) -> dict[str, Any]:
+        """The settings its scores depend on (not the depth, batch size or model name: the model
+        enters cache keys by its revision)."""
+        return self.model_dump(exclude={"depth", "batch_size", "model"})
+
+
+class RerankerEntry(StrictModel):
+    """A reranker in the config: a unique name, its settings and a searchable `depth`."""
+
+    type: str
+    name: str
+    depth: bounded_ints(1) = [20]
+
+    def suggest(self, choose: Chooser) -> RerankerSpec:
+        spec_class = REGISTRY[self.type].spec
+        return spec_class(**self.model_dump(exclude={"name", "depth"}), depth=choose(f"{self.name}.depth", self.depth))
+
+    def models(self) -> list[str]:
+        return [self.model]  # type: ignore[attr-defined]
+
+    def localized(self, local: Callable[[str], str]) -> "RerankerEntry":
+        return self.model_copy(update={"model": local(self.model)})  # type: ignore[attr-defined]
+
+    def depths(self) -> list[int]:
+        return self.depth.grid() if not isinstance(self.depth, list) else list(self.depth)
+
+
+class NoReranker(StrictModel):
+    """The choice of no reranker (written `none` in the config)."""
+
+    type: Literal["none"]
+    name: str = "none"
+
+    def suggest(self, choose: Chooser) -> None:
+        return None
+
+    def models(self) -> list[str]:
+        return []
+
+    def localized(self, local: Callable[[str], str]) -> "NoReranker":
+        return self
+
+    def depths(self) -> list[int]:
+        return []
+
+
+class PairScorer(ABC):
+    """A loaded model that scores (query, passage) pairs (see the module's contract)."""
+
+    libraries: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+    """The libraries whose versions its scores depend on (part of the score cache key)."""
+
+    def __init__(self, spec: Any, located: "Located", device: str, pool: "ModelPool", key: str) -> None:
+        self.spec, self.located, self.device, self.pool, self.key = spec, located, device, pool, key
+
+    @staticmethod
+    def precision(spec: Any, device: str) -> str:
+        """The precision the model runs in on this device (part of the score cache key)."""
+        return "float32"
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """One float32 score per pair, in input order."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        return np.asarray(self.score_pairs(pairs), dtype=np.float32)
+
+    @abstractmethod
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """The scores of one or more pairs, in input order."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    entry: type[RerankerEntry]
+    spec: type[RerankerSpec]
+    scorer: type[PairScorer]
+
+
+REGISTRY: dict[str, Plugin] = {}
+
+
+def register(entry: type[RerankerEntry], spec: type[RerankerSpec], scorer: type[PairScorer]) -> None:
+    """Make a reranker type known to the config, the space and the engine."""
+    REGISTRY[spec.model_fields["type"].default] = Plugin(entry, spec, scorer)
+
+
+def spec_union() -> Any:
+    specs = tuple(p.spec for p in REGISTRY.values())
+    return Annotated[Union[specs], Field(discriminator="type")] if len(specs) > 1 else specs[0]
+
+
+def entry_union() -> Any:
+    return Annotated[Union[(NoReranker, *(p.entry for p in REGISTRY.values()))], Field(discriminator="type"),
+                     BeforeValidator(_none_shorthand)]
+
+
+def _none_shorthand(value: Any) -> Any:
+    return {"type": "none"} if value in ("none", None) else value
 
 
 def by_length(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
     """Pair order, longest first: batches of similar length carry little padding, and the
     largest batch runs first, so an out-of-memory shows at once."""
     return np.argsort([-(len(q) + len(p)) for q, p in pairs], kind="stable")
-
-
-PAD_MULTIPLE = 16
-"""Padded lengths are rounded up to this, so batches share a few shapes (and kernels)."""
-
-
-def pair_features(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int,
-                  query_max_length: int | None = None) -> dict[str, list[list[int]]]:
-    """Unpadded model inputs for (query, passage) pairs, all pairs in one tokenizer pass.
-    Without query_max_length, CrossEncoder's truncation (longest first, to max_length). With it,
-    FlagReranker's: the query cut to its first query_max_length tokens and the passage cut to fit
-    max_length, on token ids (text is never cut and re-tokenized, which could change the tokens)."""
-    queries, passages = [q for q, _ in pairs], [p for _, p in pairs]
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in tokenizer.model_input_names]
-    if query_max_length is None:
-        encoded = tokenizer(queries, passages, truncation="longest_first", max_length=max_length)
-        return {k: encoded[k] for k in keys}
-    backend = tokenizer.backend_tokenizer
-    backend.no_truncation()
-    backend.no_padding()
-    room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    features: dict[str, list[list[int]]] = {k: [] for k in keys}
-    for query, passage in zip(backend.encode_batch(queries, add_special_tokens=False),
-                              backend.encode_batch(passages, add_special_tokens=False)):
-        query.truncate(query_max_length)
-        passage.truncate(max(room - len(query.ids), 0))
-        pair = backend.post_process(query, passage, add_special_tokens=True)
-        for key, values in (("input_ids", pair.ids), ("attention_mask", pair.attention_mask),
-                            ("token_type_ids", pair.type_ids)):
-            if key in features:
-                features[key].append(values)
-    return features
-
-
-def classify_pairs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int, max_length: int,
-                   device: str, query_max_length: int | None = None) -> torch.Tensor:
-    """The last logit of a sequence-classification model for each (query, passage) pair, in
-    input order. Pairs are tokenized at once by pair_features, run longest first so batches
-    carry little padding and an out-of-memory shows at once, and copied to the host once.
-    CrossEncoder.predict and FlagReranker.compute_score tokenize per batch or per pair in
-    Python and leave the GPU idle meanwhile (see bench/RESULTS.md)."""
-    from ragopt.models import attention_kernels
-
-    features = pair_features(tokenizer, pairs, max_length, query_max_length)
-    order = np.argsort([-len(ids) for ids in features["input_ids"]], kind="stable")
-    logits = []
-    with torch.inference_mode(), attention_kernels(device):
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            batch = tokenizer.pad({k: [v[i] for i in rows] for k, v in features.items()}, padding=True,
-                                  pad_to_multiple_of=PAD_MULTIPLE, return_tensors="pt")
-            logits.append(model(**batch.to(device)).logits[:, -1].float())
-    scores = torch.empty(len(pairs), dtype=torch.float32, device=device) if pairs else torch.zeros(0)
-    if logits:
-        scores[torch.from_numpy(order).to(device)] = torch.cat(logits)
-    return scores
 
 
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
@@ -91,9 +150,10 @@ def text_hashes(texts: Sequence[str]) -> np.ndarray:
 
 def rerank(ranking: Ranking, depth: int, query_texts: Sequence[str], query_hashes: np.ndarray,
            doc_texts: Sequence[str], doc_hashes: np.ndarray, load_scorer: Callable[[], PairScorer],
-           table: ScoreTable) -> Ranking:
-    """Reorder ranks [0, depth) by the scorer; ranks from depth on keep the retriever's order. The
-    scorer is loaded only when some pair is not in the score table yet."""
+           table: "ScoreTable") -> Ranking:
+    """Reorder ranks [0, depth) by the scorer, ties kept in the retriever's order; ranks from
+    depth on keep the retriever's order. The scorer is loaded only when some pair is not in the
+    score table yet."""
     head = ranking.ids[:, :depth]
     valid = head >= 0
     rows, cols = np.nonzero(valid)

@@ -1,72 +1,166 @@
-"""What every retriever returns: a Ranking, one row of corpus indices and scores per query."""
+"""The retriever plug-in kind: a config entry (searchable settings), a spec (one value per
+setting) and a Retriever (the index that answers query sets), registered together under the
+config's `type`. The space, the engine, the warm-up, the descriptions and the provenance all
+dispatch through the registry, so a new retriever is one file that calls `register`.
+
+Contract of a Retriever (checked for every registered type by ragopt.testing.retrievers):
+- search returns only passages it retrieved: a lexical retriever the passages sharing a term
+  with the query, a dense one every passage; scores finite, best first, ties by corpus row, at
+  most `depth` per query, then -1 / -inf;
+- a shallower search is a prefix of a deeper one, scores included, and `stats` (over every
+  passage retrieved) does not depend on the depth;
+- results depend on the corpus's content, never on the order of rows in its file;
+- everything expensive goes through the cache, keyed by all that produced it.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Union
 
-import numpy as np
-import torch
+from pydantic import Field
+
+from ragopt.params import Chooser, StrictModel
+
+if TYPE_CHECKING:
+    from ragopt.cache import Cache
+    from ragopt.data import Corpus, Queries
+    from ragopt.models import Locator, ModelPool
+    from ragopt.ranking import Ranking
+    from ragopt.retrievers.tokenizers import Tokenizer
+
+MODEL_FIELDS = ("model", "query_model")
+"""Settings that name a model (a hub id, a folder relative to the config, or pkg:...)."""
+
+
+class RetrieverSpec(StrictModel):
+    """A concrete retriever: one value per setting; its JSON form keys its rankings."""
+
+    type: str
+
+    def describe(self) -> str:
+        """A short human description for tables and progress bars."""
+        raise NotImplementedError
+
+    def index_key(self) -> str:
+        """Specs with the same index key share one Retriever (e.g. every BM25 spec of one
+        tokenizer shares its term index); by default each spec has its own."""
+        return self.key()
+
+    def components(self) -> list["RetrieverSpec"]:
+        """The retrievers a composite (hybrid) spec combines; none for a plain one."""
+        return []
+
+    def models(self) -> list[str]:
+        """The models this spec loads, its components' included."""
+        own = [v for f in MODEL_FIELDS if isinstance(v := getattr(self, f, None), str)]
+        return list(dict.fromkeys(own + [m for c in self.components() for m in c.models()]))
+
+    def tokenizers(self) -> list["Tokenizer"]:
+        """The tokenizers this spec uses, its components' included."""
+        return [t for c in self.components() for t in c.tokenizers()]
+
+
+class RetrieverEntry(StrictModel):
+    """A retriever in the config: a unique name and searchable settings."""
+
+    type: str
+    name: str
+    composite: ClassVar[bool] = False
+    """Whether this entry combines other entries (which then must not be composite)."""
+
+    def suggest(self, choose: Chooser, resolve: Callable[[str], RetrieverSpec]) -> RetrieverSpec:
+        """A concrete spec, taking each open decision from choose('<name>.<setting>', options);
+        `resolve(name)` suggests the spec of another entry (for composite entries)."""
+        raise NotImplementedError
+
+    def warm_up_specs(self) -> list[RetrieverSpec]:
+        """Specs whose indexes cover every spec this entry can suggest (built before the trials)."""
+        return []
+
+    def references(self) -> list[str]:
+        """Names of the other entries this one combines."""
+        return []
+
+    def check(self, max_depth: int) -> str | None:
+        """A problem with this entry given the deepest ranking the space needs, or None."""
+        return None
+
+    def models(self) -> list[str]:
+        """The models this entry can load (their revisions are recorded and checked on resume)."""
+        return [v for f in MODEL_FIELDS if isinstance(v := getattr(self, f, None), str)]
+
+    def tokenizers(self) -> list["Tokenizer"]:
+        """The tokenizers this entry can use (their library versions are recorded)."""
+        return []
+
+    def localized(self, local: Callable[[str], str]) -> "RetrieverEntry":
+        """This entry with model folders given relative to the config made absolute."""
+        updates = {f: local(v) for f in MODEL_FIELDS if isinstance(v := getattr(self, f, None), str)}
+        return self.model_copy(update=updates)
+
+
+@dataclass
+class Context:
+    """What a Retriever is built with: the corpus, the disk cache, the model pool and locator,
+    the device; `retrieve` and `retriever` reach the engine's other retrievers (for hybrids)."""
+
+    corpus: "Corpus"
+    cache: "Cache"
+    pool: "ModelPool"
+    locate: "Locator"
+    device: str
+    progress: bool
+    exact_search_max: int
+    retrieve: Callable[[RetrieverSpec, "Queries", int], "Ranking"]
+    retriever: Callable[[RetrieverSpec], "Retriever"]
+
+
+class Retriever(ABC):
+    """An index over one corpus that answers query sets (see the module's contract)."""
+
+    def __init__(self, spec: Any, context: Context) -> None:
+        self.context = context
+
+    @abstractmethod
+    def search(self, spec: Any, queries: "Queries", depth: int) -> "Ranking":
+        """The `depth` best passages of the corpus for each query."""
+
+    def theoretical_min(self, spec: Any) -> float | None:
+        """The lowest score any passage can get, for 'tmm' normalization; None if unknown."""
+        return None
 
 
 @dataclass(frozen=True)
-class Ranking:
-    """ids[q, r] is the corpus row at rank r for query q (-1 where fewer were retrieved);
-    scores[q, r] is its score (-inf there). Rows are sorted best first."""
-
-    ids: np.ndarray
-    scores: np.ndarray
-
-    @property
-    def depth(self) -> int:
-        return self.ids.shape[1]
-
-    def head(self, depth: int) -> "Ranking":
-        """The first `depth` ranks; a smaller k is a slice, never a new retrieval."""
-        return Ranking(self.ids[:, :depth], self.scores[:, :depth])
+class Plugin:
+    entry: type[RetrieverEntry]
+    spec: type[RetrieverSpec]
+    retriever: type[Retriever]
 
 
-def top_k(scores: np.ndarray, depth: int) -> Ranking:
-    """The `depth` best columns of a (queries x docs) score matrix, best first. Equal scores are
-    ordered by corpus row over the whole corpus, so a shallower ranking is always a prefix of a
-    deeper one (BM25 gives many equal scores, zero above all)."""
-    n_queries, n_docs = scores.shape
-    take = min(depth, n_docs)
-    kth = -np.partition(-scores, take - 1, axis=1)[:, take - 1:take]
-    above = scores > kth
-    needed = take - above.sum(axis=1, keepdims=True)
-    tied = scores == kth
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= needed))
-    ids = np.nonzero(chosen)[1].reshape(n_queries, take)
-    picked = np.take_along_axis(scores, ids, axis=1)
-    order = np.lexsort((ids, -picked), axis=1)
-    return padded(np.take_along_axis(ids, order, axis=1), np.take_along_axis(picked, order, axis=1), depth)
+REGISTRY: dict[str, Plugin] = {}
 
 
-class RunningTopK:
-    """The best `depth` (score, corpus row) pairs per query over a corpus scanned in blocks of
-    consecutive rows, kept on the device so no block's full score matrix outlives its scan."""
-
-    def __init__(self, n_queries: int, depth: int, device: str) -> None:
-        self.depth, self.device = depth, device
-        self.scores = torch.full((n_queries, 0), -torch.inf, device=device)
-        self.ids = torch.zeros((n_queries, 0), dtype=torch.long, device=device)
-
-    def add(self, block_scores: torch.Tensor, first_row: int) -> None:
-        """Merge the scores of rows first_row, first_row + 1, ... (one column each)."""
-        rows = torch.arange(first_row, first_row + block_scores.shape[1], device=self.device)
-        scores = torch.cat([self.scores, block_scores], dim=1)
-        ids = torch.cat([self.ids, rows.expand(len(scores), -1)], dim=1)
-        self.scores, pos = torch.topk(scores, min(self.depth, scores.shape[1]), dim=1)
-        self.ids = torch.gather(ids, 1, pos)
-
-    def ranking(self) -> Ranking:
-        return padded(self.ids.cpu().numpy(), self.scores.cpu().numpy(), self.depth)
+def register(entry: type[RetrieverEntry], spec: type[RetrieverSpec], retriever: type[Retriever]) -> None:
+    """Make a retriever type known to the config, the space and the engine."""
+    name = spec.model_fields["type"].default
+    if entry.model_fields["type"].annotation != spec.model_fields["type"].annotation:
+        raise TypeError(f"{entry.__name__} and {spec.__name__} must share the same `type` literal")
+    REGISTRY[name] = Plugin(entry, spec, retriever)
 
 
-def padded(ids: np.ndarray, scores: np.ndarray, depth: int) -> Ranking:
-    """A Ranking of exactly `depth` columns, filling missing ranks with -1 / -inf."""
-    missing = depth - ids.shape[1]
-    if missing > 0:
-        ids = np.pad(ids, ((0, 0), (0, missing)), constant_values=-1)
-        scores = np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf)
-    return Ranking(ids.astype(np.int64), scores.astype(np.float32))
+def plugin(type_name: str) -> Plugin:
+    return REGISTRY[type_name]
+
+
+def spec_union(composite: bool | None = None) -> Any:
+    """The registered spec classes as a pydantic union tagged by `type` (only plain ones with
+    composite=False)."""
+    specs = tuple(p.spec for p in REGISTRY.values() if composite is None or p.entry.composite == composite)
+    return Annotated[Union[specs], Field(discriminator="type")] if len(specs) > 1 else specs[0]
+
+
+def entry_union() -> Any:
+    """The registered config entry classes as a pydantic union tagged by `type`."""
+    return Annotated[Union[tuple(p.entry for p in REGISTRY.values())], Field(discriminator="type")]

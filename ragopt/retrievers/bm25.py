@@ -3,27 +3,97 @@
 The corpus is tokenized once per tokenizer and the tokens cached on disk; their term-frequency
 matrix, built in milliseconds, is the index. A trial weights that matrix with bm25s's own scoring
 functions (the formulas bm25s.BM25 uses, which the tests check score for score) instead of
-rebuilding a bm25s index per (k1, b).
+rebuilding a bm25s index per (k1, b). A passage is retrieved when it shares at least one term
+with the query, as in Lucene; the others never appear in a ranking, whatever their score.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, Callable, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from bm25s.scoring import _select_idf_scorer, _select_tfc_scorer
+from pydantic import field_validator
 
-from ragopt.cache import Cache, cache_key
-from ragopt.data import Corpus, Queries
-from ragopt.retrievers._base import Ranking, top_k
-from ragopt.retrievers.tokenizers import tokenize
-from ragopt.spec import BM25Spec
+from ragopt.cache import entry_key
+from ragopt.data import Queries
+from ragopt.params import Chooser, bounded_floats, choices
+from ragopt.ranking import Ranking, ScoreStats, top_k
+from ragopt.retrievers._base import Context, Retriever, RetrieverEntry, RetrieverSpec, register
+from ragopt.retrievers.tokenizers import Tokenizer, tokenize
 
+BM25Method = Literal["lucene", "robertson", "atire", "bm25l", "bm25+"]
 NONOCCURRENCE_METHODS = ("bm25l", "bm25+")
+NEGATIVE_IDF_METHODS = ("robertson",)
+"""Robertson's idf is negative for terms in more than half of the passages, so its scores have
+no lower bound of 0."""
 SCORE_BLOCK = 1 << 25
 """Queries are scored in blocks of at most this many (query, document) scores (128 MiB)."""
+
+
+class BM25Spec(RetrieverSpec):
+    """BM25 over one tokenizer's tokens with one variant and k1, b (and delta for bm25l, bm25+)."""
+
+    type: Literal["bm25"] = "bm25"
+    tokenizer: Tokenizer
+    method: BM25Method = "lucene"
+    k1: float = 1.5
+    b: float = 0.75
+    delta: float = 0.5
+
+    def describe(self) -> str:
+        return f"bm25[{self.tokenizer.label},{self.method},k1={self.k1:.3g},b={self.b:.3g}]"
+
+    def index_key(self) -> str:
+        return self.tokenizer.key()
+
+    def models(self) -> list[str]:
+        return [self.tokenizer.model] if self.tokenizer.type == "huggingface" else []
+
+    def tokenizers(self) -> list[Any]:
+        return [self.tokenizer]
+
+
+class BM25Config(RetrieverEntry):
+    """BM25 over the tokens of one or more tokenizers; method, k1, b and delta are searchable."""
+
+    type: Literal["bm25"]
+    tokenizer: choices(Tokenizer)
+    method: choices(BM25Method) = ["lucene"]
+    k1: bounded_floats(0.0, math.inf) = [1.5]
+    b: bounded_floats(0.0, 1.0) = [0.75]
+    delta: bounded_floats(0.0, math.inf) = [0.5]
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _distinct_tokenizers(cls, value: list) -> list:
+        labels = [t.label for t in value]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"tokenizers must differ; got {labels}")
+        return value
+
+    def suggest(self, choose: Chooser, resolve: Callable[[str], RetrieverSpec]) -> BM25Spec:
+        tokenizers = {t.label: t for t in self.tokenizer}
+        method = choose(f"{self.name}.method", self.method)
+        return BM25Spec(tokenizer=tokenizers[choose(f"{self.name}.tokenizer", list(tokenizers))], method=method,
+                        k1=choose(f"{self.name}.k1", self.k1), b=choose(f"{self.name}.b", self.b),
+                        delta=choose(f"{self.name}.delta", self.delta) if method in NONOCCURRENCE_METHODS else 0.5)
+
+    def warm_up_specs(self) -> list[RetrieverSpec]:
+        return [BM25Spec(tokenizer=t) for t in self.tokenizer]
+
+    def models(self) -> list[str]:
+        return [t.model for t in self.tokenizer if t.type == "huggingface"]
+
+    def tokenizers(self) -> list[Any]:
+        return list(self.tokenizer)
+
+    def localized(self, local: Callable[[str], str]) -> "BM25Config":
+        return self.model_copy(update={"tokenizer": [t.model_copy(update={"model": local(t.model)})
+                                                     if t.type == "huggingface" else t for t in self.tokenizer]})
 
 
 def _token_arrays(tokens: list[list[str]]) -> dict[str, np.ndarray]:
@@ -33,11 +103,13 @@ def _token_arrays(tokens: list[list[str]]) -> dict[str, np.ndarray]:
     return {"vocab": np.array(list(vocab), dtype=str), "ids": flat, "offsets": offsets}
 
 
-def tokens_of(spec: BM25Spec, texts: list[str], texts_key: str, cache: Cache, progress: bool = False
+def tokens_of(tokenizer: Any, texts: list[str], texts_key: str, context: Context, progress: bool = False
               ) -> dict[str, np.ndarray]:
-    """Tokens of a text set as (vocab, flat ids, offsets), cached per tokenizer and content."""
-    key = cache_key("tokens", spec.tokenizer.model_dump(), texts_key)
-    return cache.arrays("tokens", key, lambda: _token_arrays(tokenize(spec.tokenizer, texts, progress)))
+    """Tokens of a text set as (vocab, flat ids, offsets), cached per tokenizer, its library and
+    dictionary versions, and the texts' content."""
+    key = entry_key("tokens", tokenizer.model_dump(), tokenizer.provenance(context.locate), texts_key)
+    return context.cache.arrays("tokens", key, lambda: _token_arrays(
+        tokenize(tokenizer, texts, context.locate, progress)))
 
 
 @dataclass
@@ -64,7 +136,14 @@ class TermIndex:
     def doc_freq(self) -> np.ndarray:
         return np.bincount(self.tf.indices, minlength=self.tf.shape[1])
 
+    @cached_property
+    def presence(self) -> sp.csr_matrix:
+        """1 where a passage has a term: which passages a query retrieves."""
+        return sp.csr_matrix((np.ones_like(self.tf.data), self.tf.indices, self.tf.indptr), shape=self.tf.shape)
+
     def idf(self, method: str) -> np.ndarray:
+        from bm25s.scoring import _select_idf_scorer
+
         scorer = _select_idf_scorer(method)
         n_docs = self.tf.shape[0]
         return np.array([scorer(df, N=n_docs) if df else 0.0 for df in self.doc_freq.tolist()], dtype=np.float32)
@@ -84,6 +163,8 @@ class TermIndex:
                 ) -> tuple[sp.csr_matrix, np.ndarray | None]:
         """The BM25 weight of each term in each document (docs x vocab) and, for bm25l and bm25+,
         the score every query term adds to documents without it (bm25s's non-occurrence array)."""
+        from bm25s.scoring import _select_tfc_scorer
+
         tfc_fn = _select_tfc_scorer(method)
         avg_len = float(self.doc_len.mean())
         row_len = np.repeat(self.doc_len, np.diff(self.tf.indptr))
@@ -99,37 +180,51 @@ class TermIndex:
 
     @staticmethod
     def scores(queries: sp.csr_matrix, weights: tuple[sp.csr_matrix, np.ndarray | None]) -> np.ndarray:
-        """BM25 scores (queries x docs); a query term repeated n times counts n times, as in bm25s."""
+        """BM25 scores (queries x docs) of every passage, as bm25s gives them; a query term
+        repeated n times counts n times, as in bm25s."""
         weighted, nonoccurrence = weights
         scores = np.asarray((queries @ weighted.T).todense(), dtype=np.float32)
         if nonoccurrence is not None:
             scores += (queries @ nonoccurrence)[:, None].astype(np.float32)
         return scores
 
+    def retrieved(self, queries: sp.csr_matrix) -> np.ndarray:
+        """Whether each passage shares a term with each query (queries x docs)."""
+        return (queries @ self.presence.T).toarray() > 0
 
-class BM25Retriever:
+
+class BM25Retriever(Retriever):
     """BM25 over one tokenizer's view of the corpus; cheap to search with new parameters."""
 
-    def __init__(self, tokenizer_spec: BM25Spec, corpus: Corpus, cache: Cache, progress: bool = False) -> None:
-        self.cache = cache
-        self.tokenizer_spec = tokenizer_spec
-        self.index = TermIndex.build(tokens_of(tokenizer_spec, corpus.contents, corpus.key, cache, progress))
+    def __init__(self, spec: BM25Spec, context: Context) -> None:
+        super().__init__(spec, context)
+        self.tokenizer = spec.tokenizer
+        self.index = TermIndex.build(tokens_of(spec.tokenizer, context.corpus.contents, context.corpus.key, context,
+                                               context.progress))
         self._idf: dict[str, np.ndarray] = {}
         self._queries: dict[str, sp.csr_matrix] = {}
 
-    def theoretical_min(self, spec: BM25Spec) -> float:
-        """The lowest score any passage can get (for 'tmm' normalization in fusion)."""
-        return 0.0
+    def theoretical_min(self, spec: BM25Spec) -> float | None:
+        return None if spec.method in NEGATIVE_IDF_METHODS else 0.0
 
     def search(self, spec: BM25Spec, queries: Queries, depth: int) -> Ranking:
         if queries.key not in self._queries:
             self._queries[queries.key] = self.index.query_matrix(
-                tokens_of(self.tokenizer_spec, queries.texts, queries.key, self.cache))
+                tokens_of(self.tokenizer, queries.texts, queries.key, self.context))
         if spec.method not in self._idf:
             self._idf[spec.method] = self.index.idf(spec.method)
         weights = self.index.weights(spec.method, spec.k1, spec.b, spec.delta, self._idf[spec.method])
         matrix = self._queries[queries.key]
         block = max(1, SCORE_BLOCK // max(1, self.index.tf.shape[0]))
-        parts = [top_k(self.index.scores(matrix[i:i + block], weights), depth)
-                 for i in range(0, matrix.shape[0], block)]
-        return Ranking(np.concatenate([p.ids for p in parts]), np.concatenate([p.scores for p in parts]))
+        parts, stats = [], []
+        for i in range(0, max(1, matrix.shape[0]), block):
+            rows = matrix[i:i + block]
+            scores = self.index.scores(rows, weights)
+            scores[~self.index.retrieved(rows)] = -np.inf
+            parts.append(top_k(scores, depth))
+            stats.append(ScoreStats.of(scores))
+        return Ranking(np.concatenate([p.ids for p in parts]), np.concatenate([p.scores for p in parts]),
+                       ScoreStats.concat(stats))
+
+
+register(BM25Config, BM25Spec, BM25Retriever)

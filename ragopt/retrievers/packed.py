@@ -1,18 +1,19 @@
 """Padding-free encoding for sentence-transformers bi-encoders. Texts are tokenized on a worker
 thread and packed end to end, in input order, into rows of batch_size x 512 tokens; attention stays
-inside each text (variable-length flash attention on a GPU, one attention call per text
-elsewhere). No compute goes to padding, and a model runs a few large matrix products instead of
-one small batch per 64 texts with Python in between. Gives model.encode's embeddings (tested), for
-the stacks Transformer -> Pooling (cls, mean, last token) -> optional Normalize on transformers
-models that take a pluggable attention function; other models go through model.encode."""
+inside each text (variable-length flash attention on a GPU, one attention call per text on the
+CPU). No compute goes to padding, and a model runs a few large matrix products instead of one
+small batch per 64 texts with Python in between. Used only where it provably gives model.encode's
+embeddings (tested): Transformer -> Pooling (cls, mean, last token) -> optional Normalize stacks on
+the bidirectional encoders in SAFE_MODEL_TYPES; every other model goes through model.encode."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,13 @@ FIRST_PACK = 2
 much smaller, or the GPU outruns the Python launching its kernels (H100: 2 beat 4 and 8)."""
 
 
+SAFE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+"""Encoder architectures whose packed forward is tested equal to model.encode: bidirectional
+attention with as many key/value heads as query heads, absolute positions, no windows. Decoders
+(causal attention, grouped-query attention, sliding windows: Qwen3-Embedding, Mistral-based
+embedders) and every other architecture go through model.encode."""
+
+
 def prompt_text(model: Any, prompt_name: str | None) -> str:
     """The prompt model.encode would put before each text (the named or the default one)."""
     name = prompt_name or model.default_prompt_name
@@ -40,35 +48,71 @@ def prompt_text(model: Any, prompt_name: str | None) -> str:
 
 
 def packable(model: Any, prompt_name: str | None) -> bool:
-    """Whether model is a Transformer -> Pooling -> [Normalize] stack this module can run."""
+    """Whether model is a Transformer -> Pooling -> [Normalize] stack on a SAFE_MODEL_TYPES encoder
+    that this module runs exactly as model.encode does, on a device with a packed attention
+    kernel (see attention_path)."""
     if prompt_name and prompt_name not in model.prompts:
         return False  # model.encode says which prompts exist
-    prompt = prompt_text(model, prompt_name)
     modules = list(model)
     names = [type(module).__name__ for module in modules]
     if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
         return False
     transformer, pooling = modules[0], modules[1]
+    network = getattr(transformer, "auto_model", None)
     return (getattr(pooling, "pooling_mode", None) in POOLING_MODES
-            and (getattr(pooling, "include_prompt", True) or not prompt)
-            and getattr(transformer, "tokenizer", None) is not None and transformer.tokenizer.is_fast
-            and getattr(transformer.auto_model, "_supports_attention_backend", False)
+            and (getattr(pooling, "include_prompt", True) or not prompt_text(model, prompt_name))
+            and getattr(transformer, "transformer_task", "feature-extraction") == "feature-extraction"
+            and getattr(model, "truncate_dim", None) is None
+            and network is not None and safe_architecture(network)
+            and attention_path(network.device.type, network.dtype) is not None
             and _register_attention())
+
+
+def safe_architecture(network: Any) -> bool:
+    """A bidirectional encoder of a SAFE_MODEL_TYPES type whose forward takes token_type_ids."""
+    config = network.config
+    return (config.model_type in SAFE_MODEL_TYPES and not getattr(config, "is_decoder", False)
+            and not getattr(config, "add_cross_attention", False)
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"
+            and getattr(network, "_supports_attention_backend", False)
+            and "token_type_ids" in inspect.signature(network.forward).parameters)
+
+
+def attention_path(device: str, dtype: torch.dtype) -> str | None:
+    """How packed texts attend: 'varlen' (PyTorch's variable-length flash attention) on CUDA in
+    half precision, 'per_text' (one attention call per text) on the CPU, or None: model.encode
+    instead, said once in a warning, where neither is available (a per-text loop on a GPU would
+    be slower than padding)."""
+    if device == "cpu":
+        return "per_text"
+    if device == "cuda" and dtype in (torch.float16, torch.bfloat16) and _varlen_kernel() is not None:
+        return "varlen"
+    reason = ("needs torch >= 2.10's varlen attention and float16 or bfloat16 weights" if device == "cuda"
+              else f"has no packed attention kernel for {device}")
+    _warn_once(f"padding-free encoding {reason} (here: torch {torch.__version__}, {dtype}); "
+               "encoding with model.encode's padded batches instead")
+    return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def encode(model: Any, texts: Sequence[str], prompt_name: str | None, batch_size: int,
            normalize: bool, progress: bool = False) -> torch.Tensor:
     """Float32 embeddings of each text (after its prompt), in input order, on the model's device.
-    Nothing waits for the GPU until the caller reads the result, so the tokenizer and the Python
-    that launches each pack run while the GPU computes the previous one (inputs go to the GPU with
-    non_blocking: a plain copy from host memory first waits for all the GPU's queued work)."""
+    Texts are tokenized by the model's own preprocessing (model.preprocess: prompt, lower-casing,
+    truncation as model.encode does them) on a worker thread. Nothing waits for the GPU until the
+    caller reads the result, so the tokenizer and the Python that launches each pack run while
+    the GPU computes the previous one (inputs go to the GPU with non_blocking: a plain copy from
+    host memory first waits for all the GPU's queued work)."""
     transformer, pooling = model[0], model[1]
-    prompt = prompt_text(model, prompt_name)
     network = transformer.auto_model
     device = network.device
     offset = _position_offset(network)
     vectors = torch.empty(len(texts), network.config.hidden_size, dtype=torch.float32, device=device)
-    tokenized = _tokenized(transformer.tokenizer, [prompt + text for text in texts], transformer.max_seq_length)
+    tokenized = _tokenized(model, list(texts), prompt_text(model, prompt_name) or None)
     with torch.inference_mode(), _attention(network), tqdm(total=len(texts), unit="text", disable=not progress,
                                                            desc="Encoding") as bar:
         for first, lengths, ids in _packs(tokenized, batch_size * TOKENS_PER_TEXT):
@@ -87,15 +131,17 @@ def encode(model: Any, texts: Sequence[str], prompt_name: str | None, batch_size
     return F.normalize(vectors, dim=-1) if normalize or has_normalize else vectors
 
 
-def _tokenized(tokenizer: Any, texts: list[str], max_length: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _tokenized(model: Any, texts: list[str], prompt: str | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(token count of each text, their token ids end to end) for consecutive chunks of texts,
-    made on a worker thread: the Rust tokenizer releases the GIL, and turning its lists into
-    arrays there keeps the thread that launches the GPU's work free."""
+    made on a worker thread by the model's own preprocessing, padding removed: the Rust
+    tokenizer releases the GIL, and turning its output into arrays there keeps the thread that
+    launches the GPU's work free."""
     def tokenize(chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        ids = tokenizer(chunk, truncation=True, max_length=max_length, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"]
-        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
-        return lengths, np.fromiter(chain.from_iterable(ids), np.int64, int(lengths.sum()))
+        features = model.preprocess(chunk, prompt=prompt)
+        if set(features) - {"input_ids", "attention_mask", "token_type_ids", "modality", "prompt_length"}:
+            raise ValueError(f"packed encoding cannot run a model whose inputs are {sorted(features)}")
+        mask = features["attention_mask"].numpy().astype(bool)
+        return mask.sum(axis=1).astype(np.int64), features["input_ids"].numpy()[mask].astype(np.int64)
 
     with ThreadPoolExecutor(1) as worker:
         yield from worker.map(tokenize, [texts[i:i + TOKENIZE_CHUNK] for i in range(0, len(texts), TOKENIZE_CHUNK)])
@@ -153,9 +199,8 @@ def _packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
     """Attention within each packed text; inputs (1, heads, tokens, dim), output (1, tokens, heads, dim)."""
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
-    varlen_attn = _varlen_kernel() if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
-    if varlen_attn is not None:
-        out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling)
+    if attention_path(q.device.type, q.dtype) == "varlen":
+        out = _varlen_kernel()(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling)
     else:
         edges = cu_seq_lens_q.tolist()
         out = torch.cat([F.scaled_dot_product_attention(*(t[None, a:b].transpose(1, 2) for t in (q, k, v)),

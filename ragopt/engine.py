@@ -1,0 +1,103 @@
+"""The Engine: runs pipeline specs over one corpus, for the trials and for the exported pipeline
+alike, so the winner reproduces its trial's ranking exactly.
+
+It owns the corpus, the disk cache, the model locator and the loaded models. Each expensive
+thing (tokens, embeddings, reranker scores) is built once and cached; recent rankings stay in
+memory, so a trial whose models are cached costs a sparse product, a fusion and a sort. Every
+retriever and reranker type is reached through its registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ragopt.cache import Cache, Memo, cache_key, entry_key
+from ragopt.data import Corpus, Queries
+from ragopt.models import Locator, ModelPool, device_type, pick_device
+from ragopt.provenance import versions
+from ragopt.ranking import Ranking
+from ragopt.rerankers import REGISTRY as RERANKERS
+from ragopt.rerankers import RerankerSpec
+from ragopt.rerankers._base import rerank, text_hashes
+from ragopt.retrievers import Context, Retriever, RetrieverSpec
+from ragopt.retrievers._base import plugin
+from ragopt.spec import PipelineSpec
+
+RANKINGS_KEPT = 512
+RANKING_BYTES = 1 << 30
+"""Recent rankings kept in memory: at most this many, holding at most this many bytes."""
+
+
+class Engine:
+    """Evaluates retriever and pipeline specs over one corpus, reusing everything it can.
+
+    Example:
+        engine = Engine(ragopt.load_corpus("corpus.jsonl"), Cache("cache"), device="cpu")
+        ranking = engine.run(spec, Queries(["질문"]), depth=10)
+    """
+
+    def __init__(self, corpus: Corpus, cache: Cache | None = None, device: str = "auto", progress: bool = False,
+                 exact_search_max: int = 1_000_000) -> None:
+        self.corpus = corpus
+        self.cache = cache or Cache(None)
+        self.device = pick_device(device)
+        self.pool = ModelPool()
+        self.locate = Locator(None if self.cache.root is None else self.cache.root / "file-hashes")
+        self.context = Context(corpus, self.cache, self.pool, self.locate, self.device, progress, exact_search_max,
+                               self.retrieve, self.retriever)
+        self._retrievers: dict[tuple[str, str], Retriever] = {}
+        self._rankings: Memo[Ranking] = Memo(RANKINGS_KEPT, RANKING_BYTES, size=lambda r: r.nbytes)
+        self._doc_hashes: np.ndarray | None = None
+
+    def retriever(self, spec: RetrieverSpec) -> Retriever:
+        """The index that serves a spec, built on first use (one per spec's index key)."""
+        key = (spec.type, spec.index_key())
+        if key not in self._retrievers:
+            self._retrievers[key] = plugin(spec.type).retriever(spec, self.context)
+        return self._retrievers[key]
+
+    def retrieve(self, spec: RetrieverSpec, queries: Queries, depth: int) -> Ranking:
+        """The first `depth` passages for each query."""
+        return self._rankings.get((spec.key(), queries.key, depth),
+                                  lambda: self.retriever(spec).search(spec, queries, depth))[0]
+
+    def run(self, spec: PipelineSpec, queries: Queries, depth: int | None = None) -> Ranking:
+        """Retrieve, rerank if the spec says so, and return `depth` ranks (default: top_k)."""
+        depth = depth or spec.top_k
+        if spec.reranker is None:
+            return self.retrieve(spec.retriever, queries, depth)
+        reranker = spec.reranker
+        candidates = self.retrieve(spec.retriever, queries, max(depth, reranker.depth))
+        key = (spec.retriever.key(), reranker.key(), queries.key, depth)
+        return self._rankings.get(key, lambda: self._rerank(reranker, candidates, queries).head(depth))[0]
+
+    def rerank_rows(self, spec: PipelineSpec, queries: Queries, rows: np.ndarray, depth: int) -> Ranking:
+        """The reranked ranking of some queries only (rows of `queries`): a trial scored on a
+        growing subset of questions pays the reranker only for the questions it reaches."""
+        assert spec.reranker is not None
+        candidates = self.retrieve(spec.retriever, queries, max(depth, spec.reranker.depth))
+        return self._rerank(spec.reranker, candidates.rows(rows), Queries([queries.texts[i] for i in rows])).head(depth)
+
+    def _rerank(self, spec: RerankerSpec, candidates: Ranking, queries: Queries) -> Ranking:
+        scorer_class = RERANKERS[spec.type].scorer
+        located = self.locate(spec.model)
+        scores_key = entry_key("rerank", spec.type, located.identity, spec.score_settings(),
+                               scorer_class.precision(spec, self.device), device_type(self.device),
+                               versions(*scorer_class.libraries))
+        model_key = cache_key(scores_key, spec.model_dump(exclude={"depth"}), self.device)
+        if self._doc_hashes is None:
+            self._doc_hashes = text_hashes(self.corpus.contents)
+
+        def load() -> Any:
+            return self.pool.get(model_key, lambda: scorer_class(spec, located, self.device, self.pool, model_key))
+
+        return rerank(candidates, spec.depth, queries.texts, text_hashes(queries.texts), self.corpus.contents,
+                      self._doc_hashes, load, self.cache.scores("rerank", scores_key))
+
+    def provenance(self, models: list[str], tokenizers: list[Any]) -> dict[str, Any]:
+        """What the rankings of these models and tokenizers depend on beyond their settings: each
+        model's revision or content hash, each tokenizer's library and dictionary versions."""
+        return {"models": {name: self.locate(name).identity for name in models},
+                "tokenizers": {t.label: t.provenance(self.locate) for t in tokenizers}}

@@ -1,0 +1,107 @@
+"""Scoring pipelines on a QA set, independent of the study that drives it: every metric at
+every k per question, pipelines that differ only in top_k scored once (a smaller k is a slice),
+and optionally on growing chunks of questions for Wilcoxon pruning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ragopt.cache import Memo
+from ragopt.data import QASet
+from ragopt.engine import Engine
+from ragopt.metrics import METRICS, at_k, relevance
+from ragopt.ranking import Ranking
+from ragopt.spec import PipelineSpec
+
+if TYPE_CHECKING:
+    import optuna
+
+SCORED_KEPT = 1024
+SCORED_BYTES = 1 << 30
+"""Scored pipelines kept in memory: at most this many, holding at most this many bytes."""
+
+
+@dataclass
+class Scored:
+    """A pipeline's ranking at the deepest k, its relevance gains (questions x depth) and every
+    metric per question."""
+
+    ranking: Ranking
+    gains: np.ndarray
+    per_query: dict[str, np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return self.ranking.nbytes + self.gains.nbytes + sum(v.nbytes for v in self.per_query.values())
+
+    def mean(self, name: str) -> float:
+        return float(self.per_query[name].mean())
+
+    def means(self, metrics: list[str]) -> dict[str, float]:
+        """Means of the named metrics at every k, keyed 'metric@k'."""
+        return {key: self.mean(key) for key in self.per_query if key.split("@")[0] in metrics}
+
+
+class Evaluator:
+    """Scores pipelines on a QA set.
+
+    Example:
+        evaluator = Evaluator(engine, qa, ks=[1, 3, 5], objective={"ndcg": 1.0})
+        scored, reused = evaluator.evaluate(spec)
+        print(evaluator.objective(scored, spec.top_k), scored.means(["ndcg"]))
+    """
+
+    def __init__(self, engine: Engine, qa: QASet, ks: list[int], objective: dict[str, float], seed: int = 0,
+                 prune_steps: int = 8) -> None:
+        self.engine, self.qa, self.ks, self.weights = engine, qa, sorted(ks), objective
+        self.depth = max(ks)
+        self._seen: Memo[Scored] = Memo(SCORED_KEPT, SCORED_BYTES, size=lambda s: s.nbytes)
+        order = np.random.default_rng(seed).permutation(len(qa))
+        self.chunks = np.array_split(order, min(prune_steps, len(qa)))
+
+    def evaluate(self, spec: PipelineSpec) -> tuple[Scored, bool]:
+        """The scores of a pipeline, and whether they were reused from an earlier trial."""
+        return self._seen.get(spec.model_copy(update={"top_k": self.depth}).key(), lambda: self._score(spec))
+
+    def _score(self, spec: PipelineSpec) -> Scored:
+        ranking = self.engine.run(spec, self.qa.queries, self.depth)
+        gains, n_rel = relevance(ranking.ids, self.qa.groups, len(self.engine.corpus))
+        return Scored(ranking, gains, at_k(gains, n_rel, self.ks, METRICS))
+
+    def evaluate_pruned(self, spec: PipelineSpec, trial: "optuna.Trial") -> tuple[Scored, bool]:
+        """Like evaluate, but a reranking pipeline is first scored on growing subsets of the
+        questions; each question's objective value is reported to the trial (its step is the
+        question's row), and the trial stops with TrialPruned as soon as the pruner, comparing
+        with the best trial on the same questions, finds it cannot win. Other pipelines cost
+        little per question and are scored whole, then reported the same way."""
+        import optuna
+
+        key = spec.model_copy(update={"top_k": self.depth}).key()
+        if spec.reranker is not None and key not in self._seen:
+            for rows in self.chunks:
+                ranking = self.engine.rerank_rows(spec, self.qa.queries, rows, self.depth)
+                gains, n_rel = relevance(ranking.ids, [self.qa.groups[i] for i in rows], len(self.engine.corpus))
+                self._report(trial, rows, self.per_query_objective(at_k(gains, n_rel, self.ks, METRICS), spec.top_k))
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        scored, reused = self.evaluate(spec)
+        if spec.reranker is None or reused:
+            self._report(trial, np.arange(len(self.qa)), self.per_query_objective(scored.per_query, spec.top_k))
+        return scored, reused
+
+    @staticmethod
+    def _report(trial: "optuna.Trial", rows: np.ndarray, values: np.ndarray) -> None:
+        for row, value in zip(rows.tolist(), values.tolist()):
+            trial.report(value, row)
+
+    def per_query_objective(self, per_query: dict[str, np.ndarray], top_k: int) -> np.ndarray:
+        """Each question's weighted mean of the optimized metrics; a bare name is taken at the trial's k."""
+        total = sum(w * per_query[name if "@" in name else f"{name}@{top_k}"] for name, w in self.weights.items())
+        return total / sum(self.weights.values())
+
+    def objective(self, scored: Scored, top_k: int) -> float:
+        """The mean over questions of the per-question objective."""
+        return float(self.per_query_objective(scored.per_query, top_k).mean())

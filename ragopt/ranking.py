@@ -1,0 +1,107 @@
+"""What every retriever returns: a Ranking, one row of corpus rows and scores per query, holding
+only the passages the retriever retrieved, with statistics of every score it gave. Plain numpy.
+
+Ties are broken by corpus row everywhere. A Corpus keeps its passages sorted by doc id, so the
+row is a key that does not depend on the order of rows in the corpus file, and a shallow ranking
+is always a prefix of a deeper one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ScoreStats:
+    """Per query, over every passage a retriever retrieved (all of them, not only the ranks it
+    returned): how many, and their lowest, highest, mean and standard deviation (population).
+    NaN where a query retrieved nothing. Fusion normalizes with these, so a passage's normalized
+    score does not depend on how deep the retriever was asked to go."""
+
+    count: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray) -> "ScoreStats":
+        """Statistics of the finite entries of each row of a (queries x passages) score matrix."""
+        valid = np.isfinite(scores)
+        count = valid.sum(axis=1)
+        s = np.where(valid, scores, 0.0).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = s.sum(axis=1) / count
+            std = np.sqrt(np.where(valid, (s - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
+        empty = count == 0
+        low = np.where(empty, np.nan, np.where(valid, s, np.inf).min(axis=1, initial=np.inf))
+        high = np.where(empty, np.nan, np.where(valid, s, -np.inf).max(axis=1, initial=-np.inf))
+        return cls(count.astype(np.int64), low, high, np.where(empty, np.nan, mean), np.where(empty, np.nan, std))
+
+    @classmethod
+    def concat(cls, parts: list["ScoreStats"]) -> "ScoreStats":
+        """The statistics of consecutive blocks of queries, stacked."""
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("count", "min", "max", "mean", "std")))
+
+    def rows(self, rows: np.ndarray) -> "ScoreStats":
+        return ScoreStats(self.count[rows], self.min[rows], self.max[rows], self.mean[rows], self.std[rows])
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """ids[q, r] is the corpus row at rank r for query q, -1 once nothing more was retrieved;
+    scores[q, r] is its score (-inf there). Rows are sorted best first, ties by corpus row.
+    `stats` describes every score the retriever gave (None for fused or reranked rankings)."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    stats: ScoreStats | None = None
+
+    @property
+    def depth(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.scores.nbytes
+
+    def head(self, depth: int) -> "Ranking":
+        """The first `depth` ranks; a smaller k is a slice, never a new retrieval."""
+        return Ranking(self.ids[:, :depth], self.scores[:, :depth], self.stats)
+
+    def rows(self, rows: np.ndarray) -> "Ranking":
+        """The rankings of some queries only."""
+        return Ranking(self.ids[rows], self.scores[rows], None if self.stats is None else self.stats.rows(rows))
+
+
+def top_k(scores: np.ndarray, depth: int) -> Ranking:
+    """The `depth` best finite entries of each row of a (queries x passages) score matrix, best
+    first, ties by corpus row over the whole row (so a shallower ranking is always a prefix of a
+    deeper one). A passage the retriever did not retrieve has score -inf and is never returned;
+    rows with fewer finite scores are padded with -1 / -inf."""
+    n_queries, n_docs = scores.shape
+    take = min(depth, n_docs)
+    if take == 0:
+        return padded(np.zeros((n_queries, 0), np.int64), np.zeros((n_queries, 0), np.float32), depth)
+    kth = -np.partition(-scores, take - 1, axis=1)[:, take - 1:take]
+    above = scores > kth
+    needed = take - above.sum(axis=1, keepdims=True)
+    tied = scores == kth
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= needed))
+    ids = np.nonzero(chosen)[1].reshape(n_queries, take)
+    picked = np.take_along_axis(scores, ids, axis=1)
+    order = np.lexsort((ids, -picked), axis=1)
+    ids, picked = np.take_along_axis(ids, order, axis=1), np.take_along_axis(picked, order, axis=1)
+    retrieved = np.isfinite(picked)
+    return padded(np.where(retrieved, ids, -1), np.where(retrieved, picked, -np.inf), depth)
+
+
+def padded(ids: np.ndarray, scores: np.ndarray, depth: int, stats: ScoreStats | None = None) -> Ranking:
+    """A Ranking of exactly `depth` columns, filling missing ranks with -1 / -inf."""
+    missing = depth - ids.shape[1]
+    if missing > 0:
+        ids = np.pad(ids, ((0, 0), (0, missing)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf)
+    return Ranking(ids.astype(np.int64), scores.astype(np.float32), stats)

@@ -1,0 +1,101 @@
+"""Trial records: what every finished trial stores in the Optuna storage, typed, and the tables
+derived from them. Each record carries the trial's relevance gains (questions x depth, one bit
+each), from which every metric at every k of every question is recomputed exactly, so a resumed
+study, or one whose trials come from workers on other machines, has per-question values for all
+of its trials without reading any file of theirs. Plain data: no torch."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from ragopt.data import QASet
+from ragopt.metrics import at_k, group_counts
+from ragopt.spec import PipelineSpec
+
+RECORD = "ragopt"
+"""The user attribute of an Optuna trial that holds its TrialRecord."""
+
+
+class TrialRecord(BaseModel):
+    """One finished trial: the pipeline it ran, how it scored and how long it took."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pipeline: PipelineSpec
+    description: str
+    reused: bool
+    """Its ranking came from an earlier trial (the same pipeline, or one that differs only in top_k)."""
+    seconds_per_query: float
+    metrics: dict[str, float]
+    """The mean of every metric at every k, keyed 'metric@k'."""
+    gains: str
+    """Base64 of the bit-packed relevance matrix (questions x depth, row-major)."""
+    depth: int
+
+    @classmethod
+    def of(cls, pipeline: PipelineSpec, gains: np.ndarray, metrics: dict[str, float], reused: bool,
+           seconds_per_query: float) -> "TrialRecord":
+        packed = base64.b64encode(np.packbits(gains.astype(bool).ravel()).tobytes()).decode()
+        return cls(pipeline=pipeline, description=pipeline.describe(), reused=reused,
+                   seconds_per_query=seconds_per_query, metrics=metrics, gains=packed, depth=gains.shape[1])
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> "TrialRecord":
+        return cls.model_validate(attrs[RECORD])
+
+    def to_attr(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def relevance(self, n_questions: int) -> np.ndarray:
+        """The relevance gains back as a boolean (questions x depth) matrix."""
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(self.gains), dtype=np.uint8))
+        return bits[: n_questions * self.depth].reshape(n_questions, self.depth).astype(bool)
+
+    def per_question(self, qa: QASet, ks: list[int], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Every metric at every k for every question, recomputed from the gains."""
+        return at_k(self.relevance(len(qa)), group_counts(qa.groups), ks, names)
+
+
+def finished(study: Any) -> list[tuple[Any, TrialRecord]]:
+    """The completed trials of an Optuna study with their records, in trial order."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [(t, TrialRecord.from_attrs(t.user_attrs)) for t in trials if RECORD in t.user_attrs]
+
+
+def trials_table(trials: list[tuple[Any, TrialRecord]]) -> pd.DataFrame:
+    """One row per finished trial: parameters, the pipeline, every metric at every k, timing."""
+    rows = []
+    for trial, record in trials:
+        row: dict[str, Any] = {"trial": trial.number, "value": trial.value, "pipeline": record.description}
+        row.update({f"param.{k}": v for k, v in trial.params.items()})
+        row.update(record.metrics)
+        row["seconds_per_query"] = record.seconds_per_query
+        row["reused"] = record.reused
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    params = sorted(c for c in table.columns if c.startswith("param."))
+    first = ["trial", "value", "pipeline", *params]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def per_question_table(trials: list[tuple[Any, TrialRecord]], qa: QASet, ks: list[int], names: tuple[str, ...]
+                       ) -> pd.DataFrame:
+    """One row per (trial, question): the question's id and domain and every metric at every k
+    (float32), the values the trial's means are averages of."""
+    frames = []
+    for trial, record in trials:
+        values = record.per_question(qa, ks, names)
+        frame = pd.DataFrame({k: v.astype(np.float32) for k, v in values.items()})
+        frame.insert(0, "qid", qa.qids)
+        frame.insert(0, "trial", np.int32(trial.number))
+        if qa.domains is not None:
+            frame.insert(2, "domain", qa.domains)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,76 @@
+"""Rankings: the numpy top-k and the device scan's running top-k agree on every tie (by corpus
+row), rankings hold only retrieved passages, and score statistics cover the whole scan."""
+
+import numpy as np
+import pytest
+import torch
+
+from ragopt.ranking import ScoreStats, top_k
+from ragopt.retrievers import _scan
+
+
+def reference(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Rows by score, then corpus row, the finite ones only, padded with -1."""
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :depth]
+    kept = np.isfinite(np.take_along_axis(scores, order, axis=1))
+    ids = np.where(kept, order, -1)
+    return np.pad(ids, ((0, 0), (0, max(0, depth - ids.shape[1]))), constant_values=-1)
+
+
+def test_top_k_orders_ties_by_corpus_row_and_pads():
+    ranking = top_k(np.array([[0.5, 0.9, 0.5, 0.1]], dtype=np.float32), 6)
+    assert ranking.ids[0].tolist() == [1, 0, 2, 3, -1, -1]
+    assert ranking.head(2).ids.shape == (1, 2)
+
+
+def test_top_k_returns_only_retrieved_passages():
+    scores = np.array([[-np.inf, 2.0, -np.inf, 0.0], [-np.inf] * 4], dtype=np.float32)
+    ranking = top_k(scores, 3)
+    assert ranking.ids.tolist() == [[1, 3, -1], [-1, -1, -1]]
+    assert ranking.scores[0, :2].tolist() == [2.0, 0.0] and np.all(ranking.scores[1] == -np.inf)
+
+
+def test_shallow_rankings_are_prefixes_of_deep_ones_even_with_ties():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 3, size=(20, 50)).astype(np.float32)  # many ties
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    deep = top_k(scores, 60)
+    np.testing.assert_array_equal(deep.ids, reference(scores, 60))
+    for depth in (1, 4, 17):
+        np.testing.assert_array_equal(top_k(scores, depth).ids, deep.ids[:, :depth])
+
+
+@pytest.mark.parametrize("chunk", [7, 16, 1000])
+def test_the_running_top_k_breaks_ties_by_row_like_numpy(monkeypatch, chunk):
+    """torch.topk leaves the order of equal scores unspecified; the scan must not."""
+    rng = np.random.default_rng(chunk)
+    scores = rng.integers(0, 4, size=(9, 60)).astype(np.float32)
+    best = {}
+    for depth in (1, 5, 23, 70):
+        scan = _scan.RunningTopK(9, depth, "cpu")
+        for start in range(0, 60, chunk):
+            scan.add(torch.from_numpy(scores[:, start:start + chunk]), start)
+        best[depth] = scan.ranking()
+        np.testing.assert_array_equal(best[depth].ids, reference(scores, depth))
+        np.testing.assert_array_equal(best[depth].ids, top_k(scores, depth).ids)
+    for depth in (1, 5, 23):
+        np.testing.assert_array_equal(best[depth].ids, best[70].ids[:, :depth])
+
+
+def test_the_scan_keeps_statistics_of_every_score(monkeypatch):
+    rng = np.random.default_rng(1)
+    corpus, queries = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(4, 8)).astype(np.float32)
+    monkeypatch.setattr(_scan, "CORPUS_CHUNK", 7)
+    ranking = _scan.exact_search(queries, corpus, 10, "cpu")
+    full = queries @ corpus.T
+    np.testing.assert_array_equal(ranking.ids, np.argsort(-full, axis=1)[:, :10])
+    expected = ScoreStats.of(full)
+    for name in ("count", "min", "max", "mean", "std"):
+        np.testing.assert_allclose(getattr(ranking.stats, name), getattr(expected, name), rtol=1e-5, atol=1e-6)
+
+
+def test_score_statistics_by_hand():
+    stats = ScoreStats.of(np.array([[1.0, 3.0, -np.inf], [-np.inf] * 3]))
+    assert stats.count.tolist() == [2, 0]
+    assert (stats.min[0], stats.max[0], stats.mean[0], stats.std[0]) == (1.0, 3.0, 2.0, 1.0)
+    assert np.all(np.isnan([stats.min[1], stats.max[1], stats.mean[1], stats.std[1]]))

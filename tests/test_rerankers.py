@@ -1,0 +1,84 @@
+"""sentence-transformers CrossEncoder rerankers through their real loading code: the pair-scorer
+contract with one and two output labels, pairs scored once, and CrossEncoder's truncation."""
+
+import numpy as np
+import pytest
+from sentence_transformers import CrossEncoder
+
+from ragopt.cache import Cache
+from ragopt.data import Queries
+from ragopt.engine import Engine
+from ragopt.rerankers._pairs import pair_features
+from ragopt.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
+from ragopt.retrievers.bm25 import BM25Spec
+from ragopt.retrievers.tokenizers import WhitespaceTokenizer
+from ragopt.spec import PipelineSpec
+from ragopt.testing.rerankers import PairScorerContract, ScorerCase, scorer_of
+
+
+class TestCrossEncoderContract(PairScorerContract):
+    @pytest.fixture(params=[1, 2])
+    def case(self, request, ko_mini, tiny_xlmr_reranker, tiny_xlmr_two_labels):
+        qa, corpus = ko_mini
+        path = str(tiny_xlmr_reranker if request.param == 1 else tiny_xlmr_two_labels)
+        reference = CrossEncoder(path, device="cpu")
+
+        def predict(pairs):
+            if not pairs:
+                return np.zeros(0)
+            if request.param == 1:
+                return reference.predict(pairs, convert_to_numpy=True)
+            return reference.predict(pairs, apply_softmax=True, convert_to_numpy=True)[:, -1]
+
+        return ScorerCase(CrossEncoderSpec(model=path, depth=4), corpus, Queries(qa.queries.texts[:6]), predict)
+
+
+def test_two_labels_rank_by_the_probability_of_the_last_label_not_by_its_logit(ko_mini, tiny_xlmr_two_labels):
+    """predict(apply_softmax=True)[:, -1] is sigmoid(l1 - l0): ranking by l1 alone (the last
+    logit) orders these pairs differently."""
+    qa, corpus = ko_mini
+    pairs = [(qa.queries.texts[i % 6], corpus.contents[(5 * i) % len(corpus)]) for i in range(40)]
+    reference = CrossEncoder(str(tiny_xlmr_two_labels), device="cpu")
+    logits = reference.predict(pairs, activation_fn=None, convert_to_numpy=True)
+    ours = scorer_of(CrossEncoderSpec(model=str(tiny_xlmr_two_labels))).score(pairs)
+    assert logits.shape == (40, 2)
+    assert not np.array_equal(np.argsort(-ours, kind="stable"), np.argsort(-logits[:, 1], kind="stable"))
+    np.testing.assert_allclose(ours, reference.predict(pairs, apply_softmax=True)[:, 1], rtol=1e-5, atol=1e-6)
+
+
+def test_cross_encoder_reranks_the_head_and_scores_each_pair_once(ko_mini, tiny_xlmr_reranker, tmp_path,
+                                                                  monkeypatch, scored_pairs):
+    qa, corpus = ko_mini
+    bm25 = BM25Spec(tokenizer=WhitespaceTokenizer())
+    reranker = CrossEncoderSpec(model=str(tiny_xlmr_reranker), depth=4)
+    queries = Queries(qa.queries.texts[:6])
+    engine = Engine(corpus, Cache(tmp_path), "cpu")
+    first = engine.retrieve(bm25, queries, 8)
+    reranked = engine.run(PipelineSpec(retriever=bm25, reranker=reranker, top_k=8), queries)
+    model = CrossEncoder(str(tiny_xlmr_reranker), device="cpu")
+    for q in range(6):
+        head = first.ids[q, :4][first.ids[q, :4] >= 0]
+        scores = model.predict([(queries.texts[q], corpus.contents[d]) for d in head])
+        np.testing.assert_array_equal(reranked.ids[q, :len(head)], head[np.argsort(-scores, kind="stable")])
+        np.testing.assert_array_equal(reranked.ids[q, 4:], first.ids[q, 4:])  # the tail keeps BM25's order
+    pairs = int((first.ids[:, :4] >= 0).sum())
+    assert len(scored_pairs) == pairs
+    engine.run(PipelineSpec(retriever=bm25, reranker=reranker.model_copy(update={"depth": 2}), top_k=3), queries)
+    assert len(scored_pairs) == pairs  # a shallower depth reuses the scored pairs
+    monkeypatch.setattr(CrossEncoderScorer, "__init__", lambda *a: pytest.fail("reranker loaded"))
+    again = Engine(corpus, Cache(tmp_path), "cpu").run(PipelineSpec(retriever=bm25, reranker=reranker, top_k=8),
+                                                       queries)
+    np.testing.assert_array_equal(again.ids, reranked.ids)  # a new process reads every score from disk
+
+
+def test_cross_encoder_pairs_are_cut_longest_first_like_predict(ko_mini, tiny_xlmr_reranker):
+    """With queries longer than half of max_length, CrossEncoder cuts query and passage alike
+    (longest first); ragopt's pair tokenization gives the same ids as CrossEncoder.preprocess."""
+    qa, corpus = ko_mini
+    pairs = [(" ".join(qa.queries.texts[i:i + 3]), corpus.contents[i]) for i in range(6)]
+    model = CrossEncoder(str(tiny_xlmr_reranker), device="cpu", max_length=40)
+    features = model.preprocess(pairs)
+    expected = [ids[mask.bool()].tolist() for ids, mask in zip(features["input_ids"], features["attention_mask"])]
+    assert pair_features(model.tokenizer, pairs, 40)["input_ids"] == expected
+    separator = model.tokenizer.sep_token_id
+    assert all(len(ids) == 40 and ids.index(separator) > 15 for ids in expected)
