@@ -70,10 +70,10 @@ def local_folder(name: str) -> str | None:
 
 def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
     """The local folder of a hub model's snapshot, downloaded if needed (weights in one format:
-    safetensors when the repository has them). Offline (HF_HUB_OFFLINE=1 or no network) the
-    cached snapshot of the revision is used."""
+    safetensors when the repository has them). When the hub cannot be asked (HF_HUB_OFFLINE=1,
+    no network) the cached snapshot of the revision is used."""
     from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     ignore = list(FOREIGN_FORMATS)
     local_only = bool(constants.HF_HUB_OFFLINE)
@@ -83,30 +83,27 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
             revision = info.sha
             if any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
                 ignore.append("*pytorch_model*.bin")
-        except (OSError, OfflineModeIsEnabled, HfHubHTTPError) as error:
-            if _not_found(error):
-                raise ModelError(f"model {repo_id!r} is not a model on the Hugging Face hub ({error}); "
-                                 "give a hub id, a local folder or pkg:<package>/<folder>") from None
+        except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+            raise ModelError(f"model {repo_id!r} is not a model on the Hugging Face hub ({error}); "
+                             "give a hub id, a local folder or pkg:<package>/<folder>") from None
+        except Exception:  # no network, hub down, a proxy: use the cached snapshot if there is one
             local_only = True
     try:
         return snapshot_download(repo_id, revision=revision, ignore_patterns=ignore, local_files_only=local_only)
-    except (LocalEntryNotFoundError, OSError, ValueError, HfHubHTTPError) as error:
-        raise ModelError(f"model {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
-                         f"({type(error).__name__}). Download it where there is network (e.g. `hf download "
-                         f"{repo_id}`), or give a local folder.") from None
-
-
-def _not_found(error: BaseException) -> bool:
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    return isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError))
+    except Exception as error:
+        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub could not be reached" if local_only
+               else f"{type(error).__name__}: {error}")
+        raise ModelError(f"model {repo_id!r} is not in the local Hugging Face cache and could not be downloaded "
+                         f"({why}). Download it where there is network (e.g. `hf download {repo_id}`), or give a "
+                         "local folder.") from None
 
 
 def folder_digest(folder: str, memo: Path | None = None) -> str:
     """SHA-256 over the relative names and contents of a model folder's weight, config, tokenizer
     and code files (MODEL_FILES; onnx/ and openvino/ exports left out). Each file's digest is
-    remembered in `memo` under its path, size, modification time and inode, so an unchanged
-    multi-GB model is hashed once, not at every start."""
+    remembered in `memo` under its path, size, inode and modification and change times (the
+    change time moves with every write, even one that puts the modification time back), so an
+    unchanged multi-GB model is hashed once, not at every start."""
     root = Path(folder)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in MODEL_FILES
                    and not {"onnx", "openvino", ".git", ".cache"} & set(p.relative_to(root).parts[:-1]))
@@ -118,7 +115,8 @@ def folder_digest(folder: str, memo: Path | None = None) -> str:
 
 def _file_digest(path: Path, memo: Path | None) -> str:
     stat = path.stat()
-    key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino]).encode())
+    key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_ino, stat.st_mtime_ns,
+                                     stat.st_ctime_ns]).encode())
     stored = None if memo is None else memo / f"{key.hexdigest()[:32]}.txt"
     if stored is not None and stored.exists():
         return stored.read_text()

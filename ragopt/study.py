@@ -49,6 +49,11 @@ class Outcome:
     n_pruned: int = 0
 
 
+STUDY_FORMAT = 2
+"""The format of a study's records and scoring conventions; a stored study of another format
+(made by an earlier ragopt, its trials scored under other conventions) is not resumed."""
+
+
 def default_output(config_path: Path) -> Path:
     return config_path.resolve().parent / f"{config_path.stem}-output"
 
@@ -100,9 +105,13 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
     durable = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                   direction="maximize", load_if_exists=True)
     attrs = durable.user_attrs
-    if "space" not in attrs:
+    if not attrs and not durable.trials:
+        durable.set_user_attr("format", STUDY_FORMAT)
         durable.set_user_attr("space", fingerprint)
         durable.set_user_attr("provenance", provenance)
+    elif attrs.get("format") != STUDY_FORMAT:
+        raise StudyError(f"study {name!r} in {storage} was made by another version of ragopt, whose trials were "
+                         "scored under other conventions. Rerun with --fresh to start over, or give another --output.")
     elif attrs["space"] != fingerprint:
         raise StudyError(f"study {name!r} in {storage} was started with a different data set or search space. "
                          f"Rerun with --fresh to start over, or give another --output.")

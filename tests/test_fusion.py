@@ -110,7 +110,7 @@ def test_fused_order_of_passages_in_every_list_does_not_depend_on_the_candidate_
             return lists, rrf(lists, 60, 40, 2 * depth)
         return lists, convex(lists, [0.4, 0.6], fusion, [0.0, -1.0], 40, 2 * depth)
 
-    (short_lists, short), (_, deep) = fuse(6), fuse(25)
+    (short_lists, short), (_, deep) = fuse(10), fuse(25)
     for q in range(30):
         everywhere = set(short_lists[0].ids[q]) & set(short_lists[1].ids[q]) - {-1}
         assert [d for d in short.ids[q] if d in everywhere] == [d for d in deep.ids[q] if d in everywhere]

@@ -37,8 +37,26 @@ def test_file_digests_are_remembered_by_path_size_and_time(tiny_bert, tmp_path, 
     memo = tmp_path / "memo"
     first = folder_digest(str(tiny_bert), memo)
     assert len(list(memo.iterdir())) == len([p for p in tiny_bert.iterdir() if p.suffix in models.MODEL_FILES])
-    monkeypatch.setattr(models, "open", lambda *a, **k: pytest.fail("a model file was read again"), raising=False)
-    assert folder_digest(str(tiny_bert), memo) == first  # every file digest came from the memo
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "open", lambda *a, **k: pytest.fail("a model file was read again"), raising=False)
+        assert folder_digest(str(tiny_bert), memo) == first  # every file digest came from the memo
+
+
+def test_a_file_rewritten_in_place_with_its_old_size_and_time_is_hashed_again(tiny_bert, tmp_path):
+    import os
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_bert, model)
+    memo = tmp_path / "memo"
+    before = folder_digest(str(model), memo)
+    weights = next(model.glob("*.safetensors"))
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(8)
+    with open(weights, "r+b") as handle:  # the same file (inode) and size
+        handle.write(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and its modification time put back
+    assert folder_digest(str(model), memo) != before
 
 
 def fake_hub(tmp_path, monkeypatch, model, commits):

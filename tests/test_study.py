@@ -297,3 +297,36 @@ top_k: [1, 3]
         optimize(path, progress=False)
     assert str(model) in str(error.value) and "--fresh" in str(error.value)
     assert optimize(path, fresh=True, progress=False).n_trials == 2
+
+
+def test_a_study_made_by_an_earlier_ragopt_is_not_resumed(tmp_path):
+    text = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers: [{name: bm25, type: bm25, tokenizer: whitespace}]
+top_k: [1, 3]
+"""
+    path = write_config(tmp_path / "old.yaml", text)
+    output = tmp_path / "old-output"
+    output.mkdir()
+    earlier = optuna.create_study(study_name="old", storage=f"sqlite:///{output / 'study.db'}", direction="maximize")
+    earlier.set_user_attr("space", "made by ragopt 0.1")
+    earlier.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"ragopt": {"metrics": {}}}))
+    with pytest.raises(StudyError, match="another version of ragopt"):
+        optimize(path, progress=False)
+    assert optimize(path, fresh=True, progress=False).n_trials == 2
+
+
+def test_best_yaml_of_an_earlier_schema_loads_and_a_later_one_is_refused(finished, tmp_path):
+    from ragopt.config import ConfigError
+    from ragopt.export import read_best
+
+    document = yaml.safe_load((finished.output / "best.yaml").read_text())
+    del document["provenance"]
+    for version, ok in ((1, True), (3, False)):
+        path = tmp_path / f"v{version}.yaml"
+        path.write_text(yaml.safe_dump({**document, "ragopt_pipeline": version}, allow_unicode=True))
+        if ok:
+            assert read_best(path) == finished.best_spec
+        else:
+            with pytest.raises(ConfigError, match="upgrade ragopt"):
+                read_best(path)

@@ -47,6 +47,7 @@ class RerankerEntry(StrictModel):
 
     type: str
     name: str
+    model: str
     depth: bounded_ints(1) = [20]
 
     def suggest(self, choose: Chooser) -> RerankerSpec:
@@ -54,10 +55,10 @@ class RerankerEntry(StrictModel):
         return spec_class(**self.model_dump(exclude={"name", "depth"}), depth=choose(f"{self.name}.depth", self.depth))
 
     def models(self) -> list[str]:
-        return [self.model]  # type: ignore[attr-defined]
+        return [self.model]
 
     def localized(self, local: Callable[[str], str]) -> "RerankerEntry":
-        return self.model_copy(update={"model": local(self.model)})  # type: ignore[attr-defined]
+        return self.model_copy(update={"model": local(self.model)})
 
     def depths(self) -> list[int]:
         return self.depth.grid() if not isinstance(self.depth, list) else list(self.depth)

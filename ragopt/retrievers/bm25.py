@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import field_validator
 
-from ragopt.cache import entry_key
+from ragopt.cache import Memo, entry_key
 from ragopt.data import Queries
 from ragopt.params import Chooser, bounded_floats, choices
 from ragopt.ranking import Ranking, ScoreStats, top_k
@@ -30,6 +30,8 @@ NONOCCURRENCE_METHODS = ("bm25l", "bm25+")
 NEGATIVE_IDF_METHODS = ("robertson",)
 """Robertson's idf is negative for terms in more than half of the passages, so its scores have
 no lower bound of 0."""
+QUERY_SETS_KEPT = 64
+"""Query sets whose term matrices a BM25 index keeps (a served pipeline sees a new set per request)."""
 SCORE_BLOCK = 1 << 25
 """Queries are scored in blocks of at most this many (query, document) scores (128 MiB)."""
 
@@ -202,19 +204,17 @@ class BM25Retriever(Retriever):
         self.index = TermIndex.build(tokens_of(spec.tokenizer, context.corpus.contents, context.corpus.key, context,
                                                context.progress))
         self._idf: dict[str, np.ndarray] = {}
-        self._queries: dict[str, sp.csr_matrix] = {}
+        self._queries: Memo[sp.csr_matrix] = Memo(QUERY_SETS_KEPT, size=lambda m: m.data.nbytes * 3)
 
     def theoretical_min(self, spec: BM25Spec) -> float | None:
         return None if spec.method in NEGATIVE_IDF_METHODS else 0.0
 
     def search(self, spec: BM25Spec, queries: Queries, depth: int) -> Ranking:
-        if queries.key not in self._queries:
-            self._queries[queries.key] = self.index.query_matrix(
-                tokens_of(self.tokenizer, queries.texts, queries.key, self.context))
+        matrix = self._queries.get(queries.key, lambda: self.index.query_matrix(
+            tokens_of(self.tokenizer, queries.texts, queries.key, self.context)))[0]
         if spec.method not in self._idf:
             self._idf[spec.method] = self.index.idf(spec.method)
         weights = self.index.weights(spec.method, spec.k1, spec.b, spec.delta, self._idf[spec.method])
-        matrix = self._queries[queries.key]
         block = max(1, SCORE_BLOCK // max(1, self.index.tf.shape[0]))
         parts, stats = [], []
         for i in range(0, max(1, matrix.shape[0]), block):
