@@ -23,25 +23,35 @@ def example_texts() -> list[str]:
 
 
 def _train_tokenizer(kind: str):
-    """A WordPiece (BERT) or Unigram (XLM-R) tokenizer trained on the example data, with every
-    character of it in the vocabulary (as the real models' vocabularies cover Korean), so that
-    no text becomes <unk>."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A WordPiece (BERT) or Unigram (XLM-R) tokenizer over the example data: every character of
+    it (as the real models' vocabularies cover Korean, so no text becomes <unk>) and its 600 most
+    frequent words. Built from counts, not trained: the tokenizers library's trainers break ties
+    differently in every process, and the tests need the same tiny models in every run."""
+    import math
+    import re
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
     texts = example_texts()
-    alphabet = sorted(set("".join(texts).lower()) | set("".join(texts)))
     if kind == "wordpiece":
-        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        lowered = [t.lower() for t in texts]
+        alphabet = sorted(set("".join(lowered)) - set(" \t\n"))
+        words = Counter(w for t in lowered for w in re.findall(r"\w+", t))
+        frequent = [w for w, _ in sorted(words.items(), key=lambda x: (-x[1], x[0])) if len(w) > 1][:600]
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *alphabet, *("##" + c for c in alphabet), *frequent]
+        tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(dict.fromkeys(vocab))}, unk_token="[UNK]"))
         tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=False)
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(vocab_size=1600, initial_alphabet=alphabet,
-                                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    else:
-        tokenizer = Tokenizer(models.Unigram())
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=1600, initial_alphabet=alphabet, unk_token="<unk>",
-                                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    tokenizer.train_from_iterator(texts, trainer)
+        return tokenizer
+    alphabet = sorted(set("".join(texts).lower()) | set("".join(texts)) - set(" \t\n"))
+    words = Counter("\u2581" + w for t in texts for w in t.split())
+    frequent = sorted(words.items(), key=lambda x: (-x[1], x[0]))[:600]
+    total = sum(words.values())
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("<mask>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -8.0) for c in alphabet] + [(w, math.log(n / total)) for w, n in frequent if len(w) > 2]
+    tokenizer = Tokenizer(models.Unigram(list(dict(pieces).items()), unk_id=3, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     return tokenizer
 
 
