@@ -20,10 +20,13 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
-__version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("ragopt")
     if name not in _PUBLIC:
         raise AttributeError(f"module 'ragopt' has no attribute {name!r}")
     value = getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -55,16 +55,19 @@ class Memo(Generic[T]):
         return sum(self._bytes.values())
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> tuple[T, bool]:
-        """The value for key, computed on a miss, and whether it was already there."""
-        if key in self._items:
+        """The value for key, computed on a miss, and whether it was already there. A value is
+        measured again at every use, so one that grows (a score table) stays within the budget."""
+        found = key in self._items
+        if found:
             self._items.move_to_end(key)
-            return self._items[key], True
-        value = self._items[key] = compute()
+            value = self._items[key]
+        else:
+            value = self._items[key] = compute()
         self._bytes[key] = self.size(value)
         while len(self._items) > 1 and (len(self._items) > self.capacity or self.bytes > self.max_bytes):
             old, _ = self._items.popitem(last=False)
             del self._bytes[old]
-        return value, False
+        return value, found
 
 
 def cache_key(*parts: object) -> str:

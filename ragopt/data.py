@@ -140,6 +140,8 @@ def load_corpus(path: str | Path) -> Corpus:
 
 
 def _validated_corpus(doc_ids: list[str], contents: list[str], source: str) -> Corpus:
+    if not doc_ids:
+        raise DataError(f"{source}: no passages; a corpus needs at least one row with doc_id and contents.")
     _fail(source, "empty doc_id", [f"row {i}" for i, d in enumerate(doc_ids) if not d.strip()],
           "Give every passage a non-empty doc_id.")
     counts = Counter(doc_ids)
@@ -207,6 +209,8 @@ def _domains(frame: pd.DataFrame, qids: list[str], path: Path, column: str | Non
 
 def _validated_qa(qids: list[str], queries: list[str], groups: list[list[list[str]]],
                   domains: list[str] | None, corpus: Corpus, source: str) -> QASet:
+    if not qids:
+        raise DataError(f"{source}: no questions; a QA set needs at least one row with qid, query and retrieval_gt.")
     counts = Counter(qids)
     _fail(source, "duplicate qid", [f"row {i}: {q!r}" for i, q in enumerate(qids) if counts[q] > 1],
           "Question ids must be unique.")

@@ -3,6 +3,7 @@ what produced it (model revisions or content hashes, tokenizer and library versi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,25 @@ from ragopt.files import write_text
 from ragopt.spec import PipelineSpec
 
 SCHEMA_VERSION = 2
-"""2 adds `provenance`; version 1 files (the same pipeline format) still load."""
+"""2 adds `engine` (settings of the search that shape the ranking) and `provenance`; version 1
+files still load."""
 READABLE = (1, 2)
+DEFAULT_EXACT_SEARCH_MAX = 1_000_000
 
 
-def write_best(path: Path, spec: PipelineSpec, evaluation: dict[str, Any], provenance: dict[str, Any]) -> None:
-    """Write the pipeline and, for the reader, how it scored and what produced it (neither is
-    needed to load it)."""
-    document = {"ragopt_pipeline": SCHEMA_VERSION, "pipeline": spec.model_dump(mode="json"),
+@dataclass(frozen=True)
+class Exported:
+    """What best.yaml gives back: the pipeline and the search settings it was scored with."""
+
+    spec: PipelineSpec
+    exact_search_max: int = DEFAULT_EXACT_SEARCH_MAX
+
+
+def write_best(path: Path, exported: Exported, evaluation: dict[str, Any], provenance: dict[str, Any]) -> None:
+    """Write the pipeline and its search settings and, for the reader, how it scored and what
+    produced it (not needed to load it)."""
+    document = {"ragopt_pipeline": SCHEMA_VERSION, "pipeline": exported.spec.model_dump(mode="json"),
+                "engine": {"exact_search_max": exported.exact_search_max},
                 "evaluation": evaluation, "provenance": provenance}
     header = ("# The best pipeline found by ragopt. Run it with:\n"
               "#   ragopt query best.yaml --corpus corpus.parquet \"question\"\n"
@@ -30,7 +42,12 @@ def write_best(path: Path, spec: PipelineSpec, evaluation: dict[str, Any], prove
 
 
 def read_best(path: str | Path) -> PipelineSpec:
-    """Load the pipeline of a best.yaml, checking its schema version."""
+    """The pipeline of a best.yaml."""
+    return read_export(path).spec
+
+
+def read_export(path: str | Path) -> Exported:
+    """Load a best.yaml, checking its schema version."""
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -43,7 +60,19 @@ def read_best(path: str | Path) -> PipelineSpec:
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         raise ConfigError(f"{path}: ragopt_pipeline version {version!r}; this ragopt reads versions {list(READABLE)}"
                           + ("; upgrade ragopt to load it" if newer else ""))
+    pipeline = _from_version_1(document["pipeline"]) if version == 1 else document["pipeline"]
     try:
-        return PipelineSpec.model_validate(document["pipeline"])
+        spec = PipelineSpec.model_validate(pipeline)
     except ValidationError as error:
         raise ConfigError(describe_errors(path, error)) from None
+    engine = document.get("engine") or {}
+    return Exported(spec, int(engine.get("exact_search_max", DEFAULT_EXACT_SEARCH_MAX)))
+
+
+def _from_version_1(pipeline: Any) -> Any:
+    """Version 1 allowed `max_length: null` for FlagEmbedding rerankers, meaning 512."""
+    reranker = pipeline.get("reranker") if isinstance(pipeline, dict) else None
+    flag = isinstance(reranker, dict) and str(reranker.get("type")).startswith("flag_")
+    if flag and reranker.get("max_length") is None:
+        return {**pipeline, "reranker": {**reranker, "max_length": 512}}
+    return pipeline

@@ -10,11 +10,22 @@ from pathlib import Path
 from typing import Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""What a file created with open() would get; mkstemp's own 0600 would hide shared outputs."""
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a fresh temporary file beside `path`, then rename it to `path`; on any
     error the temporary file is removed and `path` keeps its old content."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(handle, FILE_MODE)
     os.close(handle)
     tmp = Path(name)
     try:

@@ -16,8 +16,9 @@ A passage missing from one retriever's list (beyond its candidate depth, or not 
 takes that list's floor: 0 for min_max, tmm and dbsf (their lowest value, which is also ranx's
 and most engines' convention of a missing score counting 0), and for z_score the z of the
 lowest score the retriever gave any passage. A list whose scores are all equal gives its
-passages 1 (z_score: 0) and the missing ones the floor; a list that retrieved nothing adds 0 to
-every passage. The fused score is the weighted sum over the lists.
+passages 1 and the missing ones 0 (under z_score, which has no scale for it, 0 to both: such a
+list adds nothing); a list that retrieved nothing adds 0 to every passage. The fused score is the
+weighted sum over the lists.
 
 RRF scores a passage sum(1 / (rrf_k + rank)) over the lists it appears in (rank from 1); a
 missing passage adds nothing. Fused ties are broken by corpus row.

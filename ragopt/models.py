@@ -39,7 +39,8 @@ the GPU lacks bfloat16), float16 on Apple's mps and float32 on the CPU."""
 @dataclass(frozen=True)
 class Located:
     """A model name as configured, the local folder it loads from, and the identity of its
-    weights: {"hub": id, "revision": commit} or {"folder": path, "sha256": content hash}."""
+    weights: {"hub": id, "revision": commit} or {"sha256": content hash of the folder's model files}
+    (not its path: the same weights moved elsewhere are the same model)."""
 
     name: str
     path: str
@@ -148,7 +149,7 @@ class Locator:
     def _locate(self, name: str) -> Located:
         folder = local_folder(name)
         if folder is not None:
-            return Located(name, folder, {"folder": folder, "sha256": folder_digest(folder, self.memo)})
+            return Located(name, folder, {"sha256": folder_digest(folder, self.memo)})
         snapshot = hub_snapshot(name)
         return Located(name, snapshot, {"hub": name, "revision": Path(snapshot).name})
 

@@ -106,13 +106,30 @@ def _bounds(low: float, high: float) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         value = _listify(value)
         numbers = [value.get("low"), value.get("high")] if isinstance(value, dict) else value
-        bad = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool) and not low <= v <= high]
+        bad = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and not (math.isfinite(v) and low <= v <= high)]
         if bad:
-            bound = f"in [{low}, {high}]" if high < math.inf else f"at least {low}"
+            bound = f"in [{low}, {high}]" if high < math.inf else f"finite and at least {low}"
             raise ValueError(f"every value must be {bound}; got {bad}")
         return value
 
     return check
+
+
+def tagged_union(classes: tuple[type, ...]) -> Any:
+    """A pydantic union of models told apart by their `type` literal (a single class stands alone)."""
+    return Annotated[Union[classes], Field(discriminator="type")] if len(classes) > 1 else classes[0]
+
+
+def type_name(model: type[BaseModel]) -> str:
+    """The `type` literal a plug-in's spec declares as its default."""
+    return model.model_fields["type"].default
+
+
+def check_same_type(entry: type[BaseModel], spec: type[BaseModel]) -> None:
+    """A plug-in's config entry and spec must be tagged by the same `type` literal."""
+    if entry.model_fields["type"].annotation != spec.model_fields["type"].annotation:
+        raise TypeError(f"{entry.__name__} and {spec.__name__} must share the same `type` literal")
 
 
 Options = Union[list, FloatRange, IntRange]

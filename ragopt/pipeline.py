@@ -30,9 +30,9 @@ class Pipeline:
     """
 
     def __init__(self, spec: PipelineSpec, corpus: Corpus, cache: Cache | None = None, device: str = "auto",
-                 progress: bool = False) -> None:
+                 progress: bool = False, exact_search_max: int = 1_000_000) -> None:
         self.spec = spec
-        self.engine = Engine(corpus, cache, device, progress)
+        self.engine = Engine(corpus, cache, device, progress, exact_search_max)
 
     def retrieve(self, queries: str | list[str], k: int | None = None) -> list[list[Hit]]:
         """The top-k passages (default: the tuned k) for each query."""
@@ -46,10 +46,13 @@ class Pipeline:
 
 def load_pipeline(best: str | Path, corpus: str | Path | Corpus, cache_dir: str | Path | None = None,
                   device: str = "auto", progress: bool = False) -> Pipeline:
-    """Load an exported best.yaml and bind it to a corpus (a file path or a Corpus). With a
-    cache_dir, corpus embeddings and tokens are reused from an earlier run."""
-    from ragopt.export import read_best
+    """Load an exported best.yaml and bind it to a corpus (a file path or a Corpus), searching
+    as its trial did (exact or HNSW above the same threshold). With a cache_dir, corpus
+    embeddings and tokens are reused from an earlier run."""
+    from ragopt.export import read_export
 
+    exported = read_export(best)
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus)
-    return Pipeline(read_best(best), corpus, Cache(cache_dir) if cache_dir else None, device, progress)
+    return Pipeline(exported.spec, corpus, Cache(cache_dir) if cache_dir else None, device, progress,
+                    exported.exact_search_max)

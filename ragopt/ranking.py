@@ -9,8 +9,13 @@ is always a prefix of a deeper one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+
+SCORE_BLOCK = 1 << 25
+"""Scores are computed in blocks of queries holding at most this many (query, passage) scores
+(128 MiB of float32)."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,9 @@ class ScoreStats:
 @dataclass(frozen=True)
 class Ranking:
     """ids[q, r] is the corpus row at rank r for query q, -1 once nothing more was retrieved;
-    scores[q, r] is its score (-inf there). Rows are sorted best first, ties by corpus row.
+    scores[q, r] is its score (-inf there). A retriever's or a hybrid's rows are sorted best
+    first, ties by corpus row; a reranked row holds the reranker's scores best first (ties in
+    the retriever's order) for its first `depth` ranks, then the retriever's own ranks and scores.
     `stats` describes every score the retriever gave (None for fused or reranked rankings)."""
 
     ids: np.ndarray
@@ -71,6 +78,12 @@ class Ranking:
         """The first `depth` ranks; a smaller k is a slice, never a new retrieval."""
         return Ranking(self.ids[:, :depth], self.scores[:, :depth], self.stats)
 
+    @classmethod
+    def concat(cls, parts: list["Ranking"]) -> "Ranking":
+        """The rankings of consecutive blocks of queries, stacked."""
+        stats = None if any(p.stats is None for p in parts) else ScoreStats.concat([p.stats for p in parts])
+        return cls(np.concatenate([p.ids for p in parts]), np.concatenate([p.scores for p in parts]), stats)
+
     def rows(self, rows: np.ndarray) -> "Ranking":
         """The rankings of some queries only."""
         return Ranking(self.ids[rows], self.scores[rows], None if self.stats is None else self.stats.rows(rows))
@@ -79,8 +92,10 @@ class Ranking:
 def top_k(scores: np.ndarray, depth: int) -> Ranking:
     """The `depth` best finite entries of each row of a (queries x passages) score matrix, best
     first, ties by corpus row over the whole row (so a shallower ranking is always a prefix of a
-    deeper one). A passage the retriever did not retrieve has score -inf and is never returned;
-    rows with fewer finite scores are padded with -1 / -inf."""
+    deeper one). A passage the retriever did not retrieve has score -inf (NaN counts as -inf) and
+    is never returned; rows with fewer retrieved passages are padded with -1 / -inf."""
+    if np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), -np.inf, scores)
     n_queries, n_docs = scores.shape
     take = min(depth, n_docs)
     if take == 0:
@@ -94,8 +109,21 @@ def top_k(scores: np.ndarray, depth: int) -> Ranking:
     picked = np.take_along_axis(scores, ids, axis=1)
     order = np.lexsort((ids, -picked), axis=1)
     ids, picked = np.take_along_axis(ids, order, axis=1), np.take_along_axis(picked, order, axis=1)
-    retrieved = np.isfinite(picked)
+    retrieved = picked > -np.inf
     return padded(np.where(retrieved, ids, -1), np.where(retrieved, picked, -np.inf), depth)
+
+
+def blockwise(n_queries: int, n_docs: int, scores: Callable[[slice], np.ndarray], depth: int) -> Ranking:
+    """A ranking of `depth` passages for each of n_queries queries whose dense score rows
+    `scores(rows)` (-inf: not retrieved) are computed a block of queries at a time, so no more
+    than SCORE_BLOCK scores are in memory at once; statistics cover every score."""
+    block = max(1, SCORE_BLOCK // max(1, n_docs))
+    parts = []
+    for start in range(0, max(1, n_queries), block):
+        rows = scores(slice(start, start + block))
+        head = top_k(rows, depth)
+        parts.append(Ranking(head.ids, head.scores, ScoreStats.of(rows)))
+    return Ranking.concat(parts)
 
 
 def padded(ids: np.ndarray, scores: np.ndarray, depth: int, stats: ScoreStats | None = None) -> Ranking:

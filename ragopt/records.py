@@ -69,13 +69,15 @@ def finished(study: Any) -> list[tuple[Any, TrialRecord]]:
     return [(t, TrialRecord.from_attrs(t.user_attrs)) for t in trials if RECORD in t.user_attrs]
 
 
-def trials_table(trials: list[tuple[Any, TrialRecord]]) -> pd.DataFrame:
-    """One row per finished trial: parameters, the pipeline, every metric at every k, timing."""
+def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """One row per finished trial: parameters, the pipeline, the mean of every metric at every k
+    (from each trial's per-question `values`, so a resumed study reports the metrics its config
+    asks for now), timing."""
     rows = []
-    for trial, record in trials:
+    for (trial, record), per_question in zip(trials, values):
         row: dict[str, Any] = {"trial": trial.number, "value": trial.value, "pipeline": record.description}
         row.update({f"param.{k}": v for k, v in trial.params.items()})
-        row.update(record.metrics)
+        row.update({name: float(v.mean()) for name, v in per_question.items()})
         row["seconds_per_query"] = record.seconds_per_query
         row["reused"] = record.reused
         rows.append(row)
@@ -85,14 +87,13 @@ def trials_table(trials: list[tuple[Any, TrialRecord]]) -> pd.DataFrame:
     return table[first + [c for c in table.columns if c not in first]]
 
 
-def per_question_table(trials: list[tuple[Any, TrialRecord]], qa: QASet, ks: list[int], names: tuple[str, ...]
+def per_question_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, np.ndarray]], qa: QASet
                        ) -> pd.DataFrame:
     """One row per (trial, question): the question's id and domain and every metric at every k
     (float32), the values the trial's means are averages of."""
     frames = []
-    for trial, record in trials:
-        values = record.per_question(qa, ks, names)
-        frame = pd.DataFrame({k: v.astype(np.float32) for k, v in values.items()})
+    for (trial, _), per_question in zip(trials, values):
+        frame = pd.DataFrame({k: v.astype(np.float32) for k, v in per_question.items()})
         frame.insert(0, "qid", qa.qids)
         frame.insert(0, "trial", np.int32(trial.number))
         if qa.domains is not None:

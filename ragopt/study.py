@@ -25,7 +25,7 @@ from ragopt.data import Corpus, QASet, load_dataset
 from ragopt.engine import Engine
 from ragopt.errors import StudyError
 from ragopt.evaluation import Evaluator
-from ragopt.export import write_best
+from ragopt.export import Exported, write_best
 from ragopt.files import atomic_write
 from ragopt.metrics import METRICS
 from ragopt.provenance import library_versions
@@ -216,26 +216,28 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     trials = finished(study)
     if not trials:
         raise StudyError(f"study {study.study_name!r} has no completed trial; raise n_trials or timeout")
-    table = trials_table(trials)
+    values = [record.per_question(qa, config.top_k, tuple(config.metrics)) for _, record in trials]
+    table = trials_table(trials, values)
     atomic_write(output / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
-    per_question = per_question_table(trials, qa, config.top_k, tuple(config.metrics))
+    per_question = per_question_table(trials, values, qa)
     atomic_write(output / "per_question.parquet", lambda tmp: per_question.to_parquet(tmp, index=False))
     best_trial = study.best_trial
     record = TrialRecord.from_attrs(best_trial.user_attrs)
     spec = record.pipeline
-    write_best(output / "best.yaml", spec, {
+    per_query = record.per_question(qa, config.top_k, METRICS)
+    metrics = {name: float(v.mean()) for name, v in per_query.items() if name.split("@")[0] in config.metrics}
+    write_best(output / "best.yaml", Exported(spec, config.exact_search_max), {
         "study": study.study_name, "trial": best_trial.number, "objective": dict(config.optimize),
         "value": round(float(best_trial.value), 6),
-        "metrics_at_k": {k: round(v, 6) for k, v in record.metrics.items() if k.endswith(f"@{spec.top_k}")}},
+        "metrics_at_k": {k: round(v, 6) for k, v in metrics.items() if k.endswith(f"@{spec.top_k}")}},
         {**engine.provenance(spec.retriever.models() + ([spec.reranker.model] if spec.reranker else []),
                              spec.retriever.tokenizers()),
          "libraries": library_versions()})
-    per_query = record.per_question(qa, config.top_k, METRICS)
     per_domain = domain_means(per_query, qa.domains, config.metrics, spec.top_k) if qa.domains else {}
     write_summary(output / "summary.md", title=config_path.name, qa=qa, corpus=corpus, table=table,
                   best={"trial": best_trial.number, "value": best_trial.value, "description": spec.describe(),
-                        "metrics": record.metrics, "top_k": spec.top_k},
+                        "metrics": metrics, "top_k": spec.top_k},
                   names=config.metrics, ks=config.top_k, per_domain=per_domain, objective=dict(config.optimize),
                   seconds=seconds)
     n_pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
-    return Outcome(output, spec, float(best_trial.value), record.metrics, len(table), interrupted, n_pruned)
+    return Outcome(output, spec, float(best_trial.value), metrics, len(table), interrupted, n_pruned)

@@ -4,6 +4,7 @@ import bm25s
 import numpy as np
 import pytest
 
+from ragopt import ranking
 from ragopt.cache import Cache
 from ragopt.data import Corpus, Queries
 from ragopt.engine import Engine
@@ -86,7 +87,7 @@ def test_queries_are_scored_in_blocks(ko_mini, monkeypatch):
     qa, corpus = ko_mini
     spec = BM25Spec(tokenizer=WhitespaceTokenizer())
     whole = Engine(corpus).retrieve(spec, qa.queries, 7)
-    monkeypatch.setattr(bm25, "SCORE_BLOCK", 5 * len(corpus))  # 5 queries at a time
+    monkeypatch.setattr(ranking, "SCORE_BLOCK", 5 * len(corpus))  # 5 queries at a time
     blocks = Engine(corpus).retrieve(spec, qa.queries, 7)
     np.testing.assert_array_equal(blocks.ids, whole.ids)
     np.testing.assert_array_equal(blocks.stats.mean, whole.stats.mean)

@@ -64,6 +64,9 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(path, broken)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["trials.csv"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would make it, readable by other workers
 
 
 def test_writers_sharing_a_pid_never_share_a_temporary_file(tmp_path, monkeypatch):

@@ -110,6 +110,16 @@ def test_domain_pattern_must_match_every_qid(tmp_path):
         load_qa(path, corpus, domain_pattern=r"_([^_]+)$")
 
 
+def test_an_empty_corpus_or_qa_file_is_refused(tmp_path):
+    (tmp_path / "c.csv").write_text("doc_id,contents\n")
+    with pytest.raises(DataError, match="no passages"):
+        load_corpus(tmp_path / "c.csv")
+    corpus = load_corpus(write_jsonl(tmp_path / "c.jsonl", [{"doc_id": "a", "contents": "x"}]))
+    (tmp_path / "q.csv").write_text("qid,query,retrieval_gt\n")
+    with pytest.raises(DataError, match="no questions"):
+        load_qa(tmp_path / "q.csv", corpus)
+
+
 def test_unknown_file_type_and_missing_columns(tmp_path):
     (tmp_path / "c.txt").write_text("x")
     with pytest.raises(DataError, match="unknown file type"):

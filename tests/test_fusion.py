@@ -93,9 +93,11 @@ def test_an_empty_list_adds_nothing_and_constant_scores_still_mark_what_was_retr
     values, floor = normalize(constant, method, 0.0)
     assert values[0, :2].tolist() == ([0.0, 0.0] if method == "z_score" else [1.0, 1.0])
     assert floor.tolist() == [0.0]
-    fused = convex([constant, dense], [0.5, 0.5], method, [0.0, -1.0], n_docs=5, depth=5)
-    if method != "z_score":  # the two passages the constant list retrieved gain its whole weight
-        assert set(fused.ids[0, :2].tolist()) <= {0, 2, 3}
+    fused = convex([constant, dense], [0.9, 0.1], method, [0.0, -1.0], n_docs=5, depth=5)
+    if method == "z_score":  # no scale: the constant list adds nothing, the dense order stands
+        assert fused.ids[0].tolist() == [3, 1, 2, 0, -1]
+    else:  # the two passages the constant list retrieved come first, in the dense list's order
+        assert fused.ids[0].tolist() == [2, 0, 3, 1, -1]
 
 
 @pytest.mark.parametrize("fusion", ["rrf", *NORMALIZATIONS])
@@ -168,10 +170,11 @@ top_k: [1, 3]
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("rrf_k: 0", "rrf_k: every value must be at least 1"),
-    ("rrf_k: {low: 0, high: 10}", "rrf_k: every value must be at least 1"),
+    ("rrf_k: 0", "rrf_k: every value must be finite and at least 1"),
+    ("rrf_k: {low: 0, high: 10}", "rrf_k: every value must be finite and at least 1"),
     ("weight: [0.5, 1.5]", "weight: every value must be in [0.0, 1.0]"),
     ("weight: {low: -0.1, high: 1.0}", "weight: every value must be in [0.0, 1.0]"),
+    ("weight: [.nan]", "weight: every value must be in [0.0, 1.0]"),
 ])
 def test_fusion_settings_are_checked(tmp_path, setting, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

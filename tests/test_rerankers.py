@@ -16,17 +16,29 @@ from ragopt.spec import PipelineSpec
 from ragopt.testing.rerankers import PairScorerContract, ScorerCase, scorer_of
 
 
+@pytest.fixture(scope="module")
+def prompted_reranker(tiny_xlmr_reranker, tmp_path_factory):
+    """The one-label reranker saved with an instruction prompt used by default."""
+    folder = tmp_path_factory.mktemp("prompted")
+    model = CrossEncoder(str(tiny_xlmr_reranker), device="cpu", prompts={"q": "Instruct: find the answer. "},
+                         default_prompt_name="q")
+    model.save(str(folder))
+    return folder
+
+
 class TestCrossEncoderContract(PairScorerContract):
-    @pytest.fixture(params=[1, 2])
-    def case(self, request, ko_mini, tiny_xlmr_reranker, tiny_xlmr_two_labels):
+    @pytest.fixture(params=[1, 2, "prompted"])
+    def case(self, request, ko_mini, tiny_xlmr_reranker, tiny_xlmr_two_labels, prompted_reranker):
         qa, corpus = ko_mini
-        path = str(tiny_xlmr_reranker if request.param == 1 else tiny_xlmr_two_labels)
+        path = str({1: tiny_xlmr_reranker, 2: tiny_xlmr_two_labels, "prompted": prompted_reranker}[request.param])
         reference = CrossEncoder(path, device="cpu")
+        if request.param == "prompted":
+            assert reference.default_prompt_name == "q"
 
         def predict(pairs):
             if not pairs:
                 return np.zeros(0)
-            if request.param == 1:
+            if request.param != 2:
                 return reference.predict(pairs, convert_to_numpy=True)
             return reference.predict(pairs, apply_softmax=True, convert_to_numpy=True)[:, -1]
 

@@ -332,3 +332,44 @@ def test_best_yaml_of_an_earlier_schema_loads_and_a_later_one_is_refused(finishe
         else:
             with pytest.raises(ConfigError, match="upgrade ragopt"):
                 read_best(path)
+
+
+def test_the_exported_pipeline_searches_as_its_trial_did(tmp_path, tiny_bert):
+    text = f"""
+data: {{qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}}
+retrievers: [{{name: dense, type: dense, model: "{tiny_bert}"}}]
+top_k: [1, 3]
+exact_search_max: 10
+"""
+    outcome = optimize(write_config(tmp_path / "hnsw.yaml", text), progress=False)
+    assert yaml.safe_load((outcome.output / "best.yaml").read_text())["engine"] == {"exact_search_max": 10}
+    pipeline = load_pipeline(outcome.output / "best.yaml", KO_MINI / "corpus.jsonl", device="cpu")
+    pipeline.retrieve("예금자 보호")
+    assert pipeline.engine.retriever(pipeline.spec.retriever).index is not None  # HNSW, as in the study
+
+
+def test_a_version_1_flag_reranker_without_max_length_loads_with_512(tmp_path):
+    from ragopt.export import read_best
+
+    path = tmp_path / "v1.yaml"
+    path.write_text(yaml.safe_dump({"ragopt_pipeline": 1, "pipeline": {
+        "retriever": {"type": "bm25", "tokenizer": {"type": "kiwi"}},
+        "reranker": {"type": "flag_reranker", "model": "BAAI/bge-reranker-v2-m3", "depth": 10, "max_length": None},
+        "top_k": 3}}))
+    assert read_best(path).reranker.max_length == 512
+
+
+def test_a_resumed_study_reports_the_metrics_its_config_asks_for_now(tmp_path):
+    text = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers: [{name: bm25, type: bm25, tokenizer: [whitespace, kiwi]}]
+top_k: [1, 3]
+metrics: [f1]
+study: {name: m}
+"""
+    path = write_config(tmp_path / "m.yaml", text)
+    optimize(path, progress=False)
+    path.write_text(path.read_text().replace("metrics: [f1]", "metrics: [f1, ndcg]"))
+    outcome = optimize(path, progress=False)
+    trials = pd.read_csv(outcome.output / "trials.csv")
+    assert trials[["ndcg@1", "ndcg@3"]].notna().all().all() and len(trials) == 4

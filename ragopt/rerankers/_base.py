@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, Sequence, Union
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import BeforeValidator, Field
 
-from ragopt.params import Chooser, StrictModel, bounded_ints
+from ragopt.params import Chooser, StrictModel, bounded_ints, check_same_type, tagged_union, type_name
 from ragopt.ranking import Ranking
 
 if TYPE_CHECKING:
@@ -120,16 +120,18 @@ REGISTRY: dict[str, Plugin] = {}
 
 def register(entry: type[RerankerEntry], spec: type[RerankerSpec], scorer: type[PairScorer]) -> None:
     """Make a reranker type known to the config, the space and the engine."""
-    REGISTRY[spec.model_fields["type"].default] = Plugin(entry, spec, scorer)
+    check_same_type(entry, spec)
+    REGISTRY[type_name(spec)] = Plugin(entry, spec, scorer)
 
 
 def spec_union() -> Any:
-    specs = tuple(p.spec for p in REGISTRY.values())
-    return Annotated[Union[specs], Field(discriminator="type")] if len(specs) > 1 else specs[0]
+    """The registered spec classes as a pydantic union tagged by `type`."""
+    return tagged_union(tuple(p.spec for p in REGISTRY.values()))
 
 
 def entry_union() -> Any:
-    return Annotated[Union[(NoReranker, *(p.entry for p in REGISTRY.values()))], Field(discriminator="type"),
+    """`none` and the registered config entry classes, tagged by `type` ('none' alone is short for it)."""
+    return Annotated[tagged_union((NoReranker, *(p.entry for p in REGISTRY.values()))),
                      BeforeValidator(_none_shorthand)]
 
 

@@ -35,9 +35,10 @@ class CrossEncoderConfig(RerankerEntry, _Settings):
 class CrossEncoderScorer(PairScorer):
     """CrossEncoder.predict's ranking: the model's activation over all of its labels, and with
     more than one label the probability of the last one (predict(apply_softmax=True)[:, -1], the
-    'relevant' class of two-label rerankers). A plain sequence-classification model is scored by
-    classify_pairs in batches of similar length (the same logits, faster); any other CrossEncoder
-    stack through predict itself. Halves the batch on out-of-memory."""
+    'relevant' class of two-label rerankers). A plain sequence-classification model without a
+    prompt or processing settings is scored by classify_pairs in batches of similar length (the
+    same inputs and logits, faster); any other CrossEncoder through predict itself. Halves the
+    batch on out-of-memory."""
 
     libraries = ("torch", "transformers", "sentence-transformers")
 
@@ -54,9 +55,12 @@ class CrossEncoderScorer(PairScorer):
         return str(torch_dtype(spec.dtype, device))
 
     def _plain_classifier(self) -> bool:
+        """Whether predict would tokenize the pairs exactly as pair_features does."""
         modules = list(self.model)
         return (len(modules) == 1 and type(modules[0]).__name__ == "Transformer"
-                and getattr(modules[0], "transformer_task", "sequence-classification") == "sequence-classification")
+                and getattr(modules[0], "transformer_task", "sequence-classification") == "sequence-classification"
+                and not getattr(modules[0], "processing_kwargs", None)
+                and not (getattr(self.model, "default_prompt_name", None) or getattr(self.model, "prompt", None)))
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         import torch

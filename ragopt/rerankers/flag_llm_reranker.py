@@ -9,16 +9,12 @@ import numpy as np
 from pydantic import Field
 
 from ragopt.models import Located, ModelPool, half_on_gpu, load_model
-from ragopt.params import StrictModel
+from ragopt.rerankers import flag_reranker
 from ragopt.rerankers._base import PairScorer, RerankerEntry, RerankerSpec, by_length, register
 
 
-class _Settings(StrictModel):
-    model: str
-    max_length: int = Field(512, ge=2)
+class _Settings(flag_reranker._Settings):
     batch_size: int = Field(16, ge=1)
-    use_fp16: bool | None = None
-    trust_remote_code: bool = False
 
 
 class FlagLLMRerankerSpec(RerankerSpec, _Settings):
@@ -46,9 +42,7 @@ class FlagLLMScorer(PairScorer):
             path, use_fp16=half_on_gpu(spec.use_fp16, device), devices=[device],
             trust_remote_code=spec.trust_remote_code, max_length=spec.max_length))
 
-    @staticmethod
-    def precision(spec: FlagLLMRerankerSpec, device: str) -> str:
-        return "float16" if half_on_gpu(spec.use_fp16, device) else "float32"
+    precision = staticmethod(flag_reranker.FlagScorer.precision)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         order = by_length(pairs)

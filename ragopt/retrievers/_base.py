@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from pydantic import Field
-
-from ragopt.params import Chooser, StrictModel
+from ragopt.params import Chooser, StrictModel, check_same_type, tagged_union, type_name
 
 if TYPE_CHECKING:
     from ragopt.cache import Cache
@@ -32,6 +30,11 @@ if TYPE_CHECKING:
 
 MODEL_FIELDS = ("model", "query_model")
 """Settings that name a model (a hub id, a folder relative to the config, or pkg:...)."""
+
+
+def named_models(settings: Any) -> list[str]:
+    """The models a spec's or entry's MODEL_FIELDS name."""
+    return [v for f in MODEL_FIELDS if isinstance(v := getattr(settings, f, None), str)]
 
 
 class RetrieverSpec(StrictModel):
@@ -54,8 +57,7 @@ class RetrieverSpec(StrictModel):
 
     def models(self) -> list[str]:
         """The models this spec loads, its components' included."""
-        own = [v for f in MODEL_FIELDS if isinstance(v := getattr(self, f, None), str)]
-        return list(dict.fromkeys(own + [m for c in self.components() for m in c.models()]))
+        return list(dict.fromkeys(named_models(self) + [m for c in self.components() for m in c.models()]))
 
     def tokenizers(self) -> list["Tokenizer"]:
         """The tokenizers this spec uses, its components' included."""
@@ -89,7 +91,7 @@ class RetrieverEntry(StrictModel):
 
     def models(self) -> list[str]:
         """The models this entry can load (their revisions are recorded and checked on resume)."""
-        return [v for f in MODEL_FIELDS if isinstance(v := getattr(self, f, None), str)]
+        return named_models(self)
 
     def tokenizers(self) -> list["Tokenizer"]:
         """The tokenizers this entry can use (their library versions are recorded)."""
@@ -144,10 +146,8 @@ REGISTRY: dict[str, Plugin] = {}
 
 def register(entry: type[RetrieverEntry], spec: type[RetrieverSpec], retriever: type[Retriever]) -> None:
     """Make a retriever type known to the config, the space and the engine."""
-    name = spec.model_fields["type"].default
-    if entry.model_fields["type"].annotation != spec.model_fields["type"].annotation:
-        raise TypeError(f"{entry.__name__} and {spec.__name__} must share the same `type` literal")
-    REGISTRY[name] = Plugin(entry, spec, retriever)
+    check_same_type(entry, spec)
+    REGISTRY[type_name(spec)] = Plugin(entry, spec, retriever)
 
 
 def plugin(type_name: str) -> Plugin:
@@ -157,10 +157,9 @@ def plugin(type_name: str) -> Plugin:
 def spec_union(composite: bool | None = None) -> Any:
     """The registered spec classes as a pydantic union tagged by `type` (only plain ones with
     composite=False)."""
-    specs = tuple(p.spec for p in REGISTRY.values() if composite is None or p.entry.composite == composite)
-    return Annotated[Union[specs], Field(discriminator="type")] if len(specs) > 1 else specs[0]
+    return tagged_union(tuple(p.spec for p in REGISTRY.values() if composite is None or p.entry.composite == composite))
 
 
 def entry_union() -> Any:
     """The registered config entry classes as a pydantic union tagged by `type`."""
-    return Annotated[Union[tuple(p.entry for p in REGISTRY.values())], Field(discriminator="type")]
+    return tagged_union(tuple(p.entry for p in REGISTRY.values()))

@@ -17,14 +17,10 @@ from ragopt.data import Queries
 from ragopt.models import device_type, half_on_gpu, load_model
 from ragopt.params import Chooser, StrictModel, choices
 from ragopt.provenance import versions
-from ragopt.ranking import Ranking, ScoreStats, top_k
+from ragopt.ranking import Ranking, blockwise
 from ragopt.retrievers._base import Context, Retriever, RetrieverEntry, RetrieverSpec, register
 
 BGEM3Mode = Literal["dense", "sparse", "colbert"]
-TOKEN_CHUNK = 262_144
-"""Passage token vectors per ColBERT scoring block: bounds the (query tokens x passage tokens) matrix."""
-SCORE_BLOCK = 1 << 25
-"""Sparse scores are computed in query blocks of at most this many (query, passage) scores."""
 
 
 class _BGEM3Settings(StrictModel):
@@ -128,7 +124,7 @@ class BGEM3Retriever(Retriever):
         d = self.corpus_outputs
         if spec.mode == "sparse":
             return sparse_search(q, d, depth)
-        from ragopt.retrievers._scan import exact_search
+        from ragopt.retrievers._scan import colbert_search, exact_search
 
         if spec.mode == "dense":
             return exact_search(q["dense"], d["dense"], depth, self.context.device)
@@ -147,44 +143,13 @@ def sparse_search(queries: dict[str, np.ndarray], corpus: dict[str, np.ndarray],
     width = int(max(queries["sparse_ids"].max(initial=0), corpus["sparse_ids"].max(initial=0))) + 1
     q, d = _csr(queries, width), _csr(corpus, width)
     presence = sp.csr_matrix((np.ones_like(d.data), d.indices, d.indptr), shape=d.shape)
-    block = max(1, SCORE_BLOCK // max(1, d.shape[0]))
-    parts, stats = [], []
-    for i in range(0, max(1, q.shape[0]), block):
-        rows = q[i:i + block]
-        scores = (rows @ d.T).toarray().astype(np.float32)
-        scores[(abs(rows) @ presence.T).toarray() == 0] = -np.inf
-        parts.append(top_k(scores, depth))
-        stats.append(ScoreStats.of(scores))
-    return Ranking(np.concatenate([p.ids for p in parts]), np.concatenate([p.scores for p in parts]),
-                   ScoreStats.concat(stats))
 
+    def scores(rows: slice) -> np.ndarray:
+        block = (q[rows] @ d.T).toarray().astype(np.float32)
+        block[(abs(q[rows]) @ presence.T).toarray() == 0] = -np.inf
+        return block
 
-def colbert_search(q_vectors: np.ndarray, q_offsets: np.ndarray, d_vectors: np.ndarray, d_offsets: np.ndarray,
-                   depth: int, device: str) -> Ranking:
-    """Late interaction over the whole corpus in blocks of passages, with a running top-k."""
-    import torch
-
-    from ragopt.retrievers._scan import RunningTopK
-
-    dtype = torch.float32 if device.startswith("cpu") else torch.float16
-    n_queries, n_docs = len(q_offsets) - 1, len(d_offsets) - 1
-    q_lengths = torch.from_numpy(np.diff(q_offsets)).to(device)
-    q = torch.from_numpy(q_vectors).to(device, dtype)
-    q_owner = torch.repeat_interleave(torch.arange(n_queries, device=device), q_lengths)
-    best = RunningTopK(n_queries, depth, device)
-    first = 0
-    while first < n_docs:
-        last = max(first + 1, int(np.searchsorted(d_offsets, d_offsets[first] + TOKEN_CHUNK, side="right")) - 1)
-        last = min(last, n_docs)
-        block = torch.from_numpy(d_vectors[d_offsets[first]:d_offsets[last]]).to(device, dtype)
-        owner = torch.from_numpy(np.repeat(np.arange(last - first), np.diff(d_offsets[first:last + 1]))).to(device)
-        similarity = (q @ block.T).float()
-        best_match = torch.full((len(q), last - first), -torch.inf, device=device).scatter_reduce_(
-            1, owner.expand(len(q), -1), similarity, "amax")
-        block_scores = torch.zeros((n_queries, last - first), device=device).index_add_(0, q_owner, best_match)
-        best.add(block_scores / q_lengths.clamp(min=1)[:, None], first)
-        first = last
-    return best.ranking()
+    return blockwise(q.shape[0], d.shape[0], scores, depth)
 
 
 register(BGEM3Config, BGEM3Spec, BGEM3Retriever)

@@ -21,7 +21,7 @@ from pydantic import field_validator
 from ragopt.cache import Memo, entry_key
 from ragopt.data import Queries
 from ragopt.params import Chooser, bounded_floats, choices
-from ragopt.ranking import Ranking, ScoreStats, top_k
+from ragopt.ranking import Ranking, blockwise
 from ragopt.retrievers._base import Context, Retriever, RetrieverEntry, RetrieverSpec, register
 from ragopt.retrievers.tokenizers import Tokenizer, tokenize
 
@@ -32,8 +32,6 @@ NEGATIVE_IDF_METHODS = ("robertson",)
 no lower bound of 0."""
 QUERY_SETS_KEPT = 64
 """Query sets whose term matrices a BM25 index keeps (a served pipeline sees a new set per request)."""
-SCORE_BLOCK = 1 << 25
-"""Queries are scored in blocks of at most this many (query, document) scores (128 MiB)."""
 
 
 class BM25Spec(RetrieverSpec):
@@ -215,16 +213,13 @@ class BM25Retriever(Retriever):
         if spec.method not in self._idf:
             self._idf[spec.method] = self.index.idf(spec.method)
         weights = self.index.weights(spec.method, spec.k1, spec.b, spec.delta, self._idf[spec.method])
-        block = max(1, SCORE_BLOCK // max(1, self.index.tf.shape[0]))
-        parts, stats = [], []
-        for i in range(0, max(1, matrix.shape[0]), block):
-            rows = matrix[i:i + block]
-            scores = self.index.scores(rows, weights)
-            scores[~self.index.retrieved(rows)] = -np.inf
-            parts.append(top_k(scores, depth))
-            stats.append(ScoreStats.of(scores))
-        return Ranking(np.concatenate([p.ids for p in parts]), np.concatenate([p.scores for p in parts]),
-                       ScoreStats.concat(stats))
+
+        def scores(rows: slice) -> np.ndarray:
+            block = self.index.scores(matrix[rows], weights)
+            block[~self.index.retrieved(matrix[rows])] = -np.inf
+            return block
+
+        return blockwise(matrix.shape[0], self.index.tf.shape[0], scores, depth)
 
 
 register(BM25Config, BM25Spec, BM25Retriever)

@@ -16,15 +16,13 @@ from ragopt.data import Queries
 from ragopt.models import Located, Precision, device_type, load_model, torch_dtype
 from ragopt.params import Chooser, StrictModel
 from ragopt.provenance import versions
-from ragopt.ranking import Ranking, ScoreStats, padded
+from ragopt.ranking import SCORE_BLOCK, Ranking, ScoreStats, padded
 from ragopt.retrievers._base import Context, Retriever, RetrieverEntry, RetrieverSpec, register
 
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 256
 """Candidates an HNSW search keeps (at least the depth asked): fixed, so that a shallower search
 is a prefix of a deeper one up to this depth."""
-SCORE_BLOCK = 1 << 25
-"""Query blocks of at most this many sampled scores (128 MiB)."""
 HNSW_STATS_SAMPLE = 65_536
 """Above exact_search_max, score statistics come from every n-th passage, about this many."""
 

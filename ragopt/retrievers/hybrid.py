@@ -12,7 +12,7 @@ from ragopt import fusion
 from ragopt.data import Queries
 from ragopt.params import Chooser, FloatRange, bounded_floats, bounded_ints, choices
 from ragopt.ranking import Ranking
-from ragopt.retrievers._base import Context, Retriever, RetrieverEntry, RetrieverSpec, register, spec_union
+from ragopt.retrievers._base import Retriever, RetrieverEntry, RetrieverSpec, register, spec_union
 
 Normalization = Literal["min_max", "tmm", "z_score", "dbsf"]
 DEFAULT_RRF_K = 60
@@ -43,6 +43,10 @@ class HybridSpec(RetrieverSpec):
         how = f"rrf(k={self.rrf_k})" if self.fusion == "rrf" else (
             f"cc({self.normalization},w={','.join(f'{w:.2f}' for w in self.weights or [])})")
         return f"{how}({parts})"
+
+    def index_key(self) -> str:
+        """Hybrids keep no index of their own: one HybridRetriever serves them all."""
+        return "hybrid"
 
     def components(self) -> list[RetrieverSpec]:
         return list(self.retrievers)
@@ -89,9 +93,6 @@ class HybridConfig(RetrieverEntry):
 
 class HybridRetriever(Retriever):
     """Fuses its components' rankings, which the engine retrieves (and keeps) once each."""
-
-    def __init__(self, spec: HybridSpec, context: Context) -> None:
-        super().__init__(spec, context)
 
     def search(self, spec: HybridSpec, queries: Queries, depth: int) -> Ranking:
         context = self.context

@@ -74,6 +74,19 @@ class RetrieverContract:
         same = (ranking.scores[:, 1:] == ranking.scores[:, :-1]) & (ranking.ids[:, 1:] >= 0)
         assert np.all(ranking.ids[:, 1:][same] > ranking.ids[:, :-1][same])
 
+    def test_copies_of_a_passage_are_ordered_by_doc_id(self, case: RetrieverCase) -> None:
+        """Exact copies of passages under ids that sort before and after the originals: where a
+        copy and its original score alike, the lower doc id ranks first, at every depth."""
+        base = case.corpus
+        copies = range(0, len(base), max(1, len(base) // 6))
+        corpus = Corpus(base.doc_ids + [f"{prefix}{base.doc_ids[i]}" for i in copies for prefix in ("!", "~")],
+                        base.contents + [base.contents[i] for i in copies for _ in range(2)])
+        deep = self._search(case, len(corpus), corpus=corpus)
+        same = (deep.scores[:, 1:] == deep.scores[:, :-1]) & (deep.ids[:, 1:] >= 0)
+        assert np.all(deep.ids[:, 1:][same] > deep.ids[:, :-1][same])
+        for depth in (1, 5, case.depth):
+            np.testing.assert_array_equal(self._search(case, depth, corpus=corpus).ids, deep.ids[:, :depth])
+
     def test_a_query_sharing_nothing_retrieves_nothing(self, case: RetrieverCase) -> None:
         if case.unmatched is None:
             pytest.skip("this retriever scores every passage")
