@@ -50,13 +50,19 @@ class RetrieverContract:
     def case(self) -> RetrieverCase:
         raise NotImplementedError
 
-    def _search(self, case: RetrieverCase, depth: int, cache: Cache | None = None, corpus: Corpus | None = None,
+    @pytest.fixture(scope="class")
+    def shared(self, tmp_path_factory) -> Cache:
+        """One cache for the tests that do not test caching: entries are keyed by all that made
+        them, so sharing them only saves encoding the same texts again."""
+        return Cache(tmp_path_factory.mktemp("contract-cache"))
+
+    def _search(self, case: RetrieverCase, depth: int, cache: Cache, corpus: Corpus | None = None,
                 spec: RetrieverSpec | None = None, queries: Queries | None = None) -> Ranking:
         engine = Engine(corpus or case.corpus, cache, device="cpu")
         return engine.retrieve(spec or case.spec, queries or case.queries, depth)
 
-    def test_rankings_hold_only_retrieved_passages_best_first(self, case: RetrieverCase) -> None:
-        ranking = self._search(case, case.depth)
+    def test_rankings_hold_only_retrieved_passages_best_first(self, case: RetrieverCase, shared: Cache) -> None:
+        ranking = self._search(case, case.depth, shared)
         assert ranking.ids.shape == ranking.scores.shape == (len(case.queries), case.depth)
         found = ranking.ids >= 0
         assert np.all(np.isfinite(ranking.scores[found])) and np.all(ranking.scores[~found] == -np.inf)
@@ -69,44 +75,44 @@ class RetrieverContract:
             steps = np.diff(ranking.scores, axis=1)
         assert np.all(steps[found[:, 1:]] <= 0)
 
-    def test_ties_are_broken_by_corpus_row(self, case: RetrieverCase) -> None:
-        ranking = self._search(case, len(case.corpus))
+    def test_ties_are_broken_by_corpus_row(self, case: RetrieverCase, shared: Cache) -> None:
+        ranking = self._search(case, len(case.corpus), shared)
         same = (ranking.scores[:, 1:] == ranking.scores[:, :-1]) & (ranking.ids[:, 1:] >= 0)
         assert np.all(ranking.ids[:, 1:][same] > ranking.ids[:, :-1][same])
 
-    def test_copies_of_a_passage_are_ordered_by_doc_id(self, case: RetrieverCase) -> None:
+    def test_copies_of_a_passage_are_ordered_by_doc_id(self, case: RetrieverCase, shared: Cache) -> None:
         """Exact copies of passages under ids that sort before and after the originals: where a
         copy and its original score alike, the lower doc id ranks first, at every depth."""
         base = case.corpus
         copies = range(0, len(base), max(1, len(base) // 6))
         corpus = Corpus(base.doc_ids + [f"{prefix}{base.doc_ids[i]}" for i in copies for prefix in ("!", "~")],
                         base.contents + [base.contents[i] for i in copies for _ in range(2)])
-        deep = self._search(case, len(corpus), corpus=corpus)
+        deep = self._search(case, len(corpus), shared, corpus=corpus)
         same = (deep.scores[:, 1:] == deep.scores[:, :-1]) & (deep.ids[:, 1:] >= 0)
         assert np.all(deep.ids[:, 1:][same] > deep.ids[:, :-1][same])
         for depth in (1, 5, case.depth):
-            np.testing.assert_array_equal(self._search(case, depth, corpus=corpus).ids, deep.ids[:, :depth])
+            np.testing.assert_array_equal(self._search(case, depth, shared, corpus=corpus).ids, deep.ids[:, :depth])
 
-    def test_a_query_sharing_nothing_retrieves_nothing(self, case: RetrieverCase) -> None:
+    def test_a_query_sharing_nothing_retrieves_nothing(self, case: RetrieverCase, shared: Cache) -> None:
         if case.unmatched is None:
             pytest.skip("this retriever scores every passage")
-        ranking = self._search(case, case.depth, queries=case.unmatched)
+        ranking = self._search(case, case.depth, shared, queries=case.unmatched)
         assert np.all(ranking.ids == -1) and np.all(ranking.scores == -np.inf)
         if ranking.stats is not None:
             assert np.all(ranking.stats.count == 0)
 
-    def test_a_shallow_search_is_a_prefix_of_a_deep_one(self, case: RetrieverCase) -> None:
-        deep = self._search(case, len(case.corpus) + 3)
+    def test_a_shallow_search_is_a_prefix_of_a_deep_one(self, case: RetrieverCase, shared: Cache) -> None:
+        deep = self._search(case, len(case.corpus) + 3, shared)
         for depth in (1, 3, case.depth):
-            shallow = self._search(case, depth)
+            shallow = self._search(case, depth, shared)
             np.testing.assert_array_equal(shallow.ids, deep.ids[:, :depth])
             np.testing.assert_array_equal(shallow.scores, deep.scores[:, :depth])
             if deep.stats is not None:
                 for name in ("count", "min", "max", "mean", "std"):
                     np.testing.assert_array_equal(getattr(shallow.stats, name), getattr(deep.stats, name))
 
-    def test_statistics_cover_every_retrieved_passage(self, case: RetrieverCase) -> None:
-        whole = self._search(case, len(case.corpus))
+    def test_statistics_cover_every_retrieved_passage(self, case: RetrieverCase, shared: Cache) -> None:
+        whole = self._search(case, len(case.corpus), shared)
         if whole.stats is None:
             pytest.skip("a composite ranking carries no score statistics")
         found = whole.ids >= 0
@@ -118,10 +124,10 @@ class RetrieverContract:
         np.testing.assert_allclose(whole.stats.mean[some], np.nanmean(scores[some], axis=1), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(whole.stats.std[some], np.nanstd(scores[some], axis=1), rtol=1e-4, atol=1e-6)
 
-    def test_results_do_not_depend_on_the_order_of_corpus_rows(self, case: RetrieverCase) -> None:
+    def test_results_do_not_depend_on_the_order_of_corpus_rows(self, case: RetrieverCase, shared: Cache) -> None:
         order = np.random.default_rng(7).permutation(len(case.corpus))
         shuffled = Corpus([case.corpus.doc_ids[i] for i in order], [case.corpus.contents[i] for i in order])
-        ranking, again = self._search(case, case.depth), self._search(case, case.depth, corpus=shuffled)
+        ranking, again = self._search(case, case.depth, shared), self._search(case, case.depth, shared, corpus=shuffled)
         assert doc_ids(again, shuffled) == doc_ids(ranking, case.corpus)
         np.testing.assert_array_equal(again.scores, ranking.scores)
 
