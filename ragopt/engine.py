@@ -21,8 +21,8 @@ from ragopt.ranking import Ranking
 from ragopt.rerankers import REGISTRY as RERANKERS
 from ragopt.rerankers import RerankerSpec
 from ragopt.rerankers._base import rerank, text_hashes
+from ragopt.retrievers import REGISTRY as RETRIEVERS
 from ragopt.retrievers import Context, Retriever, RetrieverSpec
-from ragopt.retrievers._base import plugin
 from ragopt.spec import PipelineSpec
 
 RANKINGS_KEPT = 512
@@ -55,7 +55,7 @@ class Engine:
         """The index that serves a spec, built on first use (one per spec's index key)."""
         key = (spec.type, spec.index_key())
         if key not in self._retrievers:
-            self._retrievers[key] = plugin(spec.type).retriever(spec, self.context)
+            self._retrievers[key] = RETRIEVERS[spec.type].implementation(spec, self.context)
         return self._retrievers[key]
 
     def retrieve(self, spec: RetrieverSpec, queries: Queries, depth: int) -> Ranking:
@@ -81,7 +81,7 @@ class Engine:
         return self._rerank(spec.reranker, candidates.rows(rows), Queries([queries.texts[i] for i in rows])).head(depth)
 
     def _rerank(self, spec: RerankerSpec, candidates: Ranking, queries: Queries) -> Ranking:
-        scorer_class = RERANKERS[spec.type].scorer
+        scorer_class = RERANKERS[spec.type].implementation
         located = self.locate(spec.model)
         scores_key = entry_key("rerank", spec.type, located.identity, spec.score_settings(),
                                scorer_class.precision(spec, self.device), device_type(self.device),

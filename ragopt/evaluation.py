@@ -62,9 +62,13 @@ class Evaluator:
         order = np.random.default_rng(seed).permutation(len(qa))
         self.chunks = np.array_split(order, min(prune_steps, len(qa)))
 
+    def _key(self, spec: PipelineSpec) -> str:
+        """Pipelines that differ only in top_k share one scoring at the deepest k."""
+        return spec.model_copy(update={"top_k": self.depth}).key()
+
     def evaluate(self, spec: PipelineSpec) -> tuple[Scored, bool]:
         """The scores of a pipeline, and whether they were reused from an earlier trial."""
-        return self._seen.get(spec.model_copy(update={"top_k": self.depth}).key(), lambda: self._score(spec))
+        return self._seen.get(self._key(spec), lambda: self._score(spec))
 
     def _score(self, spec: PipelineSpec) -> Scored:
         ranking = self.engine.run(spec, self.qa.queries, self.depth)
@@ -79,8 +83,7 @@ class Evaluator:
         little per question and are scored whole, then reported the same way."""
         import optuna
 
-        key = spec.model_copy(update={"top_k": self.depth}).key()
-        if spec.reranker is not None and key not in self._seen:
+        if spec.reranker is not None and self._key(spec) not in self._seen:
             for rows in self.chunks:
                 ranking = self.engine.rerank_rows(spec, self.qa.queries, rows, self.depth)
                 gains, n_rel = relevance(ranking.ids, [self.qa.groups[i] for i in rows], len(self.engine.corpus))

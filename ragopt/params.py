@@ -116,22 +116,6 @@ def _bounds(low: float, high: float) -> Callable[[Any], Any]:
     return check
 
 
-def tagged_union(classes: tuple[type, ...]) -> Any:
-    """A pydantic union of models told apart by their `type` literal (a single class stands alone)."""
-    return Annotated[Union[classes], Field(discriminator="type")] if len(classes) > 1 else classes[0]
-
-
-def type_name(model: type[BaseModel]) -> str:
-    """The `type` literal a plug-in's spec declares as its default."""
-    return model.model_fields["type"].default
-
-
-def check_same_type(entry: type[BaseModel], spec: type[BaseModel]) -> None:
-    """A plug-in's config entry and spec must be tagged by the same `type` literal."""
-    if entry.model_fields["type"].annotation != spec.model_fields["type"].annotation:
-        raise TypeError(f"{entry.__name__} and {spec.__name__} must share the same `type` literal")
-
-
 Options = Union[list, FloatRange, IntRange]
 Chooser = Callable[[str, Options], Any]
 """Takes one decision of the search space: `choose(name, options)` returns one of the options

@@ -27,7 +27,6 @@ from ragopt.errors import StudyError
 from ragopt.evaluation import Evaluator
 from ragopt.export import Exported, write_best
 from ragopt.files import atomic_write
-from ragopt.metrics import METRICS
 from ragopt.provenance import library_versions
 from ragopt.records import RECORD, TrialRecord, finished, per_question_table, trials_table
 from ragopt.space import enumerate_space, optuna_chooser, suggest_pipeline
@@ -222,10 +221,10 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     per_question = per_question_table(trials, values, qa)
     atomic_write(output / "per_question.parquet", lambda tmp: per_question.to_parquet(tmp, index=False))
     best_trial = study.best_trial
-    record = TrialRecord.from_attrs(best_trial.user_attrs)
+    best = next(i for i, (trial, _) in enumerate(trials) if trial.number == best_trial.number)
+    record, per_query = trials[best][1], values[best]
     spec = record.pipeline
-    per_query = record.per_question(qa, config.top_k, METRICS)
-    metrics = {name: float(v.mean()) for name, v in per_query.items() if name.split("@")[0] in config.metrics}
+    metrics = {name: float(v.mean()) for name, v in per_query.items()}
     write_best(output / "best.yaml", Exported(spec, config.exact_search_max), {
         "study": study.study_name, "trial": best_trial.number, "objective": dict(config.optimize),
         "value": round(float(best_trial.value), 6),

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import BeforeValidator, Field
 
-from ragopt.params import Chooser, StrictModel, bounded_ints, check_same_type, tagged_union, type_name
+from ragopt.params import Chooser, StrictModel, bounded_ints
 from ragopt.ranking import Ranking
+from ragopt.registry import Registry, tagged_union
 
 if TYPE_CHECKING:
     from ragopt.cache import ScoreTable
@@ -108,30 +108,18 @@ class PairScorer(ABC):
         """The scores of one or more pairs, in input order."""
 
 
-@dataclass(frozen=True)
-class Plugin:
-    entry: type[RerankerEntry]
-    spec: type[RerankerSpec]
-    scorer: type[PairScorer]
-
-
-REGISTRY: dict[str, Plugin] = {}
-
-
-def register(entry: type[RerankerEntry], spec: type[RerankerSpec], scorer: type[PairScorer]) -> None:
-    """Make a reranker type known to the config, the space and the engine."""
-    check_same_type(entry, spec)
-    REGISTRY[type_name(spec)] = Plugin(entry, spec, scorer)
+REGISTRY: Registry[PairScorer] = Registry()
+register = REGISTRY.register
 
 
 def spec_union() -> Any:
     """The registered spec classes as a pydantic union tagged by `type`."""
-    return tagged_union(tuple(p.spec for p in REGISTRY.values()))
+    return REGISTRY.spec_union()
 
 
 def entry_union() -> Any:
     """`none` and the registered config entry classes, tagged by `type` ('none' alone is short for it)."""
-    return Annotated[tagged_union((NoReranker, *(p.entry for p in REGISTRY.values()))),
+    return Annotated[tagged_union((NoReranker, *REGISTRY.entries())),
                      BeforeValidator(_none_shorthand)]
 
 

@@ -19,7 +19,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from ragopt.params import Chooser, StrictModel, check_same_type, tagged_union, type_name
+from ragopt.params import Chooser, StrictModel
+from ragopt.registry import Registry, tagged_union
 
 if TYPE_CHECKING:
     from ragopt.cache import Cache
@@ -134,32 +135,16 @@ class Retriever(ABC):
         return None
 
 
-@dataclass(frozen=True)
-class Plugin:
-    entry: type[RetrieverEntry]
-    spec: type[RetrieverSpec]
-    retriever: type[Retriever]
-
-
-REGISTRY: dict[str, Plugin] = {}
-
-
-def register(entry: type[RetrieverEntry], spec: type[RetrieverSpec], retriever: type[Retriever]) -> None:
-    """Make a retriever type known to the config, the space and the engine."""
-    check_same_type(entry, spec)
-    REGISTRY[type_name(spec)] = Plugin(entry, spec, retriever)
-
-
-def plugin(type_name: str) -> Plugin:
-    return REGISTRY[type_name]
+REGISTRY: Registry[Retriever] = Registry()
+register = REGISTRY.register
 
 
 def spec_union(composite: bool | None = None) -> Any:
     """The registered spec classes as a pydantic union tagged by `type` (only plain ones with
     composite=False)."""
-    return tagged_union(tuple(p.spec for p in REGISTRY.values() if composite is None or p.entry.composite == composite))
+    return REGISTRY.spec_union(lambda plugin: composite is None or plugin.entry.composite == composite)
 
 
 def entry_union() -> Any:
     """The registered config entry classes as a pydantic union tagged by `type`."""
-    return tagged_union(tuple(p.entry for p in REGISTRY.values()))
+    return tagged_union(REGISTRY.entries())

@@ -47,7 +47,7 @@ def scorer_of(spec: RerankerSpec, batch_size: int | None = None) -> PairScorer:
     """The registered pair scorer of a spec, loaded on the CPU."""
     if batch_size is not None:
         spec = spec.model_copy(update={"batch_size": batch_size})
-    return REGISTRY[spec.type].scorer(spec, Locator()(spec.model), "cpu", ModelPool(), "contract")
+    return REGISTRY[spec.type].implementation(spec, Locator()(spec.model), "cpu", ModelPool(), "contract")
 
 
 class PairScorerContract:
