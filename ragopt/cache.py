@@ -10,6 +10,8 @@ import hashlib
 import json
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
@@ -89,22 +91,37 @@ class Cache:
         self.root = Path(root) if root is not None else None
         self._memory: Memo[Any] = Memo(1 << 20, memory_bytes)
         self.misses: list[tuple[str, str]] = []
+        self._storing = True
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def unstored(self) -> Iterator[None]:
+        """Within this block, entries found are used but new ones are computed and dropped: a
+        latency probe measures query-side work without filling the cache with it."""
+        self._storing = False
+        try:
+            yield
+        finally:
+            self._storing = True
 
     def _path(self, kind: str, key: str, suffix: str) -> Path | None:
         return None if self.root is None else self.root / kind / f"{key}{suffix}"
 
     def arrays(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Named arrays stored together as one .npz; computed on a miss."""
+        if not self._storing:
+            if (kind, key) in self._memory:
+                return self._memory.get((kind, key), compute)[0]
+            path = self._path(kind, key, ".npz")
+            return _load(path) if path is not None and path.exists() else compute()
         return self._memory.get((kind, key), lambda: self._load_or_compute(kind, key, compute))[0]
 
     def _load_or_compute(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]
                          ) -> dict[str, np.ndarray]:
         path = self._path(kind, key, ".npz")
         if path is not None and path.exists():
-            with np.load(path, allow_pickle=False) as stored:
-                return {name: stored[name] for name in stored.files}
+            return _load(path)
         self.misses.append((kind, key))
         value = compute()
         if path is not None:
@@ -113,8 +130,15 @@ class Cache:
 
     def scores(self, kind: str, key: str) -> "ScoreTable":
         """A growing table of float scores keyed by 64-bit pair hashes (reranker scores)."""
+        if not self._storing:
+            return ScoreTable(None)
         folder = None if self.root is None else self.root / kind / key
         return self._memory.get((kind, key), lambda: ScoreTable(folder, lambda: self.misses.append((kind, key))))[0]
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -5,7 +5,7 @@ validate` start without torch."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -54,7 +54,10 @@ def optimize_command(
         if name.endswith(f"@{k}"):
             table.add_row(name.split("@")[0], f"{value:.4f}")
     console.print(table)
-    console.print(f"objective {outcome.best_value:.4f}; files in {outcome.output}", highlight=False)
+    held = [f"held-out {outcome.holdout_value:.4f}"] if outcome.holdout_value is not None else []
+    held += [f"k-fold selection {outcome.folds_value:.4f}"] if outcome.folds_value is not None else []
+    console.print(f"objective {outcome.best_value:.4f}" + "".join(f"; {h}" for h in held)
+                  + f"; files in {outcome.output}", highlight=False)
     if outcome.interrupted:
         console.print("interrupted: the files cover the finished trials; rerun the same command to resume")
         raise typer.Exit(code=130)
@@ -101,6 +104,76 @@ def query_command(
         for hit in hits:
             table.add_row(str(hit.rank), escape(hit.doc_id), f"{hit.score:.4f}", escape(hit.contents[:200]))
         console.print(table)
+
+
+@app.command("compare")
+def compare_command(
+    output: Path = typer.Argument(..., help="The output folder of `ragopt optimize`."),
+    metric: str = typer.Option("objective", "--metric", "-m", help="objective, or a metric@k such as ndcg@10."),
+    by: str = typer.Option("model", "--by", "-b", help="Compare choices of: retriever, model, tokenizer, reranker."),
+    top: int = typer.Option(10, "--top", help="Runners-up tested against the winner."),
+    confidence: Optional[float] = typer.Option(None, help="Interval level [default: the study's, 0.95]."),
+    seed: Optional[int] = typer.Option(None, help="Bootstrap and permutation seed [default: the study's]."),
+    resamples: int = typer.Option(10_000, help="Bootstrap resamples and permutations."),
+) -> None:
+    """Per-domain winners with intervals, a choice x domain matrix with significance, and the
+    winner against the runners-up; printed and written to OUTPUT/compare/ (CSV and markdown)."""
+    from ragopt.compare import BY, Settings, StudyResults
+    from ragopt.summary import write_comparison
+
+    try:
+        if by not in BY:
+            raise UserError(f"--by must be one of {list(BY)}; got {by!r}")
+        results = StudyResults.load(output)
+        study = results.manifest
+        settings = Settings(confidence or study["confidence"], resamples, study["seed"] if seed is None else seed)
+        tables = write_comparison(output, results, metric, by, top, settings)  # type: ignore[arg-type]
+    except UserError as error:
+        _fail(error)
+    on = "held-out" if results.has_holdout else "selection (no holdout: flattered)"
+    _print_winners(tables["winners"], metric, on)
+    _print_matrix(tables[f"matrix-{by}"], by, metric)
+    console.print(f"files in {output / 'compare'}", highlight=False)
+
+
+def _print_winners(frame: Any, metric: str, on: str) -> None:
+    table = Table("domain", "questions", "pipeline", f"{metric} ({on})", "margin over runner-up", "significant",
+                  title="best pipeline per domain")
+    for r in frame.itertuples():
+        margin = "" if r.margin != r.margin else f"{r.margin:+.4f} [{r.margin_low:+.3f}, {r.margin_high:+.3f}]"
+        verdict = "" if r.margin != r.margin else ("yes" if r.significant else "no") + f" (p={r.p_holm:.3g})"
+        table.add_row(escape(str(r.domain)), f"{r.questions}" + ("" if r.enough else " (few)"),
+                      escape(r.pipeline), f"{r.score:.4f} [{r.low:.3f}, {r.high:.3f}]", margin, verdict)
+    console.print(table)
+
+
+def _print_matrix(frame: Any, by: str, metric: str) -> None:
+    domains = list(dict.fromkeys(frame["domain"]))
+    table = Table(by, *map(escape, domains), title=f"{metric}: best trial of each {by} per domain "
+                  "(★ best, = not significantly worse)")
+    cells = {(r.choice, r.domain): f"{r.score:.3f} [{r.low:.2f}, {r.high:.2f}]"
+             + (" ★" if r.best else " =" if r.tied else "") for r in frame.itertuples()}
+    for choice in sorted(set(frame["choice"])):
+        table.add_row(escape(choice), *(cells.get((choice, d), "") for d in domains))
+    console.print(table)
+
+
+@app.command("report")
+def report_command(
+    output: Path = typer.Argument(..., help="The output folder of `ragopt optimize`."),
+    metric: str = typer.Option("objective", "--metric", "-m", help="The metric of the per-domain heatmap."),
+    by: str = typer.Option("model", "--by", "-b", help="The heatmap's choices: retriever, model, tokenizer, reranker."),
+    path: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file [default: OUTPUT/report.html]."),
+) -> None:
+    """One self-contained HTML page (opens offline): trials, per-domain heatmap, metric-vs-k
+    curves, optimization history, parameter importances, quality vs latency, the best config."""
+    from ragopt.report_data import build_report
+
+    try:
+        written = build_report(output, path or output / "report.html", metric, by)  # type: ignore[arg-type]
+    except UserError as error:
+        _fail(error)
+    console.print(f"report: {written} ({written.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False)
 
 
 def main() -> None:

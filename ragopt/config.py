@@ -45,7 +45,10 @@ class DataConfig(StrictModel):
 
 class StudyConfig(StrictModel):
     """Optuna settings. storage defaults to a SQLite file in the output folder, so rerunning the
-    same command resumes the study; grid enumerates the whole space and ignores n_trials."""
+    same command resumes the study; grid enumerates the whole space and ignores n_trials.
+    holdout keeps a share of every domain's questions out of the selection to score the winner on;
+    folds reports the held-out score of selecting among the trials by k-fold; latency: pareto
+    optimizes quality and seconds per query together, latency_budget keeps the winner under it."""
 
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     n_trials: int = Field(50, ge=1)
@@ -56,6 +59,22 @@ class StudyConfig(StrictModel):
     pruner: Literal["none", "wilcoxon"] = "none"
     prune_steps: int = Field(8, ge=2)
     prune_p: float = Field(0.1, gt=0, lt=1)
+    holdout: float = Field(0.0, ge=0, lt=1)
+    folds: int = Field(0, ge=0)
+    per_domain: bool = False
+    min_domain_questions: int = Field(20, ge=2)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    latency: Literal["none", "pareto"] = "none"
+    latency_budget: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "StudyConfig":
+        if self.folds == 1:
+            raise ValueError("folds: give 0 (no k-fold selection) or at least 2")
+        if self.latency == "pareto" and self.pruner != "none":
+            raise ValueError("pruner: Optuna prunes single-objective studies only; use pruner: none with "
+                             "latency: pareto, or latency_budget for one objective under a latency limit")
+        return self
 
 
 class Config(StrictModel):

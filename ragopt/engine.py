@@ -9,7 +9,8 @@ retriever and reranker type is reached through its registry.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -50,6 +51,7 @@ class Engine:
         self._retrievers: dict[tuple[str, str], Retriever] = {}
         self._rankings: Memo[Ranking] = Memo(RANKINGS_KEPT, RANKING_BYTES, size=lambda r: r.nbytes)
         self._doc_hashes: np.ndarray | None = None
+        self._latency: dict[tuple[str, ...], float] = {}
 
     def retriever(self, spec: RetrieverSpec) -> Retriever:
         """The index that serves a spec, built on first use (one per spec's index key)."""
@@ -72,6 +74,42 @@ class Engine:
         candidates = self.retrieve(spec.retriever, queries, max(depth, reranker.depth))
         key = (spec.retriever.key(), reranker.key(), queries.key, depth)
         return self._rankings.get(key, lambda: self._rerank(reranker, candidates, queries).head(depth))[0]
+
+    def seconds_per_query(self, spec: PipelineSpec, queries: Queries, rows: np.ndarray) -> float:
+        """What answering the questions `rows` of `queries` costs per question once the models are
+        loaded and the corpus indexed, with nothing query-side cached (tokens, embeddings, reranker
+        scores): the sum of its retrievers' costs and its reranker's, each measured once per cost
+        key (BM25's k1 and b, a hybrid's weights do not change what a query costs) and reranker
+        setting. Fusion, which costs microseconds, is not counted."""
+        texts = [queries.texts[i] for i in rows]
+        total = 0.0
+        for leaf in spec.retriever.components() or [spec.retriever]:
+            retriever = self.retriever(leaf)
+            total += self._timed(("retrieve", leaf.type, leaf.cost_key()), len(texts), lambda n, leaf=leaf,
+                                 retriever=retriever: retriever.search(leaf, Queries.unseen(texts[:n]), spec.top_k))
+        if spec.reranker is not None:
+            reranker = spec.reranker
+            candidates = self.retrieve(spec.retriever, queries, max(spec.top_k, reranker.depth)).rows(rows)
+            total += self._timed(("rerank", reranker.key()), len(texts), lambda n: self._rerank(
+                reranker, candidates.rows(np.arange(n)), Queries.unseen(texts[:n])))
+        return total
+
+    def _timed(self, key: tuple[str, ...], n: int, run: Callable[[int], Any], repeats: int = 3) -> float:
+        """Seconds per question of run(n), memoized by `key`: the fastest of up to `repeats` runs
+        with nothing new cached, after one run on a single question that loads what is not loaded
+        yet; a run of a second or more is not repeated."""
+        if key not in self._latency:
+            best = float("inf")
+            with self.cache.unstored():
+                run(1)
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    run(n)
+                    best = min(best, time.perf_counter() - start)
+                    if best >= 1.0:
+                        break
+            self._latency[key] = best / n
+        return self._latency[key]
 
     def rerank_rows(self, spec: PipelineSpec, queries: Queries, rows: np.ndarray, depth: int) -> Ranking:
         """The reranked ranking of some queries only (rows of `queries`): a trial scored on a

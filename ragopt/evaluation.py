@@ -46,7 +46,8 @@ class Scored:
 
 
 class Evaluator:
-    """Scores pipelines on a QA set.
+    """Scores pipelines on a QA set; the objective averages over the `selection` questions only
+    (a mask; default all), so held-out questions never steer the search.
 
     Example:
         evaluator = Evaluator(engine, qa, ks=[1, 3, 5], objective={"ndcg": 1.0})
@@ -55,20 +56,22 @@ class Evaluator:
     """
 
     def __init__(self, engine: Engine, qa: QASet, ks: list[int], objective: dict[str, float], seed: int = 0,
-                 prune_steps: int = 8) -> None:
+                 prune_steps: int = 8, selection: np.ndarray | None = None) -> None:
         self.engine, self.qa, self.ks, self.weights = engine, qa, sorted(ks), objective
         self.depth = max(ks)
+        self.selection = np.arange(len(qa)) if selection is None else np.flatnonzero(selection)
+        """The rows the objective averages over (the questions not held out)."""
         self._seen: Memo[Scored] = Memo(SCORED_KEPT, SCORED_BYTES, size=lambda s: s.nbytes)
-        order = np.random.default_rng(seed).permutation(len(qa))
-        self.chunks = np.array_split(order, min(prune_steps, len(qa)))
+        order = np.random.default_rng(seed).permutation(self.selection)
+        self.chunks = np.array_split(order, min(prune_steps, len(order)))
 
-    def _key(self, spec: PipelineSpec) -> str:
+    def key(self, spec: PipelineSpec) -> str:
         """Pipelines that differ only in top_k share one scoring at the deepest k."""
         return spec.model_copy(update={"top_k": self.depth}).key()
 
     def evaluate(self, spec: PipelineSpec) -> tuple[Scored, bool]:
         """The scores of a pipeline, and whether they were reused from an earlier trial."""
-        return self._seen.get(self._key(spec), lambda: self._score(spec))
+        return self._seen.get(self.key(spec), lambda: self._score(spec))
 
     def _score(self, spec: PipelineSpec) -> Scored:
         ranking = self.engine.run(spec, self.qa.queries, self.depth)
@@ -83,7 +86,7 @@ class Evaluator:
         little per question and are scored whole, then reported the same way."""
         import optuna
 
-        if spec.reranker is not None and self._key(spec) not in self._seen:
+        if spec.reranker is not None and self.key(spec) not in self._seen:
             for rows in self.chunks:
                 ranking = self.engine.rerank_rows(spec, self.qa.queries, rows, self.depth)
                 gains, n_rel = relevance(ranking.ids, [self.qa.groups[i] for i in rows], len(self.engine.corpus))
@@ -92,7 +95,8 @@ class Evaluator:
                     raise optuna.TrialPruned()
         scored, reused = self.evaluate(spec)
         if spec.reranker is None or reused:
-            self._report(trial, np.arange(len(self.qa)), self.per_query_objective(scored.per_query, spec.top_k))
+            values = self.per_query_objective(scored.per_query, spec.top_k)
+            self._report(trial, self.selection, values[self.selection])
         return scored, reused
 
     @staticmethod
@@ -106,5 +110,5 @@ class Evaluator:
         return total / sum(self.weights.values())
 
     def objective(self, scored: Scored, top_k: int) -> float:
-        """The mean over questions of the per-question objective."""
-        return float(self.per_query_objective(scored.per_query, top_k).mean())
+        """The mean of the per-question objective over the selection questions."""
+        return float(self.per_query_objective(scored.per_query, top_k)[self.selection].mean())

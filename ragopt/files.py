@@ -39,3 +39,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def write_text(path: Path, text: str) -> None:
     """Write a UTF-8 text file atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def safe_name(label: str) -> str:
+    """A file name for a label (a domain, say): letters and digits of any script kept, every run
+    of anything else one underscore."""
+    name = "".join(c if c.isalnum() or c in "-." else "_" for c in label).strip("._")
+    return "_".join(part for part in name.split("_") if part) or "_"

@@ -69,34 +69,48 @@ def finished(study: Any) -> list[tuple[Any, TrialRecord]]:
     return [(t, TrialRecord.from_attrs(t.user_attrs)) for t in trials if RECORD in t.user_attrs]
 
 
-def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, np.ndarray]]) -> pd.DataFrame:
-    """One row per finished trial: parameters, the pipeline, the mean of every metric at every k
-    (from each trial's per-question `values`, so a resumed study reports the metrics its config
-    asks for now), timing."""
+def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, np.ndarray]],
+                 objectives: list[np.ndarray], held: np.ndarray) -> pd.DataFrame:
+    """One row per finished trial: its value (the objective on the selection questions, what
+    Optuna optimized) and, with a holdout, its value on the held-out questions; parameters, the
+    pipeline and its choices by kind; the mean of every metric at every k on the selection
+    questions (from each trial's per-question `values`, so a resumed study reports the metrics
+    its config asks for now); seconds per question."""
+    selection = ~held
     rows = []
-    for (trial, record), per_question in zip(trials, values):
-        row: dict[str, Any] = {"trial": trial.number, "value": trial.value, "pipeline": record.description}
+    for (trial, record), per_question, objective in zip(trials, values, objectives):
+        row: dict[str, Any] = {"trial": trial.number, "value": float(objective[selection].mean())}
+        if held.any():
+            row["value.holdout"] = float(objective[held].mean())
+        row["pipeline"] = record.description
         row.update({f"param.{k}": v for k, v in trial.params.items()})
-        row.update({name: float(v.mean()) for name, v in per_question.items()})
+        row.update({f"choice.{k}": v for k, v in record.pipeline.choices().items()})
+        row.update({name: float(v[selection].mean()) for name, v in per_question.items()})
         row["seconds_per_query"] = record.seconds_per_query
         row["reused"] = record.reused
         rows.append(row)
     table = pd.DataFrame(rows)
     params = sorted(c for c in table.columns if c.startswith("param."))
-    first = ["trial", "value", "pipeline", *params]
+    first = [c for c in ("trial", "value", "value.holdout", "pipeline") if c in table] + params
     return table[first + [c for c in table.columns if c not in first]]
 
 
-def per_question_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, np.ndarray]], qa: QASet
+def per_question_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, np.ndarray]],
+                       objectives: list[np.ndarray], qa: QASet, held: np.ndarray, folds: np.ndarray | None
                        ) -> pd.DataFrame:
-    """One row per (trial, question): the question's id and domain and every metric at every k
-    (float32), the values the trial's means are averages of."""
+    """One row per (trial, question): the question's id, domain, split ('selection' or 'holdout')
+    and fold, its objective value and every metric at every k (float32), the values the trial's
+    means are averages of."""
     frames = []
-    for (trial, _), per_question in zip(trials, values):
-        frame = pd.DataFrame({k: v.astype(np.float32) for k, v in per_question.items()})
+    split = np.where(held, "holdout", "selection")
+    for (trial, _), per_question, objective in zip(trials, values, objectives):
+        frame = pd.DataFrame({"objective": objective.astype(np.float32),
+                              **{k: v.astype(np.float32) for k, v in per_question.items()}})
+        frame.insert(0, "fold", np.int8(-1) if folds is None else folds.astype(np.int8))
+        frame.insert(0, "split", split)
+        if qa.domains is not None:
+            frame.insert(0, "domain", qa.domains)
         frame.insert(0, "qid", qa.qids)
         frame.insert(0, "trial", np.int32(trial.number))
-        if qa.domains is not None:
-            frame.insert(2, "domain", qa.domains)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -27,3 +27,15 @@ class PipelineSpec(StrictModel):
         if self.reranker is not None:
             text += f" > {self.reranker.describe()}"
         return f"{text} k={self.top_k}"
+
+    def choices(self) -> dict[str, str]:
+        """What this pipeline chose, by kind, for comparing choices across trials: the retriever
+        (its type, a hybrid's parts), the models, the tokenizers and the reranker's model."""
+        parts = self.retriever.components() or [self.retriever]
+        kinds = [p.kind() for p in parts]
+        return {
+            "retriever": f"{self.retriever.type}({'+'.join(kinds)})" if self.retriever.components() else kinds[0],
+            "model": " + ".join(" + ".join(p.models()) or p.type for p in parts),
+            "tokenizer": " + ".join(t.label for t in self.retriever.tokenizers()) or "none",
+            "reranker": self.reranker.model if self.reranker is not None else "none",
+        }

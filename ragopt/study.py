@@ -8,6 +8,7 @@ models and tokenizers it ran, and refuses to mix in trials from others.
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
@@ -25,13 +27,17 @@ from ragopt.data import Corpus, QASet, load_dataset
 from ragopt.engine import Engine
 from ragopt.errors import StudyError
 from ragopt.evaluation import Evaluator
+from ragopt.compare import ALL, Settings, StudyResults, winners
 from ragopt.export import Exported, write_best
-from ragopt.files import atomic_write
+from ragopt.files import atomic_write, safe_name, write_text
 from ragopt.provenance import library_versions
 from ragopt.records import RECORD, TrialRecord, finished, per_question_table, trials_table
+from ragopt.selection import FoldSelection, best_index, feasible, kfold_selection, pareto_front
 from ragopt.space import enumerate_space, optuna_chooser, suggest_pipeline
 from ragopt.spec import PipelineSpec
-from ragopt.summary import domain_means, write_summary
+from ragopt.splits import fold_ids, holdout_mask
+from ragopt.stats import bootstrap_ci
+from ragopt.summary import write_summary
 from ragopt.trec import TrecWriter
 
 
@@ -46,11 +52,18 @@ class Outcome:
     n_trials: int
     interrupted: bool = False
     n_pruned: int = 0
+    holdout_value: float | None = None
+    """The winner's objective on the held-out questions (None without a holdout)."""
+    folds_value: float | None = None
+    """The k-fold estimate of the selection's held-out objective (None without folds)."""
 
 
-STUDY_FORMAT = 2
+STUDY_FORMAT = 3
 """The format of a study's records and scoring conventions; a stored study of another format
-(made by an earlier ragopt, its trials scored under other conventions) is not resumed."""
+(made by an earlier ragopt, its trials scored or timed under other conventions) is not resumed.
+3: seconds per question measured by a latency probe, not the trial's cached cost."""
+LATENCY_QUESTIONS = 16
+"""Questions a pipeline is timed on, as one batch, with nothing query-side cached."""
 
 
 def default_output(config_path: Path) -> Path:
@@ -58,9 +71,12 @@ def default_output(config_path: Path) -> Path:
 
 
 def _space_fingerprint(config: Config, qa: QASet, corpus: Corpus) -> str:
-    """What a stored study must share with this run to be resumed: the space and the data content."""
+    """What a stored study must share with this run to be resumed: the space, the data content,
+    the questions trials are selected on and the objectives."""
     space = config.model_dump(mode="json", include={"retrievers", "rerankers", "top_k", "optimize"})
-    return cache_key(space, corpus.key, qa.queries.key, qa.qids, qa.groups)
+    study = config.study
+    split = {"holdout": study.holdout, "seed": study.seed} if study.holdout else {}
+    return cache_key(space, corpus.key, qa.queries.key, qa.qids, qa.groups, split, study.latency)
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -83,11 +99,13 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
     every suggestion would cost more than a cached trial itself. An explicit storage URL (e.g.
     PostgreSQL, shared by several workers) is used directly so workers see each other's trials.
     """
+    budget = config.study.latency_budget
+    constraints = None if budget is None else lambda trial: _over_budget(trial, budget)
     if config.study.sampler == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-                seed=config.study.seed, multivariate=True, group=True)
+                seed=config.study.seed, multivariate=True, group=True, constraints_func=constraints)
     else:
         sampler = optuna.samplers.RandomSampler(seed=config.study.seed)
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
@@ -101,13 +119,17 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
             optuna.delete_study(study_name=name, storage=storage)
         except KeyError:
             pass
+    directions = ["maximize", "minimize"] if config.study.latency == "pareto" else ["maximize"]
     durable = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                  direction="maximize", load_if_exists=True)
+                                  directions=directions, load_if_exists=True)
     attrs = durable.user_attrs
     if not attrs and not durable.trials:
         durable.set_user_attr("format", STUDY_FORMAT)
         durable.set_user_attr("space", fingerprint)
         durable.set_user_attr("provenance", provenance)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            durable.set_metric_names(["quality", "seconds_per_query"][:len(directions)])
     elif attrs.get("format") != STUDY_FORMAT:
         raise StudyError(f"study {name!r} in {storage} was made by another version of ragopt, whose trials were "
                          "scored under other conventions. Rerun with --fresh to start over, or give another --output.")
@@ -120,9 +142,20 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
                          + "\nRerun with --fresh to start over, or give another --output.")
     if config.study.storage:
         return durable, None
-    working = optuna.create_study(study_name=name, sampler=sampler, pruner=pruner, direction="maximize")
+    working = optuna.create_study(study_name=name, sampler=sampler, pruner=pruner, directions=directions)
     working.add_trials([t for t in durable.get_trials(deepcopy=False) if t.state.is_finished()])
     return working, durable
+
+
+def _over_budget(trial: optuna.trial.FrozenTrial, budget: float) -> list[float]:
+    """Optuna's constraint: seconds per question beyond the budget (feasible when <= 0)."""
+    record = trial.user_attrs.get(RECORD)
+    return [0.0 if record is None else TrialRecord.model_validate(record).seconds_per_query - budget]
+
+
+def _latency_rows(qa: QASet, seed: int) -> np.ndarray:
+    """The questions every pipeline's seconds per question are measured on: a seeded sample."""
+    return np.sort(np.random.default_rng(seed).permutation(len(qa))[:LATENCY_QUESTIONS])
 
 
 def _warm_up(engine: Engine, config: Config, qa: QASet) -> None:
@@ -162,7 +195,10 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     provenance = engine.provenance(config.models(), config.tokenizers())
     study, durable = _open_study(config, output, config.study.name or config_path.stem, fresh,
                                  _space_fingerprint(config, qa, corpus), provenance)
-    evaluator = Evaluator(engine, qa, config.top_k, config.optimize, config.study.seed, config.study.prune_steps)
+    held = holdout_mask(qa.domains, len(qa), config.study.holdout, config.study.seed)
+    evaluator = Evaluator(engine, qa, config.top_k, config.optimize, config.study.seed, config.study.prune_steps,
+                          selection=~held)
+    probe = _latency_rows(qa, config.study.seed)
     trec = TrecWriter(qa, corpus)
     trec.qrels(output / "qrels.trec")
 
@@ -172,7 +208,7 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     target = _trials_to_run(study, config, n_trials or config.study.n_trials)
     durations: list[float] = []
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
         spec = suggest_pipeline(config, optuna_chooser(trial))
         if config.study.pruner == "none":
@@ -180,21 +216,23 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
         else:
             scored, reused = evaluator.evaluate_pruned(spec, trial)
         value = evaluator.objective(scored, spec.top_k)
-        elapsed = time.perf_counter() - start
-        durations.append(elapsed)
-        record = TrialRecord.of(spec, scored.gains, scored.means(config.metrics), reused, elapsed / len(qa))
+        seconds = engine.seconds_per_query(spec, qa.queries, probe)
+        durations.append(time.perf_counter() - start)
+        record = TrialRecord.of(spec, scored.gains, scored.means(config.metrics), reused, seconds)
         trial.set_user_attr(RECORD, record.to_attr())
         trec.run(output / "runs" / f"{trial.number}.trec", scored.ranking, f"ragopt-{trial.number}")
-        return value
+        return (value, seconds) if config.study.latency == "pareto" else value
 
     bar = tqdm(total=target, desc="trials", unit="trial", disable=not progress or target == 0)
+    best = [-np.inf]
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if durable is not None:
             durable.add_trial(trial)
         bar.update()
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            bar.set_postfix(best=f"{study.best_value:.4f}", refresh=False)
+            best[0] = max(best[0], trial.values[0])
+            bar.set_postfix(best=f"{best[0]:.4f}", refresh=False)
 
     interrupted = False
     try:
@@ -207,36 +245,107 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     seconds = {"first": warm_up + (durations[0] if durations else 0.0),
                "median": statistics.median(durations[1:]) if len(durations) > 1 else 0.0,
                "total": time.perf_counter() - started}
-    return _write_outputs(study, config, config_path, output, engine, qa, corpus, seconds, interrupted)
+    return _write_outputs(study, config, config_path, output, engine, evaluator, corpus, held, seconds, interrupted)
 
 
 def _write_outputs(study: optuna.Study, config: Config, config_path: Path, output: Path, engine: Engine,
-                   qa: QASet, corpus: Corpus, seconds: dict[str, float], interrupted: bool) -> Outcome:
+                   evaluator: Evaluator, corpus: Corpus, held: np.ndarray, seconds: dict[str, float],
+                   interrupted: bool) -> Outcome:
+    """Every output file, derived from the stored trials: trials.csv, per_question.parquet,
+    study.json, best.yaml (and per domain, and the Pareto front, when asked), summary.md."""
+    qa, settings = evaluator.qa, Settings(config.study.confidence, seed=config.study.seed)
     trials = finished(study)
     if not trials:
         raise StudyError(f"study {study.study_name!r} has no completed trial; raise n_trials or timeout")
     values = [record.per_question(qa, config.top_k, tuple(config.metrics)) for _, record in trials]
-    table = trials_table(trials, values)
+    objectives = [evaluator.per_query_objective(v, record.pipeline.top_k) for v, (_, record) in zip(values, trials)]
+    folds = fold_ids(qa.domains, held, config.study.folds, config.study.seed) if config.study.folds else None
+    table = trials_table(trials, values, objectives, held)
+    per_question = per_question_table(trials, values, objectives, qa, held, folds)
+    budget = config.study.latency_budget
+    quality, latency = table["value"].to_numpy(), table["seconds_per_query"].to_numpy()
+    front = pareto_front(quality, latency, budget)
+    table["pareto"] = front
+    if budget is not None:
+        table["feasible"] = feasible(latency, budget)
+    best = best_index(quality, latency, budget)
+    manifest = {"study": study.study_name, "config": config_path.name, "storage": config.study.storage,
+                "objective": dict(config.optimize), "metrics": config.metrics, "top_k": config.top_k,
+                "seed": config.study.seed, "confidence": config.study.confidence, "holdout": config.study.holdout,
+                "folds": config.study.folds, "latency": config.study.latency, "latency_budget": budget,
+                "min_domain_questions": config.study.min_domain_questions, "best_trial": int(table["trial"][best])}
     atomic_write(output / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
-    per_question = per_question_table(trials, values, qa)
     atomic_write(output / "per_question.parquet", lambda tmp: per_question.to_parquet(tmp, index=False))
-    best_trial = study.best_trial
-    best = next(i for i, (trial, _) in enumerate(trials) if trial.number == best_trial.number)
-    record, per_query = trials[best][1], values[best]
+    write_text(output / "study.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    results = StudyResults(table, per_question, manifest)
+
+    objective = np.stack(objectives, axis=1)
+    cv = kfold_selection(objective, folds, latency, budget) if folds is not None else None
+    scoring = _scoring(results, best, objective, cv, settings)
+    _export(output / "best.yaml", trials[best], config, engine, scoring)
+    if config.study.per_domain and qa.domains is not None:
+        _export_domains(output / "per_domain", results, trials, config, engine, settings)
+    if config.study.latency == "pareto" or budget is not None:
+        shutil.rmtree(output / "pareto", ignore_errors=True)
+        for i in np.flatnonzero(front):
+            _export(output / "pareto" / f"trial-{trials[i][0].number}.yaml", trials[i], config, engine,
+                    {"value": round(float(quality[i]), 6), "seconds_per_query": float(latency[i])})
+    spec = trials[best][1].pipeline
+    metrics = {name: float(v[~held].mean()) for name, v in values[best].items()}
+    write_summary(output / "summary.md", title=config_path.name, qa=qa, corpus=corpus, results=results, best=best,
+                  scoring=scoring, cv=cv, names=config.metrics, ks=config.top_k, seconds=seconds, settings=settings)
+    n_pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+    return Outcome(output, spec, float(quality[best]), metrics, len(table), interrupted, n_pruned,
+                   scoring.get("holdout", {}).get("value"), cv.score if cv is not None else None)
+
+
+def _scoring(results: StudyResults, best: int, objective: np.ndarray, cv: FoldSelection | None,
+             settings: Settings) -> dict[str, Any]:
+    """How the winner scored, for best.yaml: its value on the selection questions with an
+    interval, on the held-out questions with one, and the k-fold estimate of the selection."""
+    selection, _ = results.sides()
+    row = results.trials.iloc[best]
+    mean, low, high = bootstrap_ci(objective[selection, best], confidence=settings.confidence, seed=settings.seed)
+    scoring: dict[str, Any] = {
+        "value": round(float(row["value"]), 6), "interval": [round(float(low), 6), round(float(high), 6)],
+        "confidence": settings.confidence, "questions": int(selection.sum()),
+        "seconds_per_query": float(row["seconds_per_query"])}
+    if results.has_holdout:
+        held = ~selection
+        mean, low, high = bootstrap_ci(objective[held, best], confidence=settings.confidence, seed=settings.seed)
+        scoring["holdout"] = {"value": round(float(mean), 6), "interval": [round(float(low), 6), round(float(high), 6)],
+                              "questions": int(held.sum())}
+    if cv is not None:
+        scoring["folds"] = {"k": len(cv.chosen), "score": round(cv.score, 6),
+                            "held_out": [round(v, 6) for v in cv.held_out],
+                            "chosen_trials": [int(results.trials["trial"].iloc[i]) for i in cv.chosen]}
+    return scoring
+
+
+def _export(path: Path, trial: tuple[optuna.trial.FrozenTrial, TrialRecord], config: Config, engine: Engine,
+            evaluation: dict[str, Any]) -> None:
+    """A best.yaml for one trial, with its scores and the provenance of its models."""
+    frozen, record = trial
     spec = record.pipeline
-    metrics = {name: float(v.mean()) for name, v in per_query.items()}
-    write_best(output / "best.yaml", Exported(spec, config.exact_search_max), {
-        "study": study.study_name, "trial": best_trial.number, "objective": dict(config.optimize),
-        "value": round(float(best_trial.value), 6),
-        "metrics_at_k": {k: round(v, 6) for k, v in metrics.items() if k.endswith(f"@{spec.top_k}")}},
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {k: round(v, 6) for k, v in record.metrics.items() if k.endswith(f"@{spec.top_k}")}
+    write_best(path, Exported(spec, config.exact_search_max), {
+        "trial": frozen.number, "objective": dict(config.optimize), **evaluation, "metrics_at_k": metrics},
         {**engine.provenance(spec.retriever.models() + ([spec.reranker.model] if spec.reranker else []),
                              spec.retriever.tokenizers()),
          "libraries": library_versions()})
-    per_domain = domain_means(per_query, qa.domains, config.metrics, spec.top_k) if qa.domains else {}
-    write_summary(output / "summary.md", title=config_path.name, qa=qa, corpus=corpus, table=table,
-                  best={"trial": best_trial.number, "value": best_trial.value, "description": spec.describe(),
-                        "metrics": metrics, "top_k": spec.top_k},
-                  names=config.metrics, ks=config.top_k, per_domain=per_domain, objective=dict(config.optimize),
-                  seconds=seconds)
-    n_pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
-    return Outcome(output, spec, float(best_trial.value), metrics, len(table), interrupted, n_pruned)
+
+
+def _export_domains(folder: Path, results: StudyResults, trials: list[tuple[Any, TrialRecord]], config: Config,
+                    engine: Engine, settings: Settings) -> None:
+    """One best config per domain with at least min_domain_questions selection questions."""
+    shutil.rmtree(folder, ignore_errors=True)
+    table = winners(results, "objective", settings, config.study.min_domain_questions)
+    position = {int(t.number): i for i, (t, _) in enumerate(trials)}
+    for row in table[(table["domain"] != ALL) & table["enough"]].itertuples():
+        scored_on = "holdout" if results.has_holdout else "selection"
+        _export(folder / f"{safe_name(row.domain)}.yaml", trials[position[row.trial]], config, engine, {
+            "domain": row.domain, "questions": int(row.questions), "value": round(float(row.selected), 6),
+            scored_on: {"value": round(float(row.score), 6), "interval": [round(float(row.low), 6),
+                                                                          round(float(row.high), 6)],
+                        "questions": int(row.scored_on)}})

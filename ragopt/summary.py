@@ -1,4 +1,6 @@
-"""summary.md: a short human report of a study and its winner."""
+"""Markdown for people: summary.md of a study and the comparison tables of `ragopt compare`.
+Every score is shown with its bootstrap interval, every difference with its Holm-corrected
+verdict."""
 
 from __future__ import annotations
 
@@ -8,50 +10,139 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ragopt.compare import By, Settings, StudyResults, choice_matrix, runner_ups, winners
 from ragopt.data import Corpus, QASet
-from ragopt.files import write_text
+from ragopt.files import atomic_write, write_text
+from ragopt.selection import FoldSelection
+from ragopt.stats import bootstrap_ci
 
 
-def metric_grid(means: dict[str, float], names: list[str], ks: list[int]) -> str:
-    """A markdown table: one row per metric, one column per k."""
-    head = "| metric | " + " | ".join(f"@{k}" for k in ks) + " |\n|---|" + "---|" * len(ks) + "\n"
-    return head + "".join(f"| {n} | " + " | ".join(f"{means[f'{n}@{k}']:.4f}" for k in ks) + " |\n" for n in names)
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
-def domain_means(per_query: dict[str, np.ndarray], domains: list[str], names: list[str], k: int
-                 ) -> dict[str, dict[str, float]]:
-    """Mean of each metric at k over the questions of each domain."""
-    labels = np.asarray(domains)
-    result = {}
-    for domain in sorted(set(domains)):
-        mask = labels == domain
-        result[domain] = {"questions": float(mask.sum()),
-                          **{n: float(per_query[f"{n}@{k}"][mask].mean()) for n in names}}
-    return result
+def interval(mean: float, low: float, high: float) -> str:
+    return f"{mean:.4f} [{low:.3f}, {high:.3f}]"
 
 
-def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, table: pd.DataFrame, best: dict[str, Any],
-                  names: list[str], ks: list[int], per_domain: dict[str, dict[str, float]], objective: dict[str, float],
-                  seconds: dict[str, float]) -> None:
-    """The study in a page: the winner's metrics at every k and per domain, the top trials, time."""
-    top = table.sort_values("value", ascending=False).head(10)
-    k = best["top_k"]
+def _verdict(significant: Any, p_holm: Any) -> str:
+    if pd.isna(p_holm):
+        return ""
+    return f"{'yes' if significant else 'no'} (p={p_holm:.3g})"
+
+
+def metric_grid(values: dict[str, np.ndarray], names: list[str], ks: list[int], settings: Settings) -> str:
+    """One row per metric, one column per k: the mean over questions and its interval."""
+    columns = [f"{n}@{k}" for n in names for k in ks]
+    means, lows, highs = bootstrap_ci(np.stack([values[c] for c in columns], axis=1),
+                                      confidence=settings.confidence, seed=settings.seed)
+    cells = {c: interval(m, lo, hi) for c, m, lo, hi in zip(columns, means, lows, highs)}
+    return table(["metric", *(f"@{k}" for k in ks)], [[n, *(cells[f"{n}@{k}"] for k in ks)] for n in names])
+
+
+def winners_markdown(frame: pd.DataFrame) -> str:
+    """The best pipeline per domain, its interval and its margin over the runner-up."""
+    rows = []
+    for r in frame.itertuples():
+        margin = "" if pd.isna(getattr(r, "margin", np.nan)) else \
+            f"{r.margin:+.4f} [{r.margin_low:+.3f}, {r.margin_high:+.3f}]"
+        rows.append([str(r.domain), f"{r.questions}" + ("" if r.enough else " (few)"), str(r.trial),
+                     f"`{r.pipeline}`", f"{r.selected:.4f}", interval(r.score, r.low, r.high), margin,
+                     _verdict(getattr(r, "significant", False), getattr(r, "p_holm", np.nan))])
+    return table(["domain", "questions", "trial", "pipeline", "selected on", "scored", "margin over runner-up",
+                  "significant"], rows)
+
+
+def runner_ups_markdown(frame: pd.DataFrame) -> str:
+    """The winner and the runners-up: scores, differences from the winner, verdicts."""
+    rows = []
+    for r in frame.itertuples():
+        difference = "" if pd.isna(getattr(r, "difference", np.nan)) else \
+            f"{r.difference:+.4f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
+        rows.append([str(r.trial), f"`{r.pipeline}`", f"{r.selected:.4f}", interval(r.score, r.low, r.high),
+                     difference, _verdict(getattr(r, "significant", False), getattr(r, "p_holm", np.nan))])
+    return table(["trial", "pipeline", "selected on", "scored", "winner minus this", "winner significantly better"],
+                 rows)
+
+
+def matrix_markdown(frame: pd.DataFrame) -> str:
+    """Choices x domains: score [interval], ★ the domain's best, = not significantly worse."""
+    domains = list(dict.fromkeys(frame["domain"]))
+    cells = {(r.choice, r.domain): interval(r.score, r.low, r.high) + (" ★" if r.best else " =" if r.tied else "")
+             for r in frame.itertuples()}
+    choices = sorted(set(frame["choice"]))
+    return table(["choice", *domains], [[f"`{c}`", *(cells.get((c, d), "") for d in domains)] for c in choices])
+
+
+def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results: StudyResults, best: int,
+                  scoring: dict[str, Any], cv: FoldSelection | None, names: list[str], ks: list[int],
+                  seconds: dict[str, float], settings: Settings) -> None:
+    """The study in a page: the winner with intervals, on held-out questions when there are
+    some, per domain, against the runners-up, and the time it took."""
+    trials, manifest = results.trials, results.manifest
+    selection, evaluation = results.sides()
+    row = trials.iloc[best]
+    per_question = results.per_question[results.per_question["trial"] == row["trial"]]
+    scored_on = "the held-out questions" if results.has_holdout else "the selection questions (which flatters it)"
+    level = f"{settings.confidence:.0%}"
     lines = [
         f"# ragopt: {title}\n",
-        f"{len(qa)} questions ({qa.source}), {len(corpus)} passages ({corpus.source}); "
-        f"{len(table)} trials; objective {objective} (weighted mean, higher is better).\n",
-        f"## Best pipeline (trial {best['trial']}, value {best['value']:.4f})\n",
-        f"`{best['description']}`\n",
-        metric_grid(best["metrics"], names, ks),
+        f"{len(qa)} questions ({qa.source}), {len(corpus)} passages ({corpus.source}); {len(trials)} trials; "
+        f"objective {manifest['objective']} (weighted mean, higher is better). Intervals are {level} seeded "
+        f"bootstrap intervals over questions; differences are paired permutation tests, Holm-corrected.\n",
+        f"## Best pipeline (trial {int(row['trial'])})\n",
+        f"`{row['pipeline']}`\n",
+        f"- selected on {scoring['questions']} questions: value "
+        + interval(scoring["value"], *scoring["interval"]),
     ]
-    if per_domain:
-        lines.append(f"## The best pipeline's scores per domain, at k={k}\n\n"
-                     "The overall winner scored on each domain's questions (not a winner per domain).\n\n"
-                     + "| domain | questions | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names) + "\n"
-                     + "".join(f"| {d} | {int(v['questions'])} | " + " | ".join(f"{v[n]:.4f}" for n in names) + " |\n"
-                               for d, v in sorted(per_domain.items())))
-    lines.append("## Top trials\n\n| trial | value | pipeline |\n|---|---|---|\n"
-                 + "".join(f"| {int(r.trial)} | {r.value:.4f} | `{r.pipeline}` |\n" for r in top.itertuples()))
+    if "holdout" in scoring:
+        held = scoring["holdout"]
+        lines.append(f"- held out ({held['questions']} questions, {manifest['holdout']:.0%} of each domain, never "
+                     f"seen by the search): value {interval(held['value'], *held['interval'])}")
+    if cv is not None:
+        lines.append(f"- {len(cv.chosen)}-fold selection: picking the best trial on {len(cv.chosen) - 1} folds "
+                     f"scores {cv.score:.4f} on the fold left out (mean over folds; the winner's own value above "
+                     f"is {scoring['value']:.4f})")
+    lines.append(f"- {scoring['seconds_per_query'] * 1000:.2f} ms per question (a batch of unseen questions, "
+                 "models loaded, nothing query-side cached)\n")
+    values = {c: per_question[c].to_numpy(np.float64)[evaluation] for c in per_question if "@" in c}
+    lines.append(f"Its metrics on {scored_on}:\n\n" + metric_grid(values, names, ks, settings))
+    top = runner_ups(results, "objective", 5, settings)
+    lines.append(f"## The winner against the runners-up\n\nSelected on the selection questions, scored on {scored_on}; "
+                 "'winner significantly better' says whether the difference is real at the "
+                 f"{level} level after Holm's correction for the {len(top) - 1} comparisons.\n\n"
+                 + runner_ups_markdown(top))
+    if results.groups().keys() - {"(all)"}:
+        domains = winners(results, "objective", settings, int(manifest["min_domain_questions"]))
+        lines.append("## The best pipeline of each domain\n\nEach domain's winner is chosen on its own selection "
+                     f"questions and scored on {scored_on}; '(few)' marks domains with fewer than "
+                     f"{manifest['min_domain_questions']} selection questions, too few for a per-domain winner to "
+                     "mean much. `ragopt compare` compares model, tokenizer, retriever and reranker choices per "
+                     "domain.\n\n" + winners_markdown(domains))
     lines.append(f"## Time\n\nfirst trial {seconds['first']:.2f} s, median later trial "
                  f"{seconds['median'] * 1000:.1f} ms, whole run {seconds['total']:.1f} s.\n")
     write_text(path, "\n".join(lines))
+
+
+def write_comparison(output: Path, results: StudyResults, metric: str, by: By, top: int,
+                     settings: Settings) -> dict[str, pd.DataFrame]:
+    """`ragopt compare`: the per-domain winners, the choice x domain matrix and the runners-up,
+    each as CSV, and all three in one markdown page, under OUTPUT/compare/."""
+    folder = output / "compare"
+    tables = {"winners": winners(results, metric, settings, int(results.manifest["min_domain_questions"])),
+              f"matrix-{by}": choice_matrix(results, metric, by, settings),
+              "runner_ups": runner_ups(results, metric, top, settings)}
+    for name, frame in tables.items():
+        atomic_write(folder / f"{name}.{metric}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
+    scored_on = "the held-out questions" if results.has_holdout else "the selection questions (which flatters winners)"
+    page = [f"# ragopt compare: {metric}, by {by}\n",
+            f"Chosen on the selection questions, scored on {scored_on}; {settings.confidence:.0%} bootstrap intervals; "
+            "paired permutation tests, Holm-corrected.\n",
+            "## Best pipeline per domain\n", winners_markdown(tables["winners"]),
+            f"## {by} x domain\n\nThe best trial of each {by} in each domain: ★ the domain's best, = not significantly "
+            "worse than it.\n", matrix_markdown(tables[f"matrix-{by}"]),
+            "## The winner against the runners-up\n", runner_ups_markdown(tables["runner_ups"])]
+    write_text(folder / f"compare-{by}.{metric}.md", "\n".join(page))
+    return tables

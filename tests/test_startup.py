@@ -25,7 +25,8 @@ def imported_heavy(body: str) -> str:
 
 def test_plain_data_modules_import_no_torch():
     modules = ["ragopt", "ragopt.ranking", "ragopt.spec", "ragopt.metrics", "ragopt.fusion", "ragopt.records",
-               "ragopt.config", "ragopt.space", "ragopt.cli"]
+               "ragopt.config", "ragopt.space", "ragopt.cli", "ragopt.stats", "ragopt.splits", "ragopt.selection",
+               "ragopt.compare", "ragopt.summary", "ragopt.report", "ragopt.report_data"]
     assert imported_heavy("\n".join(f"import {m}" for m in modules)) == "heavy: []"
 
 

@@ -47,6 +47,16 @@ class RetrieverSpec(StrictModel):
         """A short human description for tables and progress bars."""
         raise NotImplementedError
 
+    def kind(self) -> str:
+        """The kind of retriever, for comparing choices: its type unless a setting makes another
+        kind of retrieval (BGE-M3's mode)."""
+        return self.type
+
+    def cost_key(self) -> str:
+        """Specs with the same cost key take the same time to answer a query (a latency probe
+        measures one of them); by default only equal specs."""
+        return self.key()
+
     def index_key(self) -> str:
         """Specs with the same index key share one Retriever (e.g. every BM25 spec of one
         tokenizer shares its term index); by default each spec has its own."""

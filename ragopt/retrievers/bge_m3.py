@@ -42,6 +42,9 @@ class BGEM3Spec(RetrieverSpec, _BGEM3Settings):
     def describe(self) -> str:
         return f"bge_m3[{self.model},{self.mode}]"
 
+    def kind(self) -> str:
+        return f"bge_m3:{self.mode}"
+
     def index_key(self) -> str:
         """Everything but the mode: all modes share one encoding pass."""
         return self.model_copy(update={"mode": "dense"}).key()

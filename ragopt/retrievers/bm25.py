@@ -50,6 +50,10 @@ class BM25Spec(RetrieverSpec):
     def index_key(self) -> str:
         return self.tokenizer.key()
 
+    def cost_key(self) -> str:
+        """k1, b and delta change the weights, not the work of a query."""
+        return f"{self.index_key()}:{self.method}"
+
     def models(self) -> list[str]:
         return [self.tokenizer.model] if self.tokenizer.type == "huggingface" else []
 

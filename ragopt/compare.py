@@ -1,0 +1,225 @@
+"""Comparing pipelines and choices per domain, with intervals and paired tests, from a study's
+per-question values.
+
+A winner is picked on the selection questions; it is scored, with a bootstrap interval, on the
+held-out questions when the study kept some (otherwise on the same questions, which flatters it,
+and the tables say so). Differences are paired tests over the same questions, Holm-corrected
+within each table or domain, so "significant" means what it says at the chosen level.
+
+Example:
+    results = StudyResults.load("configs/autorag-ko-output")
+    table = choice_matrix(results, "ndcg@10", by="model")
+    print(table[table.best | table.tied])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ragopt.errors import StudyError
+from ragopt.stats import bootstrap_ci, holm, paired_test
+
+ALL = "(all)"
+"""The row or column of every question, next to the domains."""
+BY = ("retriever", "model", "tokenizer", "reranker")
+By = Literal["retriever", "model", "tokenizer", "reranker"]
+
+
+@dataclass
+class Settings:
+    """How intervals and tests are computed: level, resamples and seed (a study's `confidence`
+    and `seed` by default)."""
+
+    confidence: float = 0.95
+    resamples: int = 10_000
+    seed: int = 0
+
+    @property
+    def alpha(self) -> float:
+        return 1 - self.confidence
+
+
+@dataclass
+class StudyResults:
+    """A study's trials (trials.csv), per-question values (per_question.parquet) and manifest
+    (study.json), as its output folder holds them."""
+
+    trials: pd.DataFrame
+    per_question: pd.DataFrame
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, output: str | Path) -> "StudyResults":
+        output = Path(output)
+        missing = [n for n in ("trials.csv", "per_question.parquet", "study.json") if not (output / n).exists()]
+        if missing:
+            raise StudyError(f"{output} has no {', '.join(missing)}: give the output folder of `ragopt optimize` "
+                             "(made by this version; rerun the optimize command to rewrite an older one)")
+        return cls(pd.read_csv(output / "trials.csv"), pd.read_parquet(output / "per_question.parquet"),
+                   json.loads((output / "study.json").read_text(encoding="utf-8")))
+
+    @property
+    def questions(self) -> pd.DataFrame:
+        """One row per question: qid, domain (ALL-less), split and fold, in QA order."""
+        first = self.per_question["trial"].iloc[0]
+        columns = [c for c in ("qid", "domain", "split", "fold") if c in self.per_question]
+        return self.per_question.loc[self.per_question["trial"] == first, columns].reset_index(drop=True)
+
+    @property
+    def has_holdout(self) -> bool:
+        return bool((self.questions["split"] == "holdout").any())
+
+    def values(self, metric: str) -> np.ndarray:
+        """(questions x trials) values of a per-question column, trials in trials.csv order."""
+        if metric not in self.per_question:
+            known = [c for c in self.per_question.columns if c == "objective" or "@" in c]
+            raise StudyError(f"unknown metric {metric!r}; choose from {known}")
+        wide = self.per_question.pivot(index="qid", columns="trial", values=metric)
+        return wide.loc[self.questions["qid"], self.trials["trial"]].to_numpy(np.float64)
+
+    def groups(self) -> dict[str, np.ndarray]:
+        """ALL and each domain: a mask over the questions."""
+        questions = self.questions
+        result = {ALL: np.ones(len(questions), dtype=bool)}
+        if "domain" in questions:
+            for domain in sorted(questions["domain"].unique()):
+                result[domain] = (questions["domain"] == domain).to_numpy()
+        return result
+
+    def sides(self) -> tuple[np.ndarray, np.ndarray]:
+        """The selection questions and the questions winners are scored on (held out, when any)."""
+        split = self.questions["split"].to_numpy()
+        selection = split == "selection"
+        return selection, (split == "holdout") if self.has_holdout else selection
+
+
+def _distinct(results: StudyResults) -> np.ndarray:
+    """Trial positions with one trial per distinct pipeline (the earliest)."""
+    return np.flatnonzero(~results.trials["pipeline"].duplicated().to_numpy())
+
+
+def _scored(values: np.ndarray, settings: Settings) -> tuple[float, float, float]:
+    mean, low, high = bootstrap_ci(values, confidence=settings.confidence, n_resamples=settings.resamples,
+                                   seed=settings.seed)
+    return float(mean), float(low), float(high)
+
+
+def winners(results: StudyResults, metric: str = "objective", settings: Settings | None = None,
+            min_questions: int = 1) -> pd.DataFrame:
+    """The best pipeline of every domain (and of ALL): selected on the domain's selection
+    questions, scored with an interval on its evaluation questions, and its margin over the
+    runner-up there (a paired test, Holm-corrected across the domains)."""
+    settings = settings or Settings()
+    values = results.values(metric)
+    selection, evaluation = results.sides()
+    candidates = _distinct(results)
+    rows = []
+    for domain, mask in results.groups().items():
+        chosen_on, scored_on = selection & mask, evaluation & mask
+        if not chosen_on.any() or not scored_on.any():
+            continue
+        means = values[chosen_on][:, candidates].mean(axis=0)
+        order = candidates[np.lexsort((candidates, -means))]
+        best, runner = order[0], order[1] if len(order) > 1 else None
+        score, low, high = _scored(values[scored_on, best], settings)
+        row = {"domain": domain, "questions": int(chosen_on.sum()), "enough": int(chosen_on.sum()) >= min_questions,
+               "trial": int(results.trials["trial"].iloc[best]), "pipeline": results.trials["pipeline"].iloc[best],
+               "selected": float(values[chosen_on, best].mean()), "score": score, "low": low, "high": high,
+               "scored_on": int(scored_on.sum())}
+        if runner is not None:
+            test = paired_test(values[scored_on, best], values[scored_on, runner], confidence=settings.confidence,
+                               n_resamples=settings.resamples, seed=settings.seed)
+            row.update({"runner_up": int(results.trials["trial"].iloc[runner]),
+                        "runner_up_pipeline": results.trials["pipeline"].iloc[runner],
+                        "margin": test.difference, "margin_low": test.low, "margin_high": test.high,
+                        "p": test.p_value})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if "p" in table:
+        tested = table["p"].notna().to_numpy()
+        table.loc[tested, "p_holm"] = holm(table.loc[tested, "p"].to_numpy())
+        table["significant"] = table["p_holm"].lt(settings.alpha) & table["margin"].gt(0)
+    return table
+
+
+def runner_ups(results: StudyResults, metric: str = "objective", top: int = 10,
+               settings: Settings | None = None) -> pd.DataFrame:
+    """The overall winner against the next `top` distinct pipelines (by selection score): each
+    one's score and interval on the evaluation questions, the paired difference from the
+    winner with its interval, and the Holm-corrected p-value of the difference."""
+    settings = settings or Settings()
+    values = results.values(metric)
+    selection, evaluation = results.sides()
+    candidates = _distinct(results)
+    means = values[selection][:, candidates].mean(axis=0)
+    order = candidates[np.lexsort((candidates, -means))][: top + 1]
+    best = order[0]
+    rows = []
+    for position in order:
+        score, low, high = _scored(values[evaluation, position], settings)
+        row = {"trial": int(results.trials["trial"].iloc[position]),
+               "pipeline": results.trials["pipeline"].iloc[position],
+               "selected": float(values[selection, position].mean()), "score": score, "low": low, "high": high}
+        if position != best:
+            test = paired_test(values[evaluation, best], values[evaluation, position],
+                               confidence=settings.confidence, n_resamples=settings.resamples, seed=settings.seed)
+            row.update({"difference": test.difference, "difference_low": test.low, "difference_high": test.high,
+                        "p": test.p_value})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if len(table) > 1:
+        table.loc[1:, "p_holm"] = holm(table.loc[1:, "p"].to_numpy())
+        table["significant"] = table["p_holm"].lt(settings.alpha) & table["difference"].gt(0)
+    return table
+
+
+def choice_matrix(results: StudyResults, metric: str = "objective", by: By = "model",
+                  settings: Settings | None = None) -> pd.DataFrame:
+    """Choice x domain: the best trial of each choice in each domain (selected on the domain's
+    selection questions), its score and interval on the evaluation questions, whether it is the
+    domain's best, and whether it is not significantly worse than that best (paired tests,
+    Holm-corrected within the domain)."""
+    if by not in BY:
+        raise StudyError(f"--by must be one of {list(BY)}; got {by!r}")
+    settings = settings or Settings()
+    values = results.values(metric)
+    selection, evaluation = results.sides()
+    choices = results.trials[f"choice.{by}"].astype(str).to_numpy()
+    rows = []
+    for domain, mask in results.groups().items():
+        chosen_on, scored_on = selection & mask, evaluation & mask
+        if not chosen_on.any() or not scored_on.any():
+            continue
+        means = values[chosen_on].mean(axis=0)
+        picks = {}
+        for choice in sorted(set(choices)):
+            members = np.flatnonzero(choices == choice)
+            picks[choice] = members[np.lexsort((members, -means[members]))][0]
+        best_choice = min(picks, key=lambda c: (-means[picks[c]], picks[c]))
+        best = picks[best_choice]
+        domain_rows = []
+        for choice, pick in picks.items():
+            score, low, high = _scored(values[scored_on, pick], settings)
+            row = {"choice": choice, "domain": domain, "trial": int(results.trials["trial"].iloc[pick]),
+                   "pipeline": results.trials["pipeline"].iloc[pick], "questions": int(scored_on.sum()),
+                   "selected": float(means[pick]), "score": score, "low": low, "high": high,
+                   "best": choice == best_choice, "difference": 0.0, "p": np.nan}
+            if choice != best_choice:
+                test = paired_test(values[scored_on, best], values[scored_on, pick], confidence=settings.confidence,
+                                   n_resamples=settings.resamples, seed=settings.seed)
+                row.update({"difference": test.difference, "p": test.p_value})
+            domain_rows.append(row)
+        frame = pd.DataFrame(domain_rows)
+        tested = ~frame["best"].to_numpy()
+        frame["p_holm"] = np.nan
+        if tested.any():
+            frame.loc[tested, "p_holm"] = holm(frame.loc[tested, "p"].to_numpy())
+        frame["tied"] = tested & ~(frame["p_holm"].lt(settings.alpha) & frame["difference"].gt(0)).to_numpy()
+        rows.extend(frame.to_dict("records"))
+    return pd.DataFrame(rows)

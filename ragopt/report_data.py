@@ -1,0 +1,97 @@
+"""What `ragopt report` shows, computed from a study's output folder: the per-domain matrix, the
+top pipelines' metric-vs-k curves with intervals, the quality-vs-latency front, the stored
+Optuna study and the exported config, handed to ragopt.report to render."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ragopt.compare import By, Settings, StudyResults, choice_matrix
+from ragopt.report import ReportData, write_report
+from ragopt.stats import bootstrap_ci
+
+TOP_CURVES = 5
+"""Distinct pipelines whose metric-vs-k curves are drawn."""
+
+
+def curves(results: StudyResults, top: int, settings: Settings) -> pd.DataFrame:
+    """Every metric at every k of the `top` distinct pipelines (by selection value), with
+    intervals, on the evaluation questions."""
+    trials = results.trials
+    _, evaluation = results.sides()
+    ranked = trials.loc[~trials["pipeline"].duplicated()].sort_values(["value", "trial"], ascending=[False, True])
+    columns = [c for c in results.per_question.columns if "@" in c]
+    rows = []
+    for row in ranked.head(top).itertuples():
+        frame = results.per_question[results.per_question["trial"] == row.trial]
+        values = frame[columns].to_numpy(np.float64)[evaluation]
+        means, lows, highs = bootstrap_ci(values, confidence=settings.confidence, seed=settings.seed)
+        for column, mean, low, high in zip(columns, means, lows, highs):
+            metric, k = column.split("@")
+            rows.append({"trial": row.trial, "pipeline": row.pipeline, "metric": metric, "k": int(k),
+                         "mean": float(mean), "low": float(low), "high": float(high)})
+    return pd.DataFrame(rows)
+
+
+def _study(output: Path, manifest: dict[str, Any]) -> Any:
+    """The stored Optuna study (for its history and importances), or None if it cannot be opened."""
+    import optuna
+
+    storage = manifest.get("storage") or f"sqlite:///{output / 'study.db'}"
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=manifest["study"], storage=storage)
+    except (KeyError, ValueError, ImportError) as error:
+        warnings.warn(f"the report has no optimization history: cannot open {storage}: {error}", stacklevel=2)
+        return None
+
+
+def _facts(results: StudyResults, best: dict[str, Any]) -> list[tuple[str, str]]:
+    """The few numbers a reader needs first."""
+    manifest, questions = results.manifest, results.questions
+    evaluation = best.get("evaluation", {})
+    facts = [("questions", f"{len(questions)}" + (f" in {questions['domain'].nunique()} domains"
+                                                    if "domain" in questions else "")),
+             ("trials", str(len(results.trials))), ("objective", str(manifest["objective"])),
+             ("winner", f"trial {evaluation.get('trial')}: {best['pipeline_text']}")]
+    if "interval" in evaluation:
+        low, high = evaluation["interval"]
+        facts.append((f"value on {evaluation['questions']} selection questions",
+                      f"{evaluation['value']:.4f} [{low:.3f}, {high:.3f}]"))
+    if "holdout" in evaluation:
+        held = evaluation["holdout"]
+        facts.append((f"value on {held['questions']} held-out questions",
+                      f"{held['value']:.4f} [{held['interval'][0]:.3f}, {held['interval'][1]:.3f}]"))
+    if "folds" in evaluation:
+        facts.append((f"{evaluation['folds']['k']}-fold selection estimate", f"{evaluation['folds']['score']:.4f}"))
+    facts.append(("intervals", f"{manifest['confidence']:.0%} bootstrap over questions, seed {manifest['seed']}; "
+                               "paired permutation tests, Holm-corrected"))
+    return facts
+
+
+def build_report(output: str | Path, path: str | Path, metric: str = "objective", by: By = "model") -> Path:
+    """Write the HTML report of the study in `output` to `path`."""
+    output, path = Path(output), Path(path)
+    results = StudyResults.load(output)
+    manifest = results.manifest
+    settings = Settings(manifest["confidence"], seed=manifest["seed"])
+    best_text = (output / "best.yaml").read_text(encoding="utf-8")
+    best = yaml.safe_load(best_text)
+    best["pipeline_text"] = results.trials.loc[results.trials["trial"] == manifest["best_trial"], "pipeline"].iloc[0]
+    trials = results.trials
+    pareto = pd.DataFrame({"trial": trials["trial"], "pipeline": trials["pipeline"], "quality": trials["value"],
+                           "seconds_per_query": trials["seconds_per_query"], "front": trials["pareto"]})
+    data = ReportData(
+        title=f"{manifest['config']}: {len(trials)} trials", facts=_facts(results, best), trials=trials,
+        matrix=choice_matrix(results, metric, by, settings), matrix_by=by, metric=metric,
+        curves=curves(results, TOP_CURVES, settings), pareto=pareto, study=_study(output, manifest),
+        best_yaml=best_text, confidence=settings.confidence)
+    return write_report(path, data)

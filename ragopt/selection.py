@@ -1,0 +1,68 @@
+"""How a winner is chosen among finished trials, and what that choice is worth on questions it
+never saw: the best trial (under a latency budget), the quality-vs-latency Pareto front, and the
+k-fold estimate of the selection procedure. Plain numpy: arrays of trials, in trial order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ragopt.errors import StudyError
+from ragopt.splits import HOLDOUT
+
+
+def feasible(seconds: np.ndarray, budget: float | None) -> np.ndarray:
+    """The trials within the latency budget (all of them without one)."""
+    return np.ones(len(seconds), dtype=bool) if budget is None else seconds <= budget
+
+
+def best_index(values: np.ndarray, seconds: np.ndarray, budget: float | None = None) -> int:
+    """The trial with the highest value within the budget, the earliest of equals (as Optuna's
+    best_trial)."""
+    allowed = feasible(seconds, budget)
+    if not allowed.any():
+        raise StudyError(f"no pipeline answers within latency_budget {budget} s per question; the fastest took "
+                         f"{seconds.min():.4g} s. Raise the budget or add faster pipelines to the space.")
+    return int(np.argmax(np.where(allowed, values, -np.inf)))
+
+
+def pareto_front(values: np.ndarray, seconds: np.ndarray, budget: float | None = None) -> np.ndarray:
+    """True for the trials no other trial beats on both quality (higher) and seconds per question
+    (lower) while matching the other; among trials with equal value and time, the earliest."""
+    allowed = np.flatnonzero(feasible(seconds, budget))
+    order = allowed[np.lexsort((allowed, -values[allowed], seconds[allowed]))]
+    front = np.zeros(len(values), dtype=bool)
+    best = -np.inf
+    for i in order:
+        if values[i] > best:
+            front[i], best = True, values[i]
+    return front
+
+
+@dataclass(frozen=True)
+class FoldSelection:
+    """The k-fold estimate of choosing the best trial: in each fold, the trial best on the other
+    folds' questions and its mean on this fold's; `score` is their question-weighted mean."""
+
+    chosen: list[int]
+    held_out: list[float]
+    sizes: list[int]
+
+    @property
+    def score(self) -> float:
+        return float(np.average(self.held_out, weights=self.sizes))
+
+
+def kfold_selection(objective: np.ndarray, folds: np.ndarray, seconds: np.ndarray,
+                    budget: float | None = None) -> FoldSelection:
+    """Select on k-1 folds, score on the k-th, for every k. `objective` is (questions x trials);
+    `folds` gives each question's fold (HOLDOUT rows take no part)."""
+    chosen, held_out, sizes = [], [], []
+    for fold in sorted(set(folds[folds != HOLDOUT].tolist())):
+        train, test = (folds != HOLDOUT) & (folds != fold), folds == fold
+        pick = best_index(objective[train].mean(axis=0), seconds, budget)
+        chosen.append(pick)
+        held_out.append(float(objective[test, pick].mean()))
+        sizes.append(int(test.sum()))
+    return FoldSelection(chosen, held_out, sizes)

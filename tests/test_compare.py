@@ -1,0 +1,93 @@
+"""Per-domain comparison tables on hand-made per-question values: who wins, with which interval,
+and which differences are significant after Holm's correction."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ragopt.compare import ALL, Settings, StudyResults, choice_matrix, runner_ups, winners
+from ragopt.errors import StudyError
+from ragopt.stats import bootstrap_ci, holm, paired_test
+
+SETTINGS = Settings(confidence=0.95, resamples=2000, seed=3)
+
+
+def results_of(values: np.ndarray, models: list[str], domains: list[str], held: np.ndarray | None = None
+               ) -> StudyResults:
+    """StudyResults of per-question objective values (questions x trials)."""
+    n, m = values.shape
+    held = np.zeros(n, dtype=bool) if held is None else held
+    trials = pd.DataFrame({"trial": range(m), "value": values[~held].mean(axis=0),
+                           "pipeline": [f"dense[{model}] #{i}" for i, model in enumerate(models)],
+                           "choice.model": models, "choice.retriever": "dense", "choice.tokenizer": "none",
+                           "choice.reranker": "none", "seconds_per_query": 0.01})
+    per_question = pd.concat([pd.DataFrame({
+        "trial": t, "qid": [f"q{i}" for i in range(n)], "domain": domains,
+        "split": np.where(held, "holdout", "selection"), "fold": -1, "objective": values[:, t],
+        "ndcg@10": values[:, t]}) for t in range(m)], ignore_index=True)
+    return StudyResults(trials, per_question, {"min_domain_questions": 10})
+
+
+DOMAINS = ["법률"] * 20 + ["finance"] * 20
+rng = np.random.default_rng(0)
+BASE_B = (np.arange(20) % 2).astype(float)
+X = np.concatenate([np.ones(20), BASE_B])                       # model x: perfect on 법률
+Y = np.concatenate([np.zeros(20), BASE_B + (np.arange(20) == 0)])  # model y: nothing on 법률, one more on finance
+
+
+def test_choice_matrix_marks_the_best_and_the_not_significantly_worse():
+    results = results_of(np.stack([X, Y], axis=1), ["x", "y"], DOMAINS)
+    table = choice_matrix(results, "ndcg@10", "model", SETTINGS).set_index(["domain", "choice"])
+    assert table.loc[("법률", "x"), "best"] and not table.loc[("법률", "y"), "tied"]
+    assert table.loc[("법률", "y"), "difference"] == pytest.approx(1.0)
+    assert table.loc[("법률", "y"), "p_holm"] < 0.001
+    # on finance y is ahead by one question of twenty: the best, and x is not significantly worse
+    assert table.loc[("finance", "y"), "best"] and table.loc[("finance", "x"), "tied"]
+    assert table.loc[("finance", "x"), "difference"] == pytest.approx(0.05)
+    expected = paired_test(Y[20:], X[20:], n_resamples=2000, seed=3)
+    assert table.loc[("finance", "x"), "p"] == expected.p_value > 0.9  # half the sign flips are as extreme
+    mean, low, high = bootstrap_ci(X[:20] * 0 + Y[:20], n_resamples=2000, seed=3)
+    assert (table.loc[("법률", "y"), ["score", "low", "high"]].tolist()) == [mean, low, high]
+    assert set(table.index.get_level_values(0)) == {ALL, "법률", "finance"}
+
+
+def test_holm_is_applied_within_each_domain():
+    noise = [np.clip(X + rng.normal(0, 0.3, 40), 0, 1) for _ in range(3)]
+    values = np.stack([X, *noise], axis=1)
+    results = results_of(values, ["x", "a", "b", "c"], DOMAINS)
+    table = choice_matrix(results, "objective", "model", SETTINGS)
+    for _, frame in table.groupby("domain"):
+        tested = frame[~frame["best"]]
+        assert np.allclose(tested["p_holm"], holm(tested["p"].to_numpy()))
+
+
+def test_winners_are_selected_on_selection_questions_and_scored_on_held_out_ones():
+    held = np.zeros(40, dtype=bool)
+    held[::4] = True
+    flattering = np.where(held, 0.0, 1.0)  # perfect where it is selected, nothing where it is scored
+    steady = np.full(40, 0.8)
+    results = results_of(np.stack([steady, flattering], axis=1), ["s", "f"], DOMAINS, held)
+    table = winners(results, "objective", SETTINGS, min_questions=16).set_index("domain")
+    row = table.loc[ALL]
+    assert row["trial"] == 1 and row["selected"] == 1.0 and row["score"] == 0.0
+    assert row["questions"] == 30 and row["scored_on"] == 10
+    assert row["margin"] == pytest.approx(-0.8) and not row["significant"]
+    assert not table.loc["법률", "enough"]  # 15 selection questions < 16
+
+
+def test_runner_ups_test_each_against_the_winner():
+    values = np.stack([X, Y, X], axis=1)
+    table = runner_ups(results_of(values, ["x", "y", "x2"], DOMAINS), "objective", 5, SETTINGS)
+    assert table["trial"].tolist() == [0, 2, 1]  # x and its copy tie; the earliest wins
+    assert table.loc[1, "difference"] == 0.0 and table.loc[1, "p"] == 1.0
+    assert table.loc[2, "difference"] == pytest.approx(X.mean() - Y.mean())
+    assert table["p_holm"].iloc[1:].tolist() == holm(table["p"].iloc[1:].to_numpy()).tolist()
+    assert table["significant"].tolist() == [False, False, True]
+
+
+def test_unknown_metric_names_the_known_ones(tmp_path):
+    results = results_of(np.stack([X, Y], axis=1), ["x", "y"], DOMAINS)
+    with pytest.raises(StudyError, match="ndcg@10"):
+        results.values("ndcg@7")
+    with pytest.raises(StudyError, match="ragopt optimize"):
+        StudyResults.load(tmp_path)

@@ -1,0 +1,202 @@
+"""Honest selection end to end on the bundled example: a stratified holdout the search never
+sees, k-fold selection, one config per domain, latency measured and optimized, and the
+comparison command."""
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import KO_MINI, write_config
+from ragopt import load_pipeline
+from ragopt.cache import Cache
+from ragopt.cli import app
+from ragopt.config import load_config
+from ragopt.data import load_dataset
+from ragopt.engine import Engine
+from ragopt.errors import ConfigError, StudyError
+from ragopt.export import read_best
+from ragopt.selection import pareto_front
+from ragopt.space import suggest_pipeline
+from ragopt.spec import PipelineSpec
+from ragopt.splits import HOLDOUT
+from ragopt.study import optimize
+
+SPACE = """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl", domain_column: domain}
+retrievers:
+  - {name: bm25, type: bm25, tokenizer: [whitespace, kiwi, {type: char_ngram, n: 2}], method: [lucene, bm25+],
+     k1: {low: 0.5, high: 2.0}, b: {low: 0.3, high: 1.0}}
+  - {name: dense, type: dense, model: "@TINY_BERT@"}
+  - {name: hybrid, type: hybrid, retrievers: [bm25, dense], fusion: [rrf, convex], depth: 20}
+top_k: [1, 3, 5]
+optimize: {f1: 1.0, ndcg: 1.0}
+study: {n_trials: 25, seed: 5, @STUDY@}
+"""
+
+
+def config(folder: Path, tiny_bert: Path, study: str) -> Path:
+    return write_config(folder / "space.yaml", SPACE.replace("@TINY_BERT@", str(tiny_bert)).replace("@STUDY@", study))
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory, tiny_bert):
+    path = config(tmp_path_factory.mktemp("holdout"), tiny_bert,
+                  "holdout: 0.3, folds: 3, per_domain: true, min_domain_questions: 8")
+    return optimize(path, progress=False)
+
+
+def test_the_holdout_is_stratified_and_never_steers_the_search(held_out):
+    out = held_out.output
+    per_question = pd.read_parquet(out / "per_question.parquet")
+    questions = per_question[per_question["trial"] == per_question["trial"].iloc[0]]
+    # 12 questions per domain: round(0.3 x 12) = 4 held out of each
+    assert questions.groupby("domain")["split"].apply(lambda s: (s == "holdout").sum()).tolist() == [4, 4, 4, 4]
+    trials = pd.read_csv(out / "trials.csv")
+    means = per_question.groupby(["trial", "split"])["objective"].mean().unstack()
+    assert np.allclose(trials.set_index("trial")["value"], means["selection"], atol=1e-6)
+    assert np.allclose(trials.set_index("trial")["value.holdout"], means["holdout"], atol=1e-6)
+    stored = optuna.load_study(study_name="space", storage=f"sqlite:///{out / 'study.db'}")
+    assert np.allclose([t.value for t in stored.trials], trials["value"], atol=1e-6)
+
+
+def test_best_yaml_records_the_held_out_score_next_to_the_selection_score(held_out):
+    evaluation = yaml.safe_load((held_out.output / "best.yaml").read_text())["evaluation"]
+    trials = pd.read_csv(held_out.output / "trials.csv").set_index("trial")
+    best = trials.loc[evaluation["trial"]]
+    assert evaluation["value"] == pytest.approx(best["value"], abs=1e-6) == held_out.best_value
+    assert evaluation["holdout"]["value"] == pytest.approx(best["value.holdout"], abs=1e-6)
+    assert evaluation["holdout"]["value"] == pytest.approx(held_out.holdout_value, abs=1e-6)
+    assert evaluation["holdout"]["value"] != evaluation["value"]
+    assert evaluation["holdout"]["questions"] == 16 and evaluation["questions"] == 32
+    low, high = evaluation["holdout"]["interval"]
+    assert low <= evaluation["holdout"]["value"] <= high and low < high
+
+
+def test_kfold_selection_by_hand(held_out):
+    per_question = pd.read_parquet(held_out.output / "per_question.parquet")
+    trials = pd.read_csv(held_out.output / "trials.csv")
+    wide = per_question.pivot(index="qid", columns="trial", values="objective")[trials["trial"]]
+    folds = per_question.drop_duplicates("qid").set_index("qid")["fold"].loc[wide.index].to_numpy()
+    scores = []
+    for fold in range(3):
+        train = (folds != HOLDOUT) & (folds != fold)
+        pick = int(np.argmax(wide[train].mean().to_numpy()))
+        scores.append((wide[folds == fold].iloc[:, pick].mean(), (folds == fold).sum()))
+    expected = sum(s * n for s, n in scores) / sum(n for _, n in scores)
+    evaluation = yaml.safe_load((held_out.output / "best.yaml").read_text())["evaluation"]
+    assert evaluation["folds"]["k"] == 3 and sorted(set(folds.tolist())) == [HOLDOUT, 0, 1, 2]
+    assert evaluation["folds"]["score"] == pytest.approx(expected, abs=1e-6) == pytest.approx(held_out.folds_value)
+
+
+def test_one_config_per_domain_chosen_on_its_own_questions(held_out):
+    folder = held_out.output / "per_domain"
+    assert sorted(p.name for p in folder.glob("*.yaml")) == ["finance.yaml", "law.yaml", "medical.yaml", "tech.yaml"]
+    per_question = pd.read_parquet(held_out.output / "per_question.parquet")
+    trials = pd.read_csv(held_out.output / "trials.csv").drop_duplicates("pipeline")
+    for path in folder.glob("*.yaml"):
+        document = yaml.safe_load(path.read_text())
+        evaluation = document["evaluation"]
+        rows = per_question[(per_question["domain"] == path.stem) & (per_question["split"] == "selection")
+                            & per_question["trial"].isin(trials["trial"])]
+        means = rows.groupby("trial")["objective"].mean()
+        assert evaluation["domain"] == path.stem and evaluation["questions"] == 8
+        assert evaluation["value"] == pytest.approx(means.max(), abs=1e-6)
+        assert evaluation["trial"] == int(means.idxmax())
+        assert read_best(path).describe() == trials.set_index("trial").loc[evaluation["trial"], "pipeline"]
+    hits = load_pipeline(folder / "law.yaml", KO_MINI / "corpus.jsonl").retrieve("전세 계약")[0]
+    assert hits and hits[0].rank == 1
+
+
+def test_compare_command_writes_tables_and_marks_each_domains_best(held_out):
+    result = CliRunner().invoke(app, ["compare", str(held_out.output), "--by", "tokenizer", "--metric", "ndcg@3",
+                                      "--resamples", "2000"])
+    assert result.exit_code == 0, result.output
+    matrix = pd.read_csv(held_out.output / "compare" / "matrix-tokenizer.ndcg@3.csv")
+    assert (matrix.groupby("domain")["best"].sum() == 1).all()
+    assert set(matrix["domain"]) == {"(all)", "finance", "law", "medical", "tech"}
+    assert {"kiwi", "whitespace", "char_ngram:2", "none"} >= set(matrix["choice"])
+    page = (held_out.output / "compare" / "compare-tokenizer.ndcg@3.md").read_text()
+    assert "★" in page and "held-out" in page
+    bad = CliRunner().invoke(app, ["compare", str(held_out.output), "--by", "colour"])
+    assert bad.exit_code == 2 and "--by must be one of" in bad.output
+
+
+def test_latency_pareto_front_is_exported(tmp_path, tiny_bert):
+    outcome = optimize(config(tmp_path, tiny_bert, "latency: pareto"), progress=False)
+    trials = pd.read_csv(outcome.output / "trials.csv")
+    assert (trials["seconds_per_query"] > 0).all()
+    front = pareto_front(trials["value"].to_numpy(), trials["seconds_per_query"].to_numpy())
+    assert trials["pareto"].tolist() == front.tolist()
+    exported = sorted(p.name for p in (outcome.output / "pareto").glob("*.yaml"))
+    assert exported == sorted(f"trial-{t}.yaml" for t in trials.loc[front, "trial"])
+    stored = optuna.load_study(study_name="space", storage=f"sqlite:///{outcome.output / 'study.db'}")
+    assert [d.name for d in stored.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert outcome.best_value == trials.loc[front, "value"].max()
+
+
+def test_latency_budget_keeps_the_winner_under_it(tmp_path, tiny_bert):
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    first = optimize(config(tmp_path / "a", tiny_bert, ""), progress=False)
+    trials = pd.read_csv(first.output / "trials.csv")
+    budget = float(trials["seconds_per_query"].median())
+    outcome = optimize(config(tmp_path / "b", tiny_bert, f"latency_budget: {budget}"), progress=False)
+    trials = pd.read_csv(outcome.output / "trials.csv")
+    best = trials.set_index("trial").loc[yaml.safe_load((outcome.output / "best.yaml").read_text())
+                                         ["evaluation"]["trial"]]
+    assert best["seconds_per_query"] <= budget and best["feasible"]
+    assert best["value"] == trials.loc[trials["feasible"], "value"].max()
+    with pytest.raises(StudyError, match="latency_budget"):
+        optimize(config(tmp_path / "c", tiny_bert, "latency_budget: 1.0e-12"), progress=False)
+
+
+def test_latency_probe_redoes_query_work_without_caching_it(tmp_path, tiny_bert):
+    path = config(tmp_path, tiny_bert, "")
+    loaded, _ = load_config(path)
+    qa, corpus = load_dataset(**loaded.data.model_dump())
+    engine = Engine(corpus, Cache(tmp_path / "cache"), "cpu")
+    spec = suggest_pipeline(loaded, lambda name, options: "hybrid" if name == "retriever" else
+                            options[0] if isinstance(options, list) else options.low)
+    engine.run(spec, qa.queries)
+    files = sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    seconds = engine.seconds_per_query(spec, qa.queries, np.arange(8))
+    assert sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file()) == files
+    leaves = [PipelineSpec(retriever=part, top_k=spec.top_k) for part in spec.retriever.components()]
+    assert seconds > 0
+    assert seconds == sum(engine.seconds_per_query(leaf, qa.queries, np.arange(8)) for leaf in leaves)
+
+
+def test_bad_study_settings_are_refused(tmp_path, tiny_bert):
+    for study, message in (("folds: 1", "folds: give 0"), ("latency: pareto, pruner: wilcoxon", "single-objective"),
+                           ("holdout: 1.0", "holdout")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(config(tmp_path, tiny_bert, study))
+
+
+def test_report_command_renders_the_study_with_every_plot_visible(held_out):
+    from browser import inspect, require_chromium
+    from test_report import CHECK
+
+    browser = require_chromium()
+    result = CliRunner().invoke(app, ["report", str(held_out.output), "--by", "tokenizer"])
+    assert result.exit_code == 0, result.output
+    path = held_out.output / "report.html"
+    assert f"report: {path}" in result.output.replace("\n", "")
+    verdict = inspect(browser, path, CHECK, held_out.output / "report.png")
+    plots = {plot["id"]: plot for plot in verdict["plots"]}
+    assert list(plots) == ["fig-matrix", "fig-curves", "fig-pareto", "fig-history", "fig-importance"]
+    for plot in plots.values():
+        assert plot["shown"] and plot["width"] > 600 and plot["height"] > 150 and plot["svgs"] >= 2, plot
+    assert verdict["errors"] == []
+    matrix = pd.read_csv(held_out.output / "trials.csv")
+    choices = matrix["choice.tokenizer"].nunique()
+    assert len(plots["fig-matrix"]["cells"]) == choices * 5  # (all) and four domains
+    assert sum("★" in cell for cell in plots["fig-matrix"]["cells"]) == 5
+    assert plots["fig-history"]["points"] == len(matrix)
+    assert plots["fig-pareto"]["points"] == len(matrix)
+    assert len(verdict["pipelines"]) == len(matrix)
