@@ -91,7 +91,7 @@ class Cache:
         self.root = Path(root) if root is not None else None
         self._memory: Memo[Any] = Memo(1 << 20, memory_bytes)
         self.misses: list[tuple[str, str]] = []
-        self._storing = True
+        self._unstored = 0
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -99,18 +99,18 @@ class Cache:
     def unstored(self) -> Iterator[None]:
         """Within this block, entries found are used but new ones are computed and dropped: a
         latency probe measures query-side work without filling the cache with it."""
-        self._storing = False
+        self._unstored += 1
         try:
             yield
         finally:
-            self._storing = True
+            self._unstored -= 1
 
     def _path(self, kind: str, key: str, suffix: str) -> Path | None:
         return None if self.root is None else self.root / kind / f"{key}{suffix}"
 
     def arrays(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Named arrays stored together as one .npz; computed on a miss."""
-        if not self._storing:
+        if self._unstored:
             if (kind, key) in self._memory:
                 return self._memory.get((kind, key), compute)[0]
             path = self._path(kind, key, ".npz")
@@ -130,7 +130,7 @@ class Cache:
 
     def scores(self, kind: str, key: str) -> "ScoreTable":
         """A growing table of float scores keyed by 64-bit pair hashes (reranker scores)."""
-        if not self._storing:
+        if self._unstored:
             return ScoreTable(None)
         folder = None if self.root is None else self.root / kind / key
         return self._memory.get((kind, key), lambda: ScoreTable(folder, lambda: self.misses.append((kind, key))))[0]

@@ -126,7 +126,8 @@ def compare_command(
             raise UserError(f"--by must be one of {list(BY)}; got {by!r}")
         results = StudyResults.load(output)
         study = results.manifest
-        settings = Settings(confidence or study["confidence"], resamples, study["seed"] if seed is None else seed)
+        settings = Settings(study["confidence"] if confidence is None else confidence, resamples,
+                            study["seed"] if seed is None else seed)
         tables = write_comparison(output, results, metric, by, top, settings)  # type: ignore[arg-type]
     except UserError as error:
         _fail(error)
@@ -137,12 +138,12 @@ def compare_command(
 
 
 def _print_winners(frame: Any, metric: str, on: str) -> None:
-    table = Table("domain", "questions", "pipeline", f"{metric} ({on})", "margin over runner-up", "significant",
-                  title="best pipeline per domain")
+    table = Table("domain", "questions (selection / scored)", "pipeline", f"{metric} ({on})",
+                  "margin over runner-up", "significant", title="best pipeline per domain")
     for r in frame.itertuples():
         margin = "" if r.margin != r.margin else f"{r.margin:+.4f} [{r.margin_low:+.3f}, {r.margin_high:+.3f}]"
         verdict = "" if r.margin != r.margin else ("yes" if r.significant else "no") + f" (p={r.p_holm:.3g})"
-        table.add_row(escape(str(r.domain)), f"{r.questions}" + ("" if r.enough else " (few)"),
+        table.add_row(escape(str(r.domain)), f"{r.questions} / {r.scored_on}" + ("" if r.enough else " (few)"),
                       escape(r.pipeline), f"{r.score:.4f} [{r.low:.3f}, {r.high:.3f}]", margin, verdict)
     console.print(table)
 

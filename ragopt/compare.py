@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ragopt.errors import StudyError
+from ragopt.selection import TIE_DECIMALS
 from ragopt.stats import bootstrap_ci, holm, paired_test
 
 ALL = "(all)"
@@ -39,6 +40,12 @@ class Settings:
     confidence: float = 0.95
     resamples: int = 10_000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.confidence < 1:
+            raise StudyError(f"confidence must be between 0.5 and 1 (e.g. 0.95); got {self.confidence}")
+        if self.resamples < 100:
+            raise StudyError(f"resamples must be at least 100 (10000 recommended); got {self.resamples}")
 
     @property
     def alpha(self) -> float:
@@ -77,8 +84,8 @@ class StudyResults:
 
     def values(self, metric: str) -> np.ndarray:
         """(questions x trials) values of a per-question column, trials in trials.csv order."""
-        if metric not in self.per_question:
-            known = [c for c in self.per_question.columns if c == "objective" or "@" in c]
+        known = [c for c in self.per_question.columns if c == "objective" or "@" in c]
+        if metric not in known:
             raise StudyError(f"unknown metric {metric!r}; choose from {known}")
         wide = self.per_question.pivot(index="qid", columns="trial", values=metric)
         return wide.loc[self.questions["qid"], self.trials["trial"]].to_numpy(np.float64)
@@ -99,9 +106,22 @@ class StudyResults:
         return selection, (split == "holdout") if self.has_holdout else selection
 
 
+def _eligible(results: StudyResults) -> np.ndarray:
+    """Which trials may win: those within the study's latency budget (all without one)."""
+    trials = results.trials
+    return trials["feasible"].to_numpy(bool) if "feasible" in trials else np.ones(len(trials), dtype=bool)
+
+
 def _distinct(results: StudyResults) -> np.ndarray:
-    """Trial positions with one trial per distinct pipeline (the earliest)."""
-    return np.flatnonzero(~results.trials["pipeline"].duplicated().to_numpy())
+    """Positions of the eligible trials, one per distinct pipeline (the earliest)."""
+    first = ~results.trials["pipeline"].duplicated().to_numpy()
+    return np.flatnonzero(first & _eligible(results))
+
+
+def _ranked(positions: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Positions by mean, best first, the earliest of equal means first (means equal up to
+    rounding in the last bits count as equal, however they were summed)."""
+    return positions[np.lexsort((positions, -np.round(means, TIE_DECIMALS)))]
 
 
 def _scored(values: np.ndarray, settings: Settings) -> tuple[float, float, float]:
@@ -124,8 +144,7 @@ def winners(results: StudyResults, metric: str = "objective", settings: Settings
         chosen_on, scored_on = selection & mask, evaluation & mask
         if not chosen_on.any() or not scored_on.any():
             continue
-        means = values[chosen_on][:, candidates].mean(axis=0)
-        order = candidates[np.lexsort((candidates, -means))]
+        order = _ranked(candidates, values[chosen_on][:, candidates].mean(axis=0))
         best, runner = order[0], order[1] if len(order) > 1 else None
         score, low, high = _scored(values[scored_on, best], settings)
         row = {"domain": domain, "questions": int(chosen_on.sum()), "enough": int(chosen_on.sum()) >= min_questions,
@@ -157,8 +176,9 @@ def runner_ups(results: StudyResults, metric: str = "objective", top: int = 10,
     values = results.values(metric)
     selection, evaluation = results.sides()
     candidates = _distinct(results)
-    means = values[selection][:, candidates].mean(axis=0)
-    order = candidates[np.lexsort((candidates, -means))][: top + 1]
+    if top < 1:
+        raise StudyError(f"--top must be at least 1; got {top}")
+    order = _ranked(candidates, values[selection][:, candidates].mean(axis=0))[: top + 1]
     best = order[0]
     rows = []
     for position in order:
@@ -191,17 +211,16 @@ def choice_matrix(results: StudyResults, metric: str = "objective", by: By = "mo
     values = results.values(metric)
     selection, evaluation = results.sides()
     choices = results.trials[f"choice.{by}"].astype(str).to_numpy()
+    eligible = _eligible(results)
     rows = []
     for domain, mask in results.groups().items():
         chosen_on, scored_on = selection & mask, evaluation & mask
         if not chosen_on.any() or not scored_on.any():
             continue
         means = values[chosen_on].mean(axis=0)
-        picks = {}
-        for choice in sorted(set(choices)):
-            members = np.flatnonzero(choices == choice)
-            picks[choice] = members[np.lexsort((members, -means[members]))][0]
-        best_choice = min(picks, key=lambda c: (-means[picks[c]], picks[c]))
+        picks = {choice: _ranked(members, means[members])[0] for choice in sorted(set(choices[eligible]))
+                 if len(members := np.flatnonzero((choices == choice) & eligible))}
+        best_choice = min(picks, key=lambda c: (-round(means[picks[c]], TIE_DECIMALS), picks[c]))
         best = picks[best_choice]
         domain_rows = []
         for choice, pick in picks.items():

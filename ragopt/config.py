@@ -47,8 +47,9 @@ class StudyConfig(StrictModel):
     """Optuna settings. storage defaults to a SQLite file in the output folder, so rerunning the
     same command resumes the study; grid enumerates the whole space and ignores n_trials.
     holdout keeps a share of every domain's questions out of the selection to score the winner on;
-    folds reports the held-out score of selecting among the trials by k-fold; latency: pareto
-    optimizes quality and seconds per query together, latency_budget keeps the winner under it."""
+    folds reports the held-out score of selecting among the trials by k-fold; every pipeline's
+    seconds per question are measured (latency: off skips it), latency: pareto optimizes them
+    with quality, latency_budget keeps the winner under a limit."""
 
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     n_trials: int = Field(50, ge=1)
@@ -64,13 +65,21 @@ class StudyConfig(StrictModel):
     per_domain: bool = False
     min_domain_questions: int = Field(20, ge=2)
     confidence: float = Field(0.95, gt=0.5, lt=1)
-    latency: Literal["none", "pareto"] = "none"
+    latency: Literal["measure", "pareto", "off"] = "measure"
     latency_budget: float | None = Field(None, gt=0)
+
+    @field_validator("latency", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare `off` (and `false`) as False."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _compatible(self) -> "StudyConfig":
         if self.folds == 1:
             raise ValueError("folds: give 0 (no k-fold selection) or at least 2")
+        if self.latency == "off" and self.latency_budget is not None:
+            raise ValueError("latency_budget needs the latency measured: remove latency: off")
         if self.latency == "pareto" and self.pruner != "none":
             raise ValueError("pruner: Optuna prunes single-objective studies only; use pruner: none with "
                              "latency: pareto, or latency_budget for one objective under a latency limit")

@@ -99,14 +99,14 @@ def per_question_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[
                        objectives: list[np.ndarray], qa: QASet, held: np.ndarray, folds: np.ndarray | None
                        ) -> pd.DataFrame:
     """One row per (trial, question): the question's id, domain, split ('selection' or 'holdout')
-    and fold, its objective value and every metric at every k (float32), the values the trial's
-    means are averages of."""
+    and fold, its objective value (float64, what trials are ranked by) and every metric at every k
+    (float32), the values the trial's means are averages of."""
     frames = []
     split = np.where(held, "holdout", "selection")
     for (trial, _), per_question, objective in zip(trials, values, objectives):
-        frame = pd.DataFrame({"objective": objective.astype(np.float32),
+        frame = pd.DataFrame({"objective": objective,
                               **{k: v.astype(np.float32) for k, v in per_question.items()}})
-        frame.insert(0, "fold", np.int8(-1) if folds is None else folds.astype(np.int8))
+        frame.insert(0, "fold", np.int32(-1) if folds is None else folds.astype(np.int32))
         frame.insert(0, "split", split)
         if qa.domains is not None:
             frame.insert(0, "domain", qa.domains)

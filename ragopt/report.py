@@ -39,6 +39,7 @@ class ReportData:
     study: Optional[optuna.Study]  # for the optimization history and the parameter importances
     best_yaml: str  # the exported best.yaml, shown verbatim
     confidence: float = 0.95  # the level of the intervals shown
+    best_trial: Optional[int] = None  # the exported winner's trial (default: the highest value)
 
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -121,8 +122,8 @@ def render(data: ReportData) -> str:
         ("best", "Exported best.yaml", "The winner as `ragopt query` and `ragopt.load_pipeline` read it.",
          f'<pre class="yaml">{html.escape(data.best_yaml)}</pre>'),
         *plots,
-        ("trials", "All trials", "Click a column header to sort by it (again to reverse); the best trial is green.",
-         _table_html(data.trials)),
+        ("trials", "All trials", "Click a column header to sort by it (again to reverse); the winner is green.",
+         _table_html(data.trials, data.best_trial)),
     ]
     nav = " ".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title, _, _ in sections)
     body = "\n".join(f'<section id="{key}"><h2>{html.escape(title)}</h2><p class="how">{html.escape(how)}</p>'
@@ -176,11 +177,14 @@ def _cell(value: Any) -> tuple[str, str]:
     return html.escape(str(value)), "text" if len(str(value)) > 40 else ""
 
 
-def _table_html(trials: pd.DataFrame) -> str:
-    """Every trial, sortable by any column; rows of the best value are marked."""
+def _table_html(trials: pd.DataFrame, best_trial: Optional[int] = None) -> str:
+    """Every trial, sortable by any column; the winner's row (or the rows of the best value) marked."""
     if trials.empty:
         return _note("No finished trial.")
-    best = trials["value"] == trials["value"].max() if "value" in trials else [False] * len(trials)
+    if best_trial is not None:
+        best = trials["trial"] == best_trial
+    else:
+        best = trials["value"] == trials["value"].max() if "value" in trials else [False] * len(trials)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in trials.columns)
     rows = []
     for values, marked in zip(trials.itertuples(index=False, name=None), best):

@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from ragopt.compare import By, Settings, StudyResults, choice_matrix
+from ragopt.errors import StudyError
 from ragopt.report import ReportData, write_report
 from ragopt.stats import bootstrap_ci
 
@@ -83,15 +84,18 @@ def build_report(output: str | Path, path: str | Path, metric: str = "objective"
     results = StudyResults.load(output)
     manifest = results.manifest
     settings = Settings(manifest["confidence"], seed=manifest["seed"])
+    if not (output / "best.yaml").exists():
+        raise StudyError(f"{output} has no best.yaml: the study found no winner; see its summary or rerun it")
     best_text = (output / "best.yaml").read_text(encoding="utf-8")
     best = yaml.safe_load(best_text)
     best["pipeline_text"] = results.trials.loc[results.trials["trial"] == manifest["best_trial"], "pipeline"].iloc[0]
     trials = results.trials
     pareto = pd.DataFrame({"trial": trials["trial"], "pipeline": trials["pipeline"], "quality": trials["value"],
-                           "seconds_per_query": trials["seconds_per_query"], "front": trials["pareto"]})
+                           "seconds_per_query": trials["seconds_per_query"], "front": trials["pareto"]}
+                          ).dropna(subset=["seconds_per_query"])
     data = ReportData(
         title=f"{manifest['config']}: {len(trials)} trials", facts=_facts(results, best), trials=trials,
         matrix=choice_matrix(results, metric, by, settings), matrix_by=by, metric=metric,
         curves=curves(results, TOP_CURVES, settings), pareto=pareto, study=_study(output, manifest),
-        best_yaml=best_text, confidence=settings.confidence)
+        best_yaml=best_text, confidence=settings.confidence, best_trial=int(manifest["best_trial"]))
     return write_report(path, data)

@@ -11,10 +11,15 @@ import numpy as np
 from ragopt.errors import StudyError
 from ragopt.splits import HOLDOUT
 
+TIE_DECIMALS = 9
+"""Means are compared to this many decimals, so that the order in which a mean was summed (or
+float32 storage) never decides between pipelines that tie."""
+
 
 def feasible(seconds: np.ndarray, budget: float | None) -> np.ndarray:
-    """The trials within the latency budget (all of them without one)."""
-    return np.ones(len(seconds), dtype=bool) if budget is None else seconds <= budget
+    """The trials within the latency budget (all of them without one; none whose time was not
+    measured with one)."""
+    return np.ones(len(seconds), dtype=bool) if budget is None else np.nan_to_num(seconds, nan=np.inf) <= budget
 
 
 def best_index(values: np.ndarray, seconds: np.ndarray, budget: float | None = None) -> int:
@@ -24,13 +29,15 @@ def best_index(values: np.ndarray, seconds: np.ndarray, budget: float | None = N
     if not allowed.any():
         raise StudyError(f"no pipeline answers within latency_budget {budget} s per question; the fastest took "
                          f"{seconds.min():.4g} s. Raise the budget or add faster pipelines to the space.")
-    return int(np.argmax(np.where(allowed, values, -np.inf)))
+    return int(np.argmax(np.where(allowed, np.round(values, TIE_DECIMALS), -np.inf)))
 
 
 def pareto_front(values: np.ndarray, seconds: np.ndarray, budget: float | None = None) -> np.ndarray:
     """True for the trials no other trial beats on both quality (higher) and seconds per question
-    (lower) while matching the other; among trials with equal value and time, the earliest."""
-    allowed = np.flatnonzero(feasible(seconds, budget))
+    (lower) while matching the other; among trials with equal value and time, the earliest. Trials
+    whose time was not measured (NaN) are on no front."""
+    allowed = np.flatnonzero(feasible(seconds, budget) & np.isfinite(seconds))
+    values = np.round(values, TIE_DECIMALS)
     order = allowed[np.lexsort((allowed, -values[allowed], seconds[allowed]))]
     front = np.zeros(len(values), dtype=bool)
     best = -np.inf

@@ -70,13 +70,12 @@ def default_output(config_path: Path) -> Path:
     return config_path.resolve().parent / f"{config_path.stem}-output"
 
 
-def _space_fingerprint(config: Config, qa: QASet, corpus: Corpus) -> str:
+def _space_fingerprint(config: Config, qa: QASet, corpus: Corpus, held: np.ndarray) -> str:
     """What a stored study must share with this run to be resumed: the space, the data content,
-    the questions trials are selected on and the objectives."""
+    the questions trials are selected on (the held-out ones, when any) and the objectives."""
     space = config.model_dump(mode="json", include={"retrievers", "rerankers", "top_k", "optimize"})
-    study = config.study
-    split = {"holdout": study.holdout, "seed": study.seed} if study.holdout else {}
-    return cache_key(space, corpus.key, qa.queries.key, qa.qids, qa.groups, split, study.latency)
+    split = np.flatnonzero(held).tolist() if held.any() else []
+    return cache_key(space, corpus.key, qa.queries.key, qa.qids, qa.groups, split, config.study.latency == "pareto")
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -99,13 +98,11 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
     every suggestion would cost more than a cached trial itself. An explicit storage URL (e.g.
     PostgreSQL, shared by several workers) is used directly so workers see each other's trials.
     """
-    budget = config.study.latency_budget
-    constraints = None if budget is None else lambda trial: _over_budget(trial, budget)
     if config.study.sampler == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-                seed=config.study.seed, multivariate=True, group=True, constraints_func=constraints)
+                seed=config.study.seed, multivariate=True, group=True)
     else:
         sampler = optuna.samplers.RandomSampler(seed=config.study.seed)
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
@@ -147,10 +144,17 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
     return working, durable
 
 
-def _over_budget(trial: optuna.trial.FrozenTrial, budget: float) -> list[float]:
-    """Optuna's constraint: seconds per question beyond the budget (feasible when <= 0)."""
-    record = trial.user_attrs.get(RECORD)
-    return [0.0 if record is None else TrialRecord.model_validate(record).seconds_per_query - budget]
+def _splits(config: Config, qa: QASet) -> tuple[np.ndarray, np.ndarray | None]:
+    """The held-out questions and the folds of the others, checked before any trial runs."""
+    study = config.study
+    if study.per_domain and qa.domains is None:
+        raise StudyError("study.per_domain needs each question's domain: set data.domain_column or "
+                         "data.domain_pattern")
+    held = holdout_mask(qa.domains, len(qa), study.holdout, study.seed)
+    try:
+        return held, fold_ids(qa.domains, held, study.folds, study.seed) if study.folds else None
+    except ValueError as error:
+        raise StudyError(f"study.folds: {error}; lower folds or holdout") from None
 
 
 def _latency_rows(qa: QASet, seed: int) -> np.ndarray:
@@ -192,10 +196,10 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine = Engine(corpus, Cache(config.cache_dir or output / "cache"), config.device, progress,
                     config.exact_search_max)
+    held, folds = _splits(config, qa)
     provenance = engine.provenance(config.models(), config.tokenizers())
     study, durable = _open_study(config, output, config.study.name or config_path.stem, fresh,
-                                 _space_fingerprint(config, qa, corpus), provenance)
-    held = holdout_mask(qa.domains, len(qa), config.study.holdout, config.study.seed)
+                                 _space_fingerprint(config, qa, corpus, held), provenance)
     evaluator = Evaluator(engine, qa, config.top_k, config.optimize, config.study.seed, config.study.prune_steps,
                           selection=~held)
     probe = _latency_rows(qa, config.study.seed)
@@ -216,7 +220,9 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
         else:
             scored, reused = evaluator.evaluate_pruned(spec, trial)
         value = evaluator.objective(scored, spec.top_k)
-        seconds = engine.seconds_per_query(spec, qa.queries, probe)
+        seconds = engine.seconds_per_query(spec, qa.queries, probe) if config.study.latency != "off" else np.nan
+        if config.study.latency_budget is not None:
+            trial.set_constraint("seconds_over_budget", seconds - config.study.latency_budget)
         durations.append(time.perf_counter() - start)
         record = TrialRecord.of(spec, scored.gains, scored.means(config.metrics), reused, seconds)
         trial.set_user_attr(RECORD, record.to_attr())
@@ -245,12 +251,13 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     seconds = {"first": warm_up + (durations[0] if durations else 0.0),
                "median": statistics.median(durations[1:]) if len(durations) > 1 else 0.0,
                "total": time.perf_counter() - started}
-    return _write_outputs(study, config, config_path, output, engine, evaluator, corpus, held, seconds, interrupted)
+    return _write_outputs(study, config, config_path, output, engine, evaluator, corpus, held, folds, seconds,
+                          interrupted)
 
 
 def _write_outputs(study: optuna.Study, config: Config, config_path: Path, output: Path, engine: Engine,
-                   evaluator: Evaluator, corpus: Corpus, held: np.ndarray, seconds: dict[str, float],
-                   interrupted: bool) -> Outcome:
+                   evaluator: Evaluator, corpus: Corpus, held: np.ndarray, folds: np.ndarray | None,
+                   seconds: dict[str, float], interrupted: bool) -> Outcome:
     """Every output file, derived from the stored trials: trials.csv, per_question.parquet,
     study.json, best.yaml (and per domain, and the Pareto front, when asked), summary.md."""
     qa, settings = evaluator.qa, Settings(config.study.confidence, seed=config.study.seed)
@@ -259,7 +266,6 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
         raise StudyError(f"study {study.study_name!r} has no completed trial; raise n_trials or timeout")
     values = [record.per_question(qa, config.top_k, tuple(config.metrics)) for _, record in trials]
     objectives = [evaluator.per_query_objective(v, record.pipeline.top_k) for v, (_, record) in zip(values, trials)]
-    folds = fold_ids(qa.domains, held, config.study.folds, config.study.seed) if config.study.folds else None
     table = trials_table(trials, values, objectives, held)
     per_question = per_question_table(trials, values, objectives, qa, held, folds)
     budget = config.study.latency_budget
@@ -268,32 +274,36 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     table["pareto"] = front
     if budget is not None:
         table["feasible"] = feasible(latency, budget)
-    best = best_index(quality, latency, budget)
     manifest = {"study": study.study_name, "config": config_path.name, "storage": config.study.storage,
                 "objective": dict(config.optimize), "metrics": config.metrics, "top_k": config.top_k,
                 "seed": config.study.seed, "confidence": config.study.confidence, "holdout": config.study.holdout,
                 "folds": config.study.folds, "latency": config.study.latency, "latency_budget": budget,
-                "min_domain_questions": config.study.min_domain_questions, "best_trial": int(table["trial"][best])}
+                "min_domain_questions": config.study.min_domain_questions}
     atomic_write(output / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
     atomic_write(output / "per_question.parquet", lambda tmp: per_question.to_parquet(tmp, index=False))
+    best = int(np.flatnonzero(front)[np.argmax(quality[front])]) if config.study.latency == "pareto" else \
+        best_index(quality, latency, budget)  # raises (after writing the tables) when no trial is within budget
+    manifest["best_trial"] = int(table["trial"][best])
     write_text(output / "study.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     results = StudyResults(table, per_question, manifest)
 
     objective = np.stack(objectives, axis=1)
     cv = kfold_selection(objective, folds, latency, budget) if folds is not None else None
     scoring = _scoring(results, best, objective, cv, settings)
-    _export(output / "best.yaml", trials[best], config, engine, scoring)
-    if config.study.per_domain and qa.domains is not None:
-        _export_domains(output / "per_domain", results, trials, config, engine, settings)
+    _export(output / "best.yaml", trials[best], config, engine, scoring, _at_k(values[best], ~held, held))
+    if config.study.per_domain:
+        _export_domains(output / "per_domain", results, trials, values, config, engine, settings)
     if config.study.latency == "pareto" or budget is not None:
         shutil.rmtree(output / "pareto", ignore_errors=True)
         for i in np.flatnonzero(front):
             _export(output / "pareto" / f"trial-{trials[i][0].number}.yaml", trials[i], config, engine,
-                    {"value": round(float(quality[i]), 6), "seconds_per_query": float(latency[i])})
+                    {"value": round(float(quality[i]), 6), "seconds_per_query": float(latency[i])},
+                    _at_k(values[i], ~held, held))
     spec = trials[best][1].pipeline
     metrics = {name: float(v[~held].mean()) for name, v in values[best].items()}
     write_summary(output / "summary.md", title=config_path.name, qa=qa, corpus=corpus, results=results, best=best,
-                  scoring=scoring, cv=cv, names=config.metrics, ks=config.top_k, seconds=seconds, settings=settings)
+                  scoring=scoring, cv=cv, names=config.metrics, ks=config.top_k, top_k=spec.top_k,
+                  seconds=seconds, settings=settings)
     n_pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     return Outcome(output, spec, float(quality[best]), metrics, len(table), interrupted, n_pruned,
                    scoring.get("holdout", {}).get("value"), cv.score if cv is not None else None)
@@ -322,30 +332,45 @@ def _scoring(results: StudyResults, best: int, objective: np.ndarray, cv: FoldSe
     return scoring
 
 
+def _at_k(values: dict[str, np.ndarray], selection: np.ndarray, held: np.ndarray) -> dict[str, dict[str, float]]:
+    """Every metric at every k: the mean on the selection questions and on the held-out ones."""
+    sides = {"selection": selection, "holdout": held}
+    return {side: {k: round(float(v[rows].mean()), 6) for k, v in values.items()} for side, rows in sides.items()
+            if rows.any()}
+
+
 def _export(path: Path, trial: tuple[optuna.trial.FrozenTrial, TrialRecord], config: Config, engine: Engine,
-            evaluation: dict[str, Any]) -> None:
-    """A best.yaml for one trial, with its scores and the provenance of its models."""
+            evaluation: dict[str, Any], metrics: dict[str, dict[str, float]]) -> None:
+    """A best.yaml for one trial, with its scores (the metrics at its k on each side of the
+    split) and the provenance of its models."""
     frozen, record = trial
     spec = record.pipeline
     path.parent.mkdir(parents=True, exist_ok=True)
-    metrics = {k: round(v, 6) for k, v in record.metrics.items() if k.endswith(f"@{spec.top_k}")}
+    at_k = {side: {k: v for k, v in means.items() if k.endswith(f"@{spec.top_k}")} for side, means in metrics.items()}
     write_best(path, Exported(spec, config.exact_search_max), {
-        "trial": frozen.number, "objective": dict(config.optimize), **evaluation, "metrics_at_k": metrics},
+        "trial": frozen.number, "objective": dict(config.optimize), **evaluation, "metrics_at_k": at_k},
         {**engine.provenance(spec.retriever.models() + ([spec.reranker.model] if spec.reranker else []),
                              spec.retriever.tokenizers()),
          "libraries": library_versions()})
 
 
-def _export_domains(folder: Path, results: StudyResults, trials: list[tuple[Any, TrialRecord]], config: Config,
-                    engine: Engine, settings: Settings) -> None:
+def _export_domains(folder: Path, results: StudyResults, trials: list[tuple[Any, TrialRecord]],
+                    values: list[dict[str, np.ndarray]], config: Config, engine: Engine, settings: Settings) -> None:
     """One best config per domain with at least min_domain_questions selection questions."""
     shutil.rmtree(folder, ignore_errors=True)
     table = winners(results, "objective", settings, config.study.min_domain_questions)
     position = {int(t.number): i for i, (t, _) in enumerate(trials)}
+    selection, _ = results.sides()
+    groups, names = results.groups(), set()
     for row in table[(table["domain"] != ALL) & table["enough"]].itertuples():
         scored_on = "holdout" if results.has_holdout else "selection"
-        _export(folder / f"{safe_name(row.domain)}.yaml", trials[position[row.trial]], config, engine, {
+        name = safe_name(row.domain)
+        name = next(f"{name}-{i}" for i in range(1, len(groups) + 2) if f"{name}-{i}" not in names) \
+            if name in names else name
+        names.add(name)
+        mask, i = groups[row.domain], position[row.trial]
+        _export(folder / f"{name}.yaml", trials[i], config, engine, {
             "domain": row.domain, "questions": int(row.questions), "value": round(float(row.selected), 6),
             scored_on: {"value": round(float(row.score), 6), "interval": [round(float(row.low), 6),
                                                                           round(float(row.high), 6)],
-                        "questions": int(row.scored_on)}})
+                        "questions": int(row.scored_on)}}, _at_k(values[i], selection & mask, ~selection & mask))

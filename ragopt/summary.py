@@ -48,11 +48,11 @@ def winners_markdown(frame: pd.DataFrame) -> str:
     for r in frame.itertuples():
         margin = "" if pd.isna(getattr(r, "margin", np.nan)) else \
             f"{r.margin:+.4f} [{r.margin_low:+.3f}, {r.margin_high:+.3f}]"
-        rows.append([str(r.domain), f"{r.questions}" + ("" if r.enough else " (few)"), str(r.trial),
+        rows.append([str(r.domain), f"{r.questions} / {r.scored_on}" + ("" if r.enough else " (few)"), str(r.trial),
                      f"`{r.pipeline}`", f"{r.selected:.4f}", interval(r.score, r.low, r.high), margin,
                      _verdict(getattr(r, "significant", False), getattr(r, "p_holm", np.nan))])
-    return table(["domain", "questions", "trial", "pipeline", "selected on", "scored", "margin over runner-up",
-                  "significant"], rows)
+    return table(["domain", "questions (selection / scored)", "trial", "pipeline", "selected on", "scored",
+                  "margin over runner-up", "significant"], rows)
 
 
 def runner_ups_markdown(frame: pd.DataFrame) -> str:
@@ -77,7 +77,7 @@ def matrix_markdown(frame: pd.DataFrame) -> str:
 
 
 def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results: StudyResults, best: int,
-                  scoring: dict[str, Any], cv: FoldSelection | None, names: list[str], ks: list[int],
+                  scoring: dict[str, Any], cv: FoldSelection | None, names: list[str], ks: list[int], top_k: int,
                   seconds: dict[str, float], settings: Settings) -> None:
     """The study in a page: the winner with intervals, on held-out questions when there are
     some, per domain, against the runners-up, and the time it took."""
@@ -102,13 +102,27 @@ def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results:
         lines.append(f"- held out ({held['questions']} questions, {manifest['holdout']:.0%} of each domain, never "
                      f"seen by the search): value {interval(held['value'], *held['interval'])}")
     if cv is not None:
+        chosen = scoring["folds"]["chosen_trials"]
+        note = ("every fold chose the winner, so the two agree by construction" if set(cv.chosen) == {best}
+                else f"trials chosen: {chosen}")
         lines.append(f"- {len(cv.chosen)}-fold selection: picking the best trial on {len(cv.chosen) - 1} folds "
                      f"scores {cv.score:.4f} on the fold left out (mean over folds; the winner's own value above "
-                     f"is {scoring['value']:.4f})")
-    lines.append(f"- {scoring['seconds_per_query'] * 1000:.2f} ms per question (a batch of unseen questions, "
-                 "models loaded, nothing query-side cached)\n")
+                     f"is {scoring['value']:.4f}; {note})")
+    latency = scoring["seconds_per_query"]
+    lines.append(f"- {latency * 1000:.2f} ms per question (a batch of unseen questions, models loaded, nothing "
+                 "query-side cached)\n" if np.isfinite(latency) else "- latency not measured (study.latency: off)\n")
     values = {c: per_question[c].to_numpy(np.float64)[evaluation] for c in per_question if "@" in c}
     lines.append(f"Its metrics on {scored_on}:\n\n" + metric_grid(values, names, ks, settings))
+    if len(groups := results.groups()) > 1:
+        columns = [f"{n}@{top_k}" for n in names]
+        rows = []
+        for domain, mask in groups.items():
+            means, lows, highs = bootstrap_ci(np.stack([values[c][mask[evaluation]] for c in columns], axis=1),
+                                              confidence=settings.confidence, seed=settings.seed)
+            rows.append([domain, str(int((mask & evaluation).sum())), *map(interval, means, lows, highs)])
+        lines.append(f"### The winner's scores per domain, at k={top_k}\n\nThe overall winner on each domain's "
+                     f"share of {scored_on} (not each domain's own winner: see below).\n\n"
+                     + table(["domain", "questions", *names], rows))
     top = runner_ups(results, "objective", 5, settings)
     lines.append(f"## The winner against the runners-up\n\nSelected on the selection questions, scored on {scored_on}; "
                  "'winner significantly better' says whether the difference is real at the "

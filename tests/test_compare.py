@@ -91,3 +91,21 @@ def test_unknown_metric_names_the_known_ones(tmp_path):
         results.values("ndcg@7")
     with pytest.raises(StudyError, match="ragopt optimize"):
         StudyResults.load(tmp_path)
+
+
+def test_trials_over_the_latency_budget_never_win():
+    values = np.stack([X, Y, np.full(40, 0.5)], axis=1)
+    results = results_of(values, ["x", "y", "z"], DOMAINS)
+    results.trials["feasible"] = [False, True, True]  # x, the best everywhere, is too slow
+    table = winners(results, "objective", SETTINGS).set_index("domain")
+    assert 0 not in table["trial"].tolist()
+    assert table.loc["법률", "trial"] == 2  # z (0.5) beats y (0.0) where x would have won
+    assert runner_ups(results, "objective", 5, SETTINGS)["trial"].tolist() == [2, 1]
+    matrix = choice_matrix(results, "objective", "model", SETTINGS)
+    assert "x" not in set(matrix["choice"])
+
+
+def test_ties_are_decided_by_trial_order_not_by_rounding():
+    tied = np.full(40, 0.1) + np.full(40, 0.2)  # 0.30000000000000004 on every question
+    results = results_of(np.stack([np.full(40, 0.3), tied], axis=1), ["a", "b"], DOMAINS)
+    assert winners(results, "objective", SETTINGS)["trial"].tolist() == [0, 0, 0]

@@ -20,9 +20,9 @@ from ragopt.data import load_dataset
 from ragopt.engine import Engine
 from ragopt.errors import ConfigError, StudyError
 from ragopt.export import read_best
+from ragopt.retrievers import bm25 as bm25_module
 from ragopt.selection import pareto_front
 from ragopt.space import suggest_pipeline
-from ragopt.spec import PipelineSpec
 from ragopt.splits import HOLDOUT
 from ragopt.study import optimize
 
@@ -35,11 +35,12 @@ retrievers:
   - {name: hybrid, type: hybrid, retrievers: [bm25, dense], fusion: [rrf, convex], depth: 20}
 top_k: [1, 3, 5]
 optimize: {f1: 1.0, ndcg: 1.0}
-study: {n_trials: 25, seed: 5, @STUDY@}
+study: {seed: 5, @STUDY@}
 """
 
 
 def config(folder: Path, tiny_bert: Path, study: str) -> Path:
+    study = study if "n_trials" in study else f"n_trials: 25, {study}"
     return write_config(folder / "space.yaml", SPACE.replace("@TINY_BERT@", str(tiny_bert)).replace("@STUDY@", study))
 
 
@@ -75,6 +76,13 @@ def test_best_yaml_records_the_held_out_score_next_to_the_selection_score(held_o
     assert evaluation["holdout"]["questions"] == 16 and evaluation["questions"] == 32
     low, high = evaluation["holdout"]["interval"]
     assert low <= evaluation["holdout"]["value"] <= high and low < high
+    per_question = pd.read_parquet(held_out.output / "per_question.parquet")
+    rows = per_question[per_question["trial"] == evaluation["trial"]]
+    k = read_best(held_out.output / "best.yaml").top_k
+    for side in ("selection", "holdout"):
+        means = rows[rows["split"] == side][[f"ndcg@{k}", f"hit@{k}"]].mean()
+        assert evaluation["metrics_at_k"][side][f"ndcg@{k}"] == pytest.approx(means[f"ndcg@{k}"], abs=1e-6)
+        assert evaluation["metrics_at_k"][side][f"hit@{k}"] == pytest.approx(means[f"hit@{k}"], abs=1e-6)
 
 
 def test_kfold_selection_by_hand(held_out):
@@ -107,6 +115,9 @@ def test_one_config_per_domain_chosen_on_its_own_questions(held_out):
         assert evaluation["domain"] == path.stem and evaluation["questions"] == 8
         assert evaluation["value"] == pytest.approx(means.max(), abs=1e-6)
         assert evaluation["trial"] == int(means.idxmax())
+        k = read_best(path).top_k
+        domain = rows[rows["trial"] == evaluation["trial"]]
+        assert evaluation["metrics_at_k"]["selection"][f"f1@{k}"] == pytest.approx(domain[f"f1@{k}"].mean(), abs=1e-6)
         assert read_best(path).describe() == trials.set_index("trial").loc[evaluation["trial"], "pipeline"]
     hits = load_pipeline(folder / "law.yaml", KO_MINI / "corpus.jsonl").retrieve("전세 계약")[0]
     assert hits and hits[0].rank == 1
@@ -137,6 +148,8 @@ def test_latency_pareto_front_is_exported(tmp_path, tiny_bert):
     stored = optuna.load_study(study_name="space", storage=f"sqlite:///{outcome.output / 'study.db'}")
     assert [d.name for d in stored.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert outcome.best_value == trials.loc[front, "value"].max()
+    winner = yaml.safe_load((outcome.output / "best.yaml").read_text())["evaluation"]["trial"]
+    assert trials.set_index("trial").loc[winner, "pareto"]  # the best quality of the front, not a slower equal
 
 
 def test_latency_budget_keeps_the_winner_under_it(tmp_path, tiny_bert):
@@ -152,10 +165,11 @@ def test_latency_budget_keeps_the_winner_under_it(tmp_path, tiny_bert):
     assert best["seconds_per_query"] <= budget and best["feasible"]
     assert best["value"] == trials.loc[trials["feasible"], "value"].max()
     with pytest.raises(StudyError, match="latency_budget"):
-        optimize(config(tmp_path / "c", tiny_bert, "latency_budget: 1.0e-12"), progress=False)
+        optimize(config(tmp_path / "c", tiny_bert, "latency_budget: 1.0e-12, n_trials: 4"), progress=False)
+    assert len(pd.read_csv(tmp_path / "c" / "space-output" / "trials.csv")) == 4  # what the trials cost is kept
 
 
-def test_latency_probe_redoes_query_work_without_caching_it(tmp_path, tiny_bert):
+def test_latency_probe_redoes_query_work_without_caching_it(tmp_path, tiny_bert, monkeypatch):
     path = config(tmp_path, tiny_bert, "")
     loaded, _ = load_config(path)
     qa, corpus = load_dataset(**loaded.data.model_dump())
@@ -164,11 +178,20 @@ def test_latency_probe_redoes_query_work_without_caching_it(tmp_path, tiny_bert)
                             options[0] if isinstance(options, list) else options.low)
     engine.run(spec, qa.queries)
     files = sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    tokenized = []
+    original = bm25_module.tokens_of
+    monkeypatch.setattr(bm25_module, "tokens_of", lambda tokenizer, texts, key, *rest: tokenized.append(key)
+                        or original(tokenizer, texts, key, *rest))
     seconds = engine.seconds_per_query(spec, qa.queries, np.arange(8))
-    assert sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file()) == files
-    leaves = [PipelineSpec(retriever=part, top_k=spec.top_k) for part in spec.retriever.components()]
     assert seconds > 0
-    assert seconds == sum(engine.seconds_per_query(leaf, qa.queries, np.arange(8)) for leaf in leaves)
+    assert len(tokenized) == 4 and all(key.startswith("unseen:") for key in tokenized)  # a warm-up and 3 runs
+    assert sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file()) == files
+    bm25 = spec.retriever.components()[0]
+    other = spec.model_copy(update={"retriever": spec.retriever.model_copy(update={
+        "rrf_k": 7, "retrievers": [bm25.model_copy(update={"k1": bm25.k1 + 0.3}), spec.retriever.components()[1]]})})
+    assert other.key() != spec.key()
+    assert engine.seconds_per_query(other, qa.queries, np.arange(8)) == seconds  # the same work, measured once
+    assert len(tokenized) == 4
 
 
 def test_bad_study_settings_are_refused(tmp_path, tiny_bert):
@@ -200,3 +223,56 @@ def test_report_command_renders_the_study_with_every_plot_visible(held_out):
     assert plots["fig-history"]["points"] == len(matrix)
     assert plots["fig-pareto"]["points"] == len(matrix)
     assert len(verdict["pipelines"]) == len(matrix)
+
+
+def test_summary_gives_every_metric_per_domain_with_intervals_on_held_out_questions(held_out):
+    summary = (held_out.output / "summary.md").read_text()
+    section = summary.split("### The winner's scores per domain, at k=")[1].split("##")[0]
+    assert "each domain's share of the held-out questions" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "[" in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["(all)", "finance", "law", "medical", "tech"]
+    assert all(row.split(" | ")[1] == "4" for row in rows[1:])  # four held-out questions per domain
+
+
+def test_latency_off_measures_nothing(tmp_path, tiny_bert, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the latency probe ran")
+
+    monkeypatch.setattr(Engine, "seconds_per_query", refuse)
+    outcome = optimize(config(tmp_path, tiny_bert, "latency: off, n_trials: 6"), progress=False)
+    trials = pd.read_csv(outcome.output / "trials.csv")
+    assert trials["seconds_per_query"].isna().all() and not trials["pareto"].any()
+    assert "latency not measured (study.latency: off)" in (outcome.output / "summary.md").read_text()
+    with pytest.raises(ConfigError, match="latency_budget needs the latency measured"):
+        load_config(config(tmp_path, tiny_bert, "latency: off, latency_budget: 0.1"))
+
+
+def test_studies_that_cannot_work_stop_before_any_trial(tmp_path, tiny_bert):
+    with pytest.raises(StudyError, match="study.folds: 40 folds need at least 40 selection questions"):
+        optimize(config(tmp_path, tiny_bert, "holdout: 0.3, folds: 40"), progress=False)
+    assert not list((tmp_path / "space-output" / "runs").glob("*.trec"))
+    no_domains = SPACE.replace(", domain_column: domain", "")
+    path = write_config(tmp_path / "plain.yaml", no_domains.replace("@TINY_BERT@", str(tiny_bert)).replace(
+        "@STUDY@", "n_trials: 3, per_domain: true"))
+    with pytest.raises(StudyError, match="per_domain needs each question's domain"):
+        optimize(path, progress=False)
+
+
+def test_a_resumed_study_refuses_another_holdout_split(tmp_path, tiny_bert):
+    no_domains = SPACE.replace(", domain_column: domain", "").replace("@TINY_BERT@", str(tiny_bert))
+    path = write_config(tmp_path / "space.yaml", no_domains.replace("@STUDY@", "n_trials: 3, holdout: 0.3"))
+    optimize(path, progress=False)
+    config(tmp_path, tiny_bert, "n_trials: 4, holdout: 0.3")  # the same study, now stratified by domain
+    with pytest.raises(StudyError, match="different data set or search space"):
+        optimize(path, progress=False)
+
+
+def test_compare_and_report_errors_are_one_line(held_out, tmp_path):
+    runner = CliRunner()
+    for args, message in ((["--metric", "split"], "unknown metric 'split'"), (["--confidence", "1.5"], "confidence"),
+                          (["--top", "0"], "--top must be at least 1"), (["--resamples", "5"], "resamples")):
+        result = runner.invoke(app, ["compare", str(held_out.output), *args])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    for command in ("compare", "report"):
+        result = runner.invoke(app, [command, str(tmp_path)])
+        assert result.exit_code == 2 and "ragopt optimize" in result.output.replace("\n", "")

@@ -67,3 +67,9 @@ def test_kfold_selection_scores_each_choice_on_the_fold_it_did_not_see():
     assert result.chosen == [1, 0]
     assert result.held_out == [0.0, 0.0]
     assert result.score == 0.0  # while the best trial's in-sample value is 0.5
+
+
+def test_means_equal_up_to_the_last_bits_tie_and_the_earliest_wins():
+    values = np.array([0.3, 0.1 + 0.2])  # 0.3 and 0.30000000000000004
+    assert best_index(values, np.zeros(2)) == 0
+    assert pareto_front(values, np.array([0.1, 0.1])).tolist() == [True, False]

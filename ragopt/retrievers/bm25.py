@@ -32,6 +32,8 @@ NEGATIVE_IDF_METHODS = ("robertson",)
 no lower bound of 0."""
 QUERY_SETS_KEPT = 64
 """Query sets whose term matrices a BM25 index keeps (a served pipeline sees a new set per request)."""
+WEIGHTS_KEPT = 2
+"""Weighted term matrices (one per method, k1, b, delta) kept: a served pipeline weights once."""
 
 
 class BM25Spec(RetrieverSpec):
@@ -207,6 +209,8 @@ class BM25Retriever(Retriever):
                                                context.progress))
         self._idf: dict[str, np.ndarray] = {}
         self._queries: Memo[sp.csr_matrix] = Memo(QUERY_SETS_KEPT, size=lambda m: m.data.nbytes * 3)
+        self._weights: Memo[tuple[sp.csr_matrix, np.ndarray | None]] = Memo(
+            WEIGHTS_KEPT, size=lambda w: w[0].data.nbytes * 2 + w[0].indptr.nbytes)
 
     def theoretical_min(self, spec: BM25Spec) -> float | None:
         return None if spec.method in NEGATIVE_IDF_METHODS else 0.0
@@ -216,7 +220,8 @@ class BM25Retriever(Retriever):
             tokens_of(self.tokenizer, queries.texts, queries.key, self.context)))[0]
         if spec.method not in self._idf:
             self._idf[spec.method] = self.index.idf(spec.method)
-        weights = self.index.weights(spec.method, spec.k1, spec.b, spec.delta, self._idf[spec.method])
+        weights = self._weights.get((spec.method, spec.k1, spec.b, spec.delta), lambda: self.index.weights(
+            spec.method, spec.k1, spec.b, spec.delta, self._idf[spec.method]))[0]
 
         def scores(rows: slice) -> np.ndarray:
             block = self.index.scores(matrix[rows], weights)
