@@ -99,6 +99,11 @@ class StudyResults:
                 result[domain] = (questions["domain"] == domain).to_numpy()
         return result
 
+    def folds(self) -> np.ndarray | None:
+        """Each question's fold (HOLDOUT for held-out ones), or None for a study without folds."""
+        folds = self.questions["fold"].to_numpy() if "fold" in self.questions else None
+        return folds if folds is not None and (folds >= 0).any() else None
+
     def sides(self) -> tuple[np.ndarray, np.ndarray]:
         """The selection questions and the questions winners are scored on (held out, when any)."""
         split = self.questions["split"].to_numpy()
@@ -199,10 +204,29 @@ def runner_ups(results: StudyResults, metric: str = "objective", top: int = 10,
     return table
 
 
+def _honest(values: np.ndarray, members: np.ndarray, mask: np.ndarray, selection: np.ndarray,
+            evaluation: np.ndarray, folds: np.ndarray | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """The best of `members` on the selection questions in `mask`, and the values it is judged by:
+    without folds, its own on the evaluation questions; with folds, on every question in `mask`,
+    each selection question scored by the member best on the other folds (held-out questions by
+    the overall pick), so that no question scores a choice it helped make."""
+    pick = _ranked(members, values[selection & mask][:, members].mean(axis=0))[0]
+    if folds is None:
+        return pick, evaluation & mask, values[evaluation & mask, pick]
+    judged = values[:, pick].copy()
+    for fold in np.unique(folds[mask & selection]):
+        train = selection & mask & (folds != fold)
+        if train.any():
+            test = mask & selection & (folds == fold)
+            judged[test] = values[test, _ranked(members, values[train][:, members].mean(axis=0))[0]]
+    return pick, mask, judged[mask]
+
+
 def choice_matrix(results: StudyResults, metric: str = "objective", by: By = "model",
                   settings: Settings | None = None) -> pd.DataFrame:
     """Choice x domain: the best trial of each choice in each domain (selected on the domain's
-    selection questions), its score and interval on the evaluation questions, whether it is the
+    selection questions), its score and interval on questions it was not chosen on (the held-out
+    ones; with folds, every question of the domain, scored out of fold), whether it is the
     domain's best, and whether it is not significantly worse than that best (paired tests,
     Holm-corrected within the domain)."""
     if by not in BY:
@@ -210,27 +234,28 @@ def choice_matrix(results: StudyResults, metric: str = "objective", by: By = "mo
     settings = settings or Settings()
     values = results.values(metric)
     selection, evaluation = results.sides()
+    folds = results.folds()
     choices = results.trials[f"choice.{by}"].astype(str).to_numpy()
     eligible = _eligible(results)
     rows = []
     for domain, mask in results.groups().items():
-        chosen_on, scored_on = selection & mask, evaluation & mask
-        if not chosen_on.any() or not scored_on.any():
+        if not (selection & mask).any() or not (evaluation & mask).any():
             continue
-        means = values[chosen_on].mean(axis=0)
-        picks = {choice: _ranked(members, means[members])[0] for choice in sorted(set(choices[eligible]))
-                 if len(members := np.flatnonzero((choices == choice) & eligible))}
-        best_choice = min(picks, key=lambda c: (-round(means[picks[c]], TIE_DECIMALS), picks[c]))
-        best = picks[best_choice]
+        means = values[selection & mask].mean(axis=0)
+        judged = {choice: _honest(values, members, mask, selection, evaluation, folds)
+                  for choice in sorted(set(choices[eligible]))
+                  if len(members := np.flatnonzero((choices == choice) & eligible))}
+        best_choice = min(judged, key=lambda c: (-round(means[judged[c][0]], TIE_DECIMALS), judged[c][0]))
+        best_values = judged[best_choice][2]
         domain_rows = []
-        for choice, pick in picks.items():
-            score, low, high = _scored(values[scored_on, pick], settings)
+        for choice, (pick, scored_on, scores) in judged.items():
+            score, low, high = _scored(scores, settings)
             row = {"choice": choice, "domain": domain, "trial": int(results.trials["trial"].iloc[pick]),
                    "pipeline": results.trials["pipeline"].iloc[pick], "questions": int(scored_on.sum()),
                    "selected": float(means[pick]), "score": score, "low": low, "high": high,
                    "best": choice == best_choice, "difference": 0.0, "p": np.nan}
             if choice != best_choice:
-                test = paired_test(values[scored_on, best], values[scored_on, pick], confidence=settings.confidence,
+                test = paired_test(best_values, scores, confidence=settings.confidence,
                                    n_resamples=settings.resamples, seed=settings.seed)
                 row.update({"difference": test.difference, "p": test.p_value})
             domain_rows.append(row)

@@ -12,8 +12,8 @@ from ragopt.stats import bootstrap_ci, holm, paired_test
 SETTINGS = Settings(confidence=0.95, resamples=2000, seed=3)
 
 
-def results_of(values: np.ndarray, models: list[str], domains: list[str], held: np.ndarray | None = None
-               ) -> StudyResults:
+def results_of(values: np.ndarray, models: list[str], domains: list[str], held: np.ndarray | None = None,
+               folds: np.ndarray | None = None) -> StudyResults:
     """StudyResults of per-question objective values (questions x trials)."""
     n, m = values.shape
     held = np.zeros(n, dtype=bool) if held is None else held
@@ -23,7 +23,8 @@ def results_of(values: np.ndarray, models: list[str], domains: list[str], held: 
                            "choice.reranker": "none", "seconds_per_query": 0.01})
     per_question = pd.concat([pd.DataFrame({
         "trial": t, "qid": [f"q{i}" for i in range(n)], "domain": domains,
-        "split": np.where(held, "holdout", "selection"), "fold": -1, "objective": values[:, t],
+        "split": np.where(held, "holdout", "selection"), "fold": -1 if folds is None else folds,
+        "objective": values[:, t],
         "ndcg@10": values[:, t]}) for t in range(m)], ignore_index=True)
     return StudyResults(trials, per_question, {"min_domain_questions": 10})
 
@@ -109,3 +110,16 @@ def test_ties_are_decided_by_trial_order_not_by_rounding():
     tied = np.full(40, 0.1) + np.full(40, 0.2)  # 0.30000000000000004 on every question
     results = results_of(np.stack([np.full(40, 0.3), tied], axis=1), ["a", "b"], DOMAINS)
     assert winners(results, "objective", SETTINGS)["trial"].tolist() == [0, 0, 0]
+
+
+def test_with_folds_every_question_scores_a_choice_out_of_fold():
+    fold = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    first, second = (fold == 0).astype(float), (fold == 1).astype(float)  # each perfect on one fold only
+    steady = np.full(8, 0.4)
+    results = results_of(np.stack([first, second, steady], axis=1), ["a", "a", "b"], ["law"] * 8, folds=fold)
+    table = choice_matrix(results, "objective", "model", SETTINGS).set_index(["domain", "choice"])
+    a, b = table.loc[("law", "a")], table.loc[("law", "b")]
+    # in sample, a's best trial scores 0.5 and wins; out of fold each fold's questions are scored by
+    # the trial that was best on the other fold, which gets them all wrong
+    assert a["best"] and a["selected"] == 0.5 and a["score"] == 0.0 and a["questions"] == 8
+    assert b["score"] == pytest.approx(0.4) and b["tied"] and b["difference"] == pytest.approx(-0.4)
