@@ -33,8 +33,11 @@ def optimize_command(
     n_trials: Optional[int] = typer.Option(None, "--n-trials", "-n", help="Total trials, overriding study.n_trials."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the stored study and start over instead of resuming."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    per_domain: bool = typer.Option(False, "--per-domain",
+                                    help="Also export each domain's winner to per_domain/ (study.per_domain)."),
 ) -> None:
-    """Run (or resume) the study and write trials.csv, runs/, qrels.trec, best.yaml, summary.md."""
+    """Run (or resume) the study and write trials.csv, per_question.parquet, runs/, qrels.trec,
+    best.yaml, summary.md."""
     from ragopt.study import optimize
 
     if quiet:
@@ -42,7 +45,7 @@ def optimize_command(
 
         transformers_logging.disable_progress_bar()
     try:
-        outcome = optimize(config, output, n_trials, fresh, progress=not quiet)
+        outcome = optimize(config, output, n_trials, fresh, progress=not quiet, per_domain=per_domain)
     except UserError as error:
         _fail(error)
     k = outcome.best_spec.top_k

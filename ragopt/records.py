@@ -70,18 +70,22 @@ def finished(study: Any) -> list[tuple[Any, TrialRecord]]:
 
 
 def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, np.ndarray]],
-                 objectives: list[np.ndarray], held: np.ndarray) -> pd.DataFrame:
+                 objectives: list[np.ndarray], held: np.ndarray, domains: list[str] | None = None) -> pd.DataFrame:
     """One row per finished trial: its value (the objective on the selection questions, what
     Optuna optimized) and, with a holdout, its value on the held-out questions; parameters, the
-    pipeline and its choices by kind; the mean of every metric at every k on the selection
+    pipeline and its choices by kind; its value on each domain's selection questions
+    (`domain.<name>`); the mean of every metric at every k on the selection
     questions (from each trial's per-question `values`, so a resumed study reports the metrics
     its config asks for now); seconds per question."""
     selection = ~held
+    labels = np.asarray(domains) if domains is not None else None
+    masks = {d: selection & (labels == d) for d in sorted(set(domains))} if domains is not None else {}
     rows = []
     for (trial, record), per_question, objective in zip(trials, values, objectives):
         row: dict[str, Any] = {"trial": trial.number, "value": float(objective[selection].mean())}
         if held.any():
             row["value.holdout"] = float(objective[held].mean())
+        row.update({f"domain.{d}": float(objective[m].mean()) if m.any() else np.nan for d, m in masks.items()})
         row["pipeline"] = record.description
         row.update({f"param.{k}": v for k, v in trial.params.items()})
         row.update({f"choice.{k}": v for k, v in record.pipeline.choices().items()})
@@ -91,7 +95,8 @@ def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, n
         rows.append(row)
     table = pd.DataFrame(rows)
     params = sorted(c for c in table.columns if c.startswith("param."))
-    first = [c for c in ("trial", "value", "value.holdout", "pipeline") if c in table] + params
+    domain_columns = [c for c in table.columns if c.startswith("domain.")]
+    first = [c for c in ("trial", "value", "value.holdout") if c in table] + domain_columns + ["pipeline", *params]
     return table[first + [c for c in table.columns if c not in first]]
 
 

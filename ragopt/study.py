@@ -184,10 +184,13 @@ def _trials_to_run(study: optuna.Study, config: Config, total: int) -> int:
 
 
 def optimize(config_path: str | Path, output: str | Path | None = None, n_trials: int | None = None,
-             fresh: bool = False, progress: bool = True) -> Outcome:
-    """Run (or resume) the study a config describes and write its output folder."""
+             fresh: bool = False, progress: bool = True, per_domain: bool = False) -> Outcome:
+    """Run (or resume) the study a config describes and write its output folder; `per_domain`
+    turns on study.per_domain."""
     config_path = Path(config_path)
     config, _ = load_config(config_path)
+    if per_domain:
+        config = config.model_copy(update={"study": config.study.model_copy(update={"per_domain": True})})
     output = Path(output) if output is not None else default_output(config_path)
     qa, corpus = load_dataset(**config.data.model_dump())
     if fresh:
@@ -266,7 +269,7 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
         raise StudyError(f"study {study.study_name!r} has no completed trial; raise n_trials or timeout")
     values = [record.per_question(qa, config.top_k, tuple(config.metrics)) for _, record in trials]
     objectives = [evaluator.per_query_objective(v, record.pipeline.top_k) for v, (_, record) in zip(values, trials)]
-    table = trials_table(trials, values, objectives, held)
+    table = trials_table(trials, values, objectives, held, qa.domains)
     per_question = per_question_table(trials, values, objectives, qa, held, folds)
     budget = config.study.latency_budget
     quality, latency = table["value"].to_numpy(), table["seconds_per_query"].to_numpy()

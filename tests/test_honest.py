@@ -63,6 +63,8 @@ def test_the_holdout_is_stratified_and_never_steers_the_search(held_out):
     assert np.allclose(trials.set_index("trial")["value.holdout"], means["holdout"], atol=1e-6)
     stored = optuna.load_study(study_name="space", storage=f"sqlite:///{out / 'study.db'}")
     assert np.allclose([t.value for t in stored.trials], trials["value"], atol=1e-6)
+    by_domain = per_question[per_question["split"] == "selection"].groupby(["trial", "domain"])["objective"].mean()
+    assert np.allclose(trials.set_index("trial")["domain.law"], by_domain.unstack()["law"], atol=1e-9)
 
 
 def test_best_yaml_records_the_held_out_score_next_to_the_selection_score(held_out):
@@ -121,6 +123,14 @@ def test_one_config_per_domain_chosen_on_its_own_questions(held_out):
         assert read_best(path).describe() == trials.set_index("trial").loc[evaluation["trial"], "pipeline"]
     hits = load_pipeline(folder / "law.yaml", KO_MINI / "corpus.jsonl").retrieve("전세 계약")[0]
     assert hits and hits[0].rank == 1
+
+
+def test_per_domain_flag_on_the_command_line(tmp_path, tiny_bert):
+    path = config(tmp_path, tiny_bert, "n_trials: 4, holdout: 0.3, min_domain_questions: 8")
+    result = CliRunner().invoke(app, ["optimize", str(path), "-q", "--per-domain"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "space-output" / "per_domain").glob("*.yaml"))) == 4
+    assert "held-out" in result.output
 
 
 def test_compare_command_writes_tables_and_marks_each_domains_best(held_out):
