@@ -17,6 +17,8 @@ _PUBLIC = {
     "PipelineSpec": "ragopt.spec",
     "Ranking": "ragopt.ranking",
     "Outcome": "ragopt.study", "optimize": "ragopt.study",
+    "StudyResults": "ragopt.compare", "choice_matrix": "ragopt.compare", "runner_ups": "ragopt.compare",
+    "winners": "ragopt.compare", "build_report": "ragopt.report_data",
 }
 
 __all__ = sorted(_PUBLIC)

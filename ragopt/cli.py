@@ -72,10 +72,12 @@ def validate_command(config: Path = typer.Argument(..., help="The YAML file to c
     from ragopt.config import load_config
     from ragopt.data import load_dataset
     from ragopt.space import enumerate_space
+    from ragopt.splits import study_splits
 
     try:
         loaded, _ = load_config(config)
         qa, corpus = load_dataset(**loaded.data.model_dump())
+        study_splits(loaded.study, qa.domains, len(qa))
     except UserError as error:
         _fail(error)
     size = f"{len(enumerate_space(loaded))} distinct pipelines" if loaded.finite else "continuous ranges"
@@ -137,7 +139,19 @@ def compare_command(
     on = "held-out" if results.has_holdout else "selection (no holdout: flattered)"
     _print_winners(tables["winners"], metric, on)
     _print_matrix(tables[f"matrix-{by}"], by, metric)
+    _print_runner_ups(tables["runner_ups"], metric, on)
     console.print(f"files in {output / 'compare'}", highlight=False)
+
+
+def _print_runner_ups(frame: Any, metric: str, on: str) -> None:
+    table = Table("trial", "pipeline", f"{metric} ({on})", "winner minus this", "significant",
+                  title="the winner against the runners-up")
+    for r in frame.itertuples():
+        tested = getattr(r, "difference", float("nan")) == getattr(r, "difference", float("nan"))
+        table.add_row(str(r.trial), escape(r.pipeline), f"{r.score:.4f} [{r.low:.3f}, {r.high:.3f}]",
+                      f"{r.difference:+.4f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]" if tested else "",
+                      (("yes" if r.significant else "no") + f" (p={r.p_holm:.3g})") if tested else "")
+    console.print(table)
 
 
 def _print_winners(frame: Any, metric: str, on: str) -> None:
@@ -153,7 +167,8 @@ def _print_winners(frame: Any, metric: str, on: str) -> None:
 
 def _print_matrix(frame: Any, by: str, metric: str) -> None:
     domains = list(dict.fromkeys(frame["domain"]))
-    table = Table(by, *map(escape, domains), title=f"{metric}: best trial of each {by} per domain "
+    judged = frame["judged_on"].iloc[0] if len(frame) else ""
+    table = Table(by, *map(escape, domains), title=f"{metric}: best trial of each {by} per domain, scored {judged} "
                   "(★ best, = not significantly worse)")
     cells = {(r.choice, r.domain): f"{r.score:.3f} [{r.low:.2f}, {r.high:.2f}]"
              + (" ★" if r.best else " =" if r.tied else "") for r in frame.itertuples()}

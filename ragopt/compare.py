@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ragopt.errors import StudyError
-from ragopt.selection import TIE_DECIMALS
+from ragopt.selection import ranked
 from ragopt.stats import bootstrap_ci, holm, paired_test
 
 ALL = "(all)"
@@ -118,15 +118,25 @@ def _eligible(results: StudyResults) -> np.ndarray:
 
 
 def _distinct(results: StudyResults) -> np.ndarray:
-    """Positions of the eligible trials, one per distinct pipeline (the earliest)."""
-    first = ~results.trials["pipeline"].duplicated().to_numpy()
+    """Positions of the eligible trials, one per distinct pipeline (the earliest; pipelines are
+    told apart by their full spec, not by their one-line description)."""
+    trials = results.trials
+    first = ~trials["pipeline_key" if "pipeline_key" in trials else "pipeline"].duplicated().to_numpy()
     return np.flatnonzero(first & _eligible(results))
 
 
-def _ranked(positions: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Positions by mean, best first, the earliest of equal means first (means equal up to
-    rounding in the last bits count as equal, however they were summed)."""
-    return positions[np.lexsort((positions, -np.round(means, TIE_DECIMALS)))]
+def _ranked(results: StudyResults, positions: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Positions by mean, best first, equal means ordered as the study orders its winner (the
+    earlier trial; the faster first when the study optimized latency too)."""
+    full = np.zeros(len(results.trials))
+    full[positions] = means
+    by_speed = results.manifest.get("latency") == "pareto"
+    return ranked(positions, full, results.trials["seconds_per_query"].to_numpy(np.float64) if by_speed else None)
+
+
+def _judged_on(results: StudyResults) -> str:
+    """The questions winners are scored on, for the tables' `judged_on` column."""
+    return "holdout" if results.has_holdout else "selection (flattered)"
 
 
 def _scored(values: np.ndarray, settings: Settings) -> tuple[float, float, float]:
@@ -149,10 +159,11 @@ def winners(results: StudyResults, metric: str = "objective", settings: Settings
         chosen_on, scored_on = selection & mask, evaluation & mask
         if not chosen_on.any() or not scored_on.any():
             continue
-        order = _ranked(candidates, values[chosen_on][:, candidates].mean(axis=0))
+        order = _ranked(results, candidates, values[chosen_on][:, candidates].mean(axis=0))
         best, runner = order[0], order[1] if len(order) > 1 else None
         score, low, high = _scored(values[scored_on, best], settings)
         row = {"domain": domain, "questions": int(chosen_on.sum()), "enough": int(chosen_on.sum()) >= min_questions,
+               "judged_on": _judged_on(results),
                "trial": int(results.trials["trial"].iloc[best]), "pipeline": results.trials["pipeline"].iloc[best],
                "selected": float(values[chosen_on, best].mean()), "score": score, "low": low, "high": high,
                "scored_on": int(scored_on.sum())}
@@ -183,12 +194,12 @@ def runner_ups(results: StudyResults, metric: str = "objective", top: int = 10,
     candidates = _distinct(results)
     if top < 1:
         raise StudyError(f"--top must be at least 1; got {top}")
-    order = _ranked(candidates, values[selection][:, candidates].mean(axis=0))[: top + 1]
+    order = _ranked(results, candidates, values[selection][:, candidates].mean(axis=0))[: top + 1]
     best = order[0]
     rows = []
     for position in order:
         score, low, high = _scored(values[evaluation, position], settings)
-        row = {"trial": int(results.trials["trial"].iloc[position]),
+        row = {"trial": int(results.trials["trial"].iloc[position]), "judged_on": _judged_on(results),
                "pipeline": results.trials["pipeline"].iloc[position],
                "selected": float(values[selection, position].mean()), "score": score, "low": low, "high": high}
         if position != best:
@@ -204,31 +215,52 @@ def runner_ups(results: StudyResults, metric: str = "objective", top: int = 10,
     return table
 
 
-def _honest(values: np.ndarray, members: np.ndarray, mask: np.ndarray, selection: np.ndarray,
-            evaluation: np.ndarray, folds: np.ndarray | None) -> tuple[int, np.ndarray, np.ndarray]:
-    """The best of `members` on the selection questions in `mask`, and the values it is judged by:
-    without folds, its own on the evaluation questions; with folds, on every question in `mask`,
-    each selection question scored by the member best on the other folds (held-out questions by
-    the overall pick), so that no question scores a choice it helped make."""
-    pick = _ranked(members, values[selection & mask][:, members].mean(axis=0))[0]
-    if folds is None:
-        return pick, evaluation & mask, values[evaluation & mask, pick]
-    judged = values[:, pick].copy()
-    for fold in np.unique(folds[mask & selection]):
-        train = selection & mask & (folds != fold)
-        if train.any():
-            test = mask & selection & (folds == fold)
-            judged[test] = values[test, _ranked(members, values[train][:, members].mean(axis=0))[0]]
-    return pick, mask, judged[mask]
+def _parts(mask: np.ndarray, selection: np.ndarray, evaluation: np.ndarray, folds: np.ndarray | None
+           ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(chosen on, judged on) pairs of question masks within `mask`: the selection questions and
+    the evaluation ones; with folds, also each fold judged by the other folds."""
+    parts = []
+    if folds is not None:
+        for fold in np.unique(folds[mask & selection]):
+            train = mask & selection & (folds != fold)
+            if train.any():
+                parts.append((train, mask & selection & (folds == fold)))
+    if folds is None or (evaluation & mask & ~selection).any():
+        parts.append((mask & selection, mask & evaluation))
+    return parts
+
+
+def _judged(results: StudyResults, values: np.ndarray, members: dict[str, np.ndarray], mask: np.ndarray,
+            selection: np.ndarray, evaluation: np.ndarray, folds: np.ndarray | None
+            ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Every choice's values on the questions it is judged on, each question scored by the
+    choice's trial chosen without it, and the values of the best choice chosen without it (the
+    same choice or another), so that the paired test of a choice against the best compares two
+    selections neither of which saw the question."""
+    judged = np.zeros(len(values), dtype=bool)
+    scores = {choice: np.zeros(len(values)) for choice in members}
+    best = np.zeros(len(values))
+    for train, test in _parts(mask, selection, evaluation, folds):
+        means = values[train].mean(axis=0)
+        picks = {choice: _ranked(results, trials, means[trials])[0] for choice, trials in members.items()}
+        top = _ranked(results, np.array(list(picks.values())), means[list(picks.values())])[0]
+        for choice, pick in picks.items():
+            scores[choice][test] = values[test, pick]
+        best[test] = values[test, top]
+        judged |= test
+    return judged, {choice: v[judged] for choice, v in scores.items()}, best[judged]
 
 
 def choice_matrix(results: StudyResults, metric: str = "objective", by: By = "model",
                   settings: Settings | None = None) -> pd.DataFrame:
-    """Choice x domain: the best trial of each choice in each domain (selected on the domain's
-    selection questions), its score and interval on questions it was not chosen on (the held-out
-    ones; with folds, every question of the domain, scored out of fold), whether it is the
-    domain's best, and whether it is not significantly worse than that best (paired tests,
-    Holm-corrected within the domain)."""
+    """Choice x domain: the best trial of each choice in each domain (chosen on the domain's
+    selection questions), whether it is the domain's best, and its score with an interval on
+    questions that did not choose it: the held-out ones, and with folds every selection question
+    too, scored by the trial chosen on the other folds. The best choice's score is that of
+    picking the best choice without the question (in a fold, the best on the other folds), so
+    that being picked on the same questions does not flatter it. A choice is `tied` when it is
+    not significantly worse than that (paired tests on the same questions, Holm-corrected within
+    the domain)."""
     if by not in BY:
         raise StudyError(f"--by must be one of {list(BY)}; got {by!r}")
     settings = settings or Settings()
@@ -237,25 +269,27 @@ def choice_matrix(results: StudyResults, metric: str = "objective", by: By = "mo
     folds = results.folds()
     choices = results.trials[f"choice.{by}"].astype(str).to_numpy()
     eligible = _eligible(results)
+    members = {choice: trials for choice in sorted(set(choices[eligible]))
+               if len(trials := np.flatnonzero((choices == choice) & eligible))}
+    judged_on = "out of fold" if folds is not None else "holdout" if results.has_holdout else "selection (flattered)"
     rows = []
     for domain, mask in results.groups().items():
         if not (selection & mask).any() or not (evaluation & mask).any():
             continue
         means = values[selection & mask].mean(axis=0)
-        judged = {choice: _honest(values, members, mask, selection, evaluation, folds)
-                  for choice in sorted(set(choices[eligible]))
-                  if len(members := np.flatnonzero((choices == choice) & eligible))}
-        best_choice = min(judged, key=lambda c: (-round(means[judged[c][0]], TIE_DECIMALS), judged[c][0]))
-        best_values = judged[best_choice][2]
+        picks = {choice: _ranked(results, trials, means[trials])[0] for choice, trials in members.items()}
+        best_choice = next(c for c, p in picks.items()
+                           if p == _ranked(results, np.array(list(picks.values())), means[list(picks.values())])[0])
+        judged, scores, best_scores = _judged(results, values, members, mask, selection, evaluation, folds)
         domain_rows = []
-        for choice, (pick, scored_on, scores) in judged.items():
-            score, low, high = _scored(scores, settings)
+        for choice, pick in picks.items():
+            score, low, high = _scored(best_scores if choice == best_choice else scores[choice], settings)
             row = {"choice": choice, "domain": domain, "trial": int(results.trials["trial"].iloc[pick]),
-                   "pipeline": results.trials["pipeline"].iloc[pick], "questions": int(scored_on.sum()),
-                   "selected": float(means[pick]), "score": score, "low": low, "high": high,
+                   "pipeline": results.trials["pipeline"].iloc[pick], "questions": int(judged.sum()),
+                   "judged_on": judged_on, "selected": float(means[pick]), "score": score, "low": low, "high": high,
                    "best": choice == best_choice, "difference": 0.0, "p": np.nan}
             if choice != best_choice:
-                test = paired_test(best_values, scores, confidence=settings.confidence,
+                test = paired_test(best_scores, scores[choice], confidence=settings.confidence,
                                    n_resamples=settings.resamples, seed=settings.seed)
                 row.update({"difference": test.difference, "p": test.p_value})
             domain_rows.append(row)

@@ -72,10 +72,10 @@ def finished(study: Any) -> list[tuple[Any, TrialRecord]]:
 def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, np.ndarray]],
                  objectives: list[np.ndarray], held: np.ndarray, domains: list[str] | None = None) -> pd.DataFrame:
     """One row per finished trial: its value (the objective on the selection questions, what
-    Optuna optimized) and, with a holdout, its value on the held-out questions; parameters, the
-    pipeline and its choices by kind; its value on each domain's selection questions
-    (`domain.<name>`); the mean of every metric at every k on the selection
-    questions (from each trial's per-question `values`, so a resumed study reports the metrics
+    Optuna optimized) and, with a holdout, its value on the held-out questions; its value on each
+    domain's selection questions (`domain.<name>`); parameters, the pipeline (described, and
+    keyed by its full spec) and its choices by kind; the mean of every metric at every k on the
+    selection questions (from each trial's per-question `values`, so a resumed study reports the metrics
     its config asks for now); seconds per question."""
     selection = ~held
     labels = np.asarray(domains) if domains is not None else None
@@ -87,6 +87,7 @@ def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, n
             row["value.holdout"] = float(objective[held].mean())
         row.update({f"domain.{d}": float(objective[m].mean()) if m.any() else np.nan for d, m in masks.items()})
         row["pipeline"] = record.description
+        row["pipeline_key"] = record.pipeline.key()
         row.update({f"param.{k}": v for k, v in trial.params.items()})
         row.update({f"choice.{k}": v for k, v in record.pipeline.choices().items()})
         row.update({name: float(v[selection].mean()) for name, v in per_question.items()})

@@ -26,7 +26,9 @@ def curves(results: StudyResults, top: int, settings: Settings) -> pd.DataFrame:
     intervals, on the evaluation questions."""
     trials = results.trials
     _, evaluation = results.sides()
-    ranked = trials.loc[~trials["pipeline"].duplicated()].sort_values(["value", "trial"], ascending=[False, True])
+    eligible = trials["feasible"].astype(bool) if "feasible" in trials else pd.Series(True, index=trials.index)
+    ranked = trials.loc[~trials["pipeline"].duplicated() & eligible].sort_values(["value", "trial"],
+                                                                                  ascending=[False, True])
     columns = [c for c in results.per_question.columns if "@" in c]
     rows = []
     for row in ranked.head(top).itertuples():

@@ -22,14 +22,24 @@ def feasible(seconds: np.ndarray, budget: float | None) -> np.ndarray:
     return np.ones(len(seconds), dtype=bool) if budget is None else np.nan_to_num(seconds, nan=np.inf) <= budget
 
 
-def best_index(values: np.ndarray, seconds: np.ndarray, budget: float | None = None) -> int:
-    """The trial with the highest value within the budget, the earliest of equals (as Optuna's
-    best_trial)."""
-    allowed = feasible(seconds, budget)
-    if not allowed.any():
+def ranked(positions: np.ndarray, values: np.ndarray, seconds: np.ndarray | None = None) -> np.ndarray:
+    """`positions` best first: by value, then the earlier trial; with `seconds` (a study that
+    optimizes latency too), the faster of equal values first. Values equal up to rounding in the
+    last bits are equal, however they were summed. Measured times decide only where asked: they
+    vary from run to run, and the winner of a quality-only study must not."""
+    quality = np.round(values[positions], TIE_DECIMALS)
+    speed = np.zeros(len(positions)) if seconds is None else np.nan_to_num(seconds[positions], nan=0.0)
+    return positions[np.lexsort((positions, speed, -quality))]
+
+
+def best_index(values: np.ndarray, seconds: np.ndarray, budget: float | None = None, by_speed: bool = False) -> int:
+    """The trial with the highest value within the budget; among equals the earlier or, with
+    `by_speed` (latency: pareto), the faster, which is the Pareto front's best."""
+    allowed = np.flatnonzero(feasible(seconds, budget))
+    if not len(allowed):
         raise StudyError(f"no pipeline answers within latency_budget {budget} s per question; the fastest took "
-                         f"{seconds.min():.4g} s. Raise the budget or add faster pipelines to the space.")
-    return int(np.argmax(np.where(allowed, np.round(values, TIE_DECIMALS), -np.inf)))
+                         f"{np.nanmin(seconds):.4g} s. Raise the budget or add faster pipelines to the space.")
+    return int(ranked(allowed, values, seconds if by_speed else None)[0])
 
 
 def pareto_front(values: np.ndarray, seconds: np.ndarray, budget: float | None = None) -> np.ndarray:
@@ -62,13 +72,13 @@ class FoldSelection:
 
 
 def kfold_selection(objective: np.ndarray, folds: np.ndarray, seconds: np.ndarray,
-                    budget: float | None = None) -> FoldSelection:
+                    budget: float | None = None, by_speed: bool = False) -> FoldSelection:
     """Select on k-1 folds, score on the k-th, for every k. `objective` is (questions x trials);
     `folds` gives each question's fold (HOLDOUT rows take no part)."""
     chosen, held_out, sizes = [], [], []
     for fold in sorted(set(folds[folds != HOLDOUT].tolist())):
         train, test = (folds != HOLDOUT) & (folds != fold), folds == fold
-        pick = best_index(objective[train].mean(axis=0), seconds, budget)
+        pick = best_index(objective[train].mean(axis=0), seconds, budget, by_speed)
         chosen.append(pick)
         held_out.append(float(objective[test, pick].mean()))
         sizes.append(int(test.sum()))

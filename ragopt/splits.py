@@ -9,8 +9,14 @@ sides, so a small domain is not left out of either.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ragopt.errors import StudyError
+
+if TYPE_CHECKING:
+    from ragopt.config import StudyConfig
 
 HOLDOUT = -1
 """The fold number of a held-out question (folds divide the selection questions only)."""
@@ -56,3 +62,16 @@ def fold_ids(domains: Sequence[str] | None, held: np.ndarray, folds: int, seed: 
         ids[rows] = (start + np.arange(len(rows))) % folds
         start += len(rows)
     return ids
+
+
+def study_splits(study: "StudyConfig", domains: Sequence[str] | None, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The held-out questions and the folds of the others that a study's settings ask for,
+    refusing settings the data cannot meet before any trial runs."""
+    if study.per_domain and domains is None:
+        raise StudyError("study.per_domain needs each question's domain: set data.domain_column or "
+                         "data.domain_pattern")
+    held = holdout_mask(domains, n, study.holdout, study.seed)
+    try:
+        return held, fold_ids(domains, held, study.folds, study.seed) if study.folds else None
+    except ValueError as error:
+        raise StudyError(f"study.folds: {error}; lower folds or holdout") from None

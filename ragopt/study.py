@@ -35,7 +35,7 @@ from ragopt.records import RECORD, TrialRecord, finished, per_question_table, tr
 from ragopt.selection import FoldSelection, best_index, feasible, kfold_selection, pareto_front
 from ragopt.space import enumerate_space, optuna_chooser, suggest_pipeline
 from ragopt.spec import PipelineSpec
-from ragopt.splits import fold_ids, holdout_mask
+from ragopt.splits import study_splits
 from ragopt.stats import bootstrap_ci
 from ragopt.summary import write_summary
 from ragopt.trec import TrecWriter
@@ -144,19 +144,6 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
     return working, durable
 
 
-def _splits(config: Config, qa: QASet) -> tuple[np.ndarray, np.ndarray | None]:
-    """The held-out questions and the folds of the others, checked before any trial runs."""
-    study = config.study
-    if study.per_domain and qa.domains is None:
-        raise StudyError("study.per_domain needs each question's domain: set data.domain_column or "
-                         "data.domain_pattern")
-    held = holdout_mask(qa.domains, len(qa), study.holdout, study.seed)
-    try:
-        return held, fold_ids(qa.domains, held, study.folds, study.seed) if study.folds else None
-    except ValueError as error:
-        raise StudyError(f"study.folds: {error}; lower folds or holdout") from None
-
-
 def _latency_rows(qa: QASet, seed: int) -> np.ndarray:
     """The questions every pipeline's seconds per question are measured on: a seeded sample."""
     return np.sort(np.random.default_rng(seed).permutation(len(qa))[:LATENCY_QUESTIONS])
@@ -199,7 +186,7 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine = Engine(corpus, Cache(config.cache_dir or output / "cache"), config.device, progress,
                     config.exact_search_max)
-    held, folds = _splits(config, qa)
+    held, folds = study_splits(config.study, qa.domains, len(qa))
     provenance = engine.provenance(config.models(), config.tokenizers())
     study, durable = _open_study(config, output, config.study.name or config_path.stem, fresh,
                                  _space_fingerprint(config, qa, corpus, held), provenance)
@@ -284,14 +271,14 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
                 "min_domain_questions": config.study.min_domain_questions}
     atomic_write(output / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
     atomic_write(output / "per_question.parquet", lambda tmp: per_question.to_parquet(tmp, index=False))
-    best = int(np.flatnonzero(front)[np.argmax(quality[front])]) if config.study.latency == "pareto" else \
-        best_index(quality, latency, budget)  # raises (after writing the tables) when no trial is within budget
+    by_speed = config.study.latency == "pareto"
+    best = best_index(quality, latency, budget, by_speed)  # raises (after the tables) when no trial is within budget
     manifest["best_trial"] = int(table["trial"][best])
     write_text(output / "study.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     results = StudyResults(table, per_question, manifest)
 
     objective = np.stack(objectives, axis=1)
-    cv = kfold_selection(objective, folds, latency, budget) if folds is not None else None
+    cv = kfold_selection(objective, folds, latency, budget, by_speed) if folds is not None else None
     scoring = _scoring(results, best, objective, cv, settings)
     _export(output / "best.yaml", trials[best], config, engine, scoring, _at_k(values[best], ~held, held))
     if config.study.per_domain:

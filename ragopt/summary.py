@@ -140,6 +140,15 @@ def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results:
     write_text(path, "\n".join(lines))
 
 
+def _judged(matrix: pd.DataFrame) -> str:
+    """What the matrix's scores and tests are computed on, in words."""
+    judged = matrix["judged_on"].iloc[0] if len(matrix) else ""
+    return {"out of fold": "out of fold on every question of the domain (a question in fold f by the trial best on "
+                           "the other folds; held-out questions by the overall pick; the ★ cell by the best choice "
+                           "picked without the question)",
+            "holdout": "on the held-out questions"}.get(judged, "on the selection questions, which flatters them")
+
+
 def write_comparison(output: Path, results: StudyResults, metric: str, by: By, top: int,
                      settings: Settings) -> dict[str, pd.DataFrame]:
     """`ragopt compare`: the per-domain winners, the choice x domain matrix and the runners-up,
@@ -155,8 +164,9 @@ def write_comparison(output: Path, results: StudyResults, metric: str, by: By, t
             f"Chosen on the selection questions, scored on {scored_on}; {settings.confidence:.0%} bootstrap intervals; "
             "paired permutation tests, Holm-corrected.\n",
             "## Best pipeline per domain\n", winners_markdown(tables["winners"]),
-            f"## {by} x domain\n\nThe best trial of each {by} in each domain: ★ the domain's best, = not significantly "
-            "worse than it.\n", matrix_markdown(tables[f"matrix-{by}"]),
+            f"## {by} x domain\n\nThe best trial of each {by} in each domain, chosen on the selection questions and "
+            f"scored {_judged(tables[f'matrix-{by}'])}: ★ the domain's best, = not significantly worse than it.\n",
+            matrix_markdown(tables[f"matrix-{by}"]),
             "## The winner against the runners-up\n", runner_ups_markdown(tables["runner_ups"])]
     write_text(folder / f"compare-{by}.{metric}.md", "\n".join(page))
     return tables

@@ -15,6 +15,7 @@ from conftest import KO_MINI, write_config
 from ragopt import load_pipeline
 from ragopt.cache import Cache
 from ragopt.cli import app
+from ragopt.compare import StudyResults, runner_ups, winners
 from ragopt.config import load_config
 from ragopt.data import load_dataset
 from ragopt.engine import Engine
@@ -107,7 +108,7 @@ def test_one_config_per_domain_chosen_on_its_own_questions(held_out):
     folder = held_out.output / "per_domain"
     assert sorted(p.name for p in folder.glob("*.yaml")) == ["finance.yaml", "law.yaml", "medical.yaml", "tech.yaml"]
     per_question = pd.read_parquet(held_out.output / "per_question.parquet")
-    trials = pd.read_csv(held_out.output / "trials.csv").drop_duplicates("pipeline")
+    trials = pd.read_csv(held_out.output / "trials.csv").drop_duplicates("pipeline_key")
     for path in folder.glob("*.yaml"):
         document = yaml.safe_load(path.read_text())
         evaluation = document["evaluation"]
@@ -160,6 +161,8 @@ def test_latency_pareto_front_is_exported(tmp_path, tiny_bert):
     assert outcome.best_value == trials.loc[front, "value"].max()
     winner = yaml.safe_load((outcome.output / "best.yaml").read_text())["evaluation"]["trial"]
     assert trials.set_index("trial").loc[winner, "pareto"]  # the best quality of the front, not a slower equal
+    results = StudyResults.load(outcome.output)
+    assert winners(results)["trial"].iloc[0] == winner == runner_ups(results)["trial"].iloc[0]
 
 
 def test_latency_budget_keeps_the_winner_under_it(tmp_path, tiny_bert):

@@ -42,6 +42,7 @@ def test_best_index_respects_the_budget_and_takes_the_earliest_of_equals():
     values = np.array([0.5, 0.9, 0.9, 0.7])
     seconds = np.array([0.01, 0.2, 0.1, 0.05])
     assert best_index(values, seconds) == 1
+    assert best_index(values, seconds, by_speed=True) == 2  # latency: pareto prefers the faster of equals
     assert best_index(values, seconds, budget=0.15) == 2
     assert best_index(values, seconds, budget=0.06) == 3
     with pytest.raises(StudyError, match="fastest took 0.01"):
