@@ -14,10 +14,27 @@ from rich.table import Table
 
 from ragopt.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+                  rich_markup_mode="markdown",
                   help="Find the best retrieval pipeline for a QA set and corpus.")
 console = Console()
 err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"ragopt {version('ragopt')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
+                                 help="Print ragopt's version and exit."),
+) -> None:
+    """Find the best retrieval pipeline for a QA set and corpus."""
 
 
 def _fail(error: Exception) -> None:
@@ -28,12 +45,14 @@ def _fail(error: Exception) -> None:
 @app.command("optimize")
 def optimize_command(
     config: Path = typer.Argument(..., help="The search space, a YAML file (see configs/)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="Output folder [default: <config>-output next to the config]."),
-    n_trials: Optional[int] = typer.Option(None, "--n-trials", "-n", help="Total trials, overriding study.n_trials."),
-    fresh: bool = typer.Option(False, "--fresh", help="Delete the stored study and start over instead of resuming."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    per_domain: bool = typer.Option(False, "--per-domain",
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder.",
+                                          show_default="<config>-output next to the config"),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", "-n", help="Total trials, overriding study.n_trials.",
+                                           show_default="study.n_trials"),
+    fresh: bool = typer.Option(False, "--fresh", metavar="",
+                               help="Delete the stored study and start over instead of resuming."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bars."),
+    per_domain: bool = typer.Option(False, "--per-domain", metavar="",
                                     help="Also export each domain's winner to per_domain/ (study.per_domain)."),
 ) -> None:
     """Run (or resume) the study and write trials.csv, per_question.parquet, runs/, qrels.trec,
@@ -90,9 +109,9 @@ def query_command(
     best: Path = typer.Argument(..., help="An exported best.yaml."),
     questions: list[str] = typer.Argument(..., help="One or more questions."),
     corpus: Path = typer.Option(..., "--corpus", "-c", help="The corpus to search (parquet, jsonl or csv)."),
-    k: Optional[int] = typer.Option(None, "--k", "-k", help="Passages per question [default: the tuned top_k]."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
-                                             help="Cache folder [default: cache/ next to best.yaml]."),
+    k: Optional[int] = typer.Option(None, "--k", "-k", help="Passages per question.", show_default="the tuned top_k"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder.",
+                                             show_default="cache/ next to best.yaml"),
 ) -> None:
     """Print the top-k passages the tuned pipeline finds for each question."""
     from ragopt.pipeline import load_pipeline
@@ -117,8 +136,8 @@ def compare_command(
     metric: str = typer.Option("objective", "--metric", "-m", help="objective, or a metric@k such as ndcg@10."),
     by: str = typer.Option("model", "--by", "-b", help="Compare choices of: retriever, model, tokenizer, reranker."),
     top: int = typer.Option(10, "--top", help="Runners-up tested against the winner."),
-    confidence: Optional[float] = typer.Option(None, help="Interval level [default: the study's, 0.95]."),
-    seed: Optional[int] = typer.Option(None, help="Bootstrap and permutation seed [default: the study's]."),
+    confidence: Optional[float] = typer.Option(None, help="Interval level.", show_default="the study's, 0.95"),
+    seed: Optional[int] = typer.Option(None, help="Bootstrap and permutation seed.", show_default="the study's"),
     resamples: int = typer.Option(10_000, help="Bootstrap resamples and permutations."),
 ) -> None:
     """Per-domain winners with intervals, a choice x domain matrix with significance, and the
@@ -182,7 +201,7 @@ def report_command(
     output: Path = typer.Argument(..., help="The output folder of `ragopt optimize`."),
     metric: str = typer.Option("objective", "--metric", "-m", help="The metric of the per-domain heatmap."),
     by: str = typer.Option("model", "--by", "-b", help="The heatmap's choices: retriever, model, tokenizer, reranker."),
-    path: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file [default: OUTPUT/report.html]."),
+    path: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file.", show_default="OUTPUT/report.html"),
 ) -> None:
     """One self-contained HTML page (opens offline): trials, per-domain heatmap, metric-vs-k
     curves, optimization history, parameter importances, quality vs latency, the best config."""

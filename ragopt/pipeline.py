@@ -9,6 +9,7 @@ from pathlib import Path
 from ragopt.cache import Cache
 from ragopt.data import Corpus, Queries, load_corpus
 from ragopt.engine import Engine
+from ragopt.errors import ConfigError, DataError
 from ragopt.spec import PipelineSpec
 
 
@@ -37,6 +38,10 @@ class Pipeline:
     def retrieve(self, queries: str | list[str], k: int | None = None) -> list[list[Hit]]:
         """The top-k passages (default: the tuned k) for each query."""
         texts = [queries] if isinstance(queries, str) else list(queries)
+        if k is not None and k < 1:
+            raise ConfigError(f"k must be at least 1 passage per question; got {k}")
+        if not texts or any(not t.strip() for t in texts):
+            raise DataError("give at least one question, and no empty one")
         ranking = self.engine.run(self.spec, Queries(texts), k or self.spec.top_k)
         corpus = self.engine.corpus
         return [[Hit(r + 1, corpus.doc_ids[i], float(s), corpus.contents[i])

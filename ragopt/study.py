@@ -200,6 +200,10 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     _warm_up(engine, config, qa)
     warm_up = time.perf_counter() - started
     target = _trials_to_run(study, config, n_trials or config.study.n_trials)
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if progress and done:
+        tqdm.write(f"resuming study {study.study_name!r} from {done} finished trials; {target} to run"
+                   if target else f"study {study.study_name!r} already complete ({done} trials); rewriting its outputs")
     durations: list[float] = []
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
