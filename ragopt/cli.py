@@ -69,6 +69,7 @@ def optimize_command(
         _fail(error)
     k = outcome.best_spec.top_k
     pruned = f" (and {outcome.n_pruned} pruned)" if outcome.n_pruned else ""
+    pruned += f" ({len(outcome.failures)} failed: see summary.md)" if outcome.failures else ""
     console.print(f"best of {outcome.n_trials} trials{pruned}: {escape(outcome.best_spec.describe())}",
                   highlight=False)
     table = Table("metric", f"@{k}")

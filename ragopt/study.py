@@ -13,12 +13,15 @@ import shutil
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from ragopt.cache import Cache, cache_key
@@ -52,6 +55,8 @@ class Outcome:
     n_trials: int
     interrupted: bool = False
     n_pruned: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """The failed trials: number, pipeline and error."""
     holdout_value: float | None = None
     """The winner's objective on the held-out questions (None without a holdout)."""
     folds_value: float | None = None
@@ -62,6 +67,8 @@ STUDY_FORMAT = 3
 """The format of a study's records and scoring conventions; a stored study of another format
 (made by an earlier ragopt, its trials scored or timed under other conventions) is not resumed.
 3: seconds per question measured by a latency probe, not the trial's cached cost."""
+FAILURE = "ragopt_failure"
+"""The user attribute of a failed trial: its pipeline and the error that failed it."""
 LATENCY_QUESTIONS = 16
 """Questions a pipeline is timed on, as one batch, with nothing query-side cached."""
 
@@ -179,11 +186,38 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     if per_domain:
         config = config.model_copy(update={"study": config.study.model_copy(update={"per_domain": True})})
     output = Path(output) if output is not None else default_output(config_path)
+    output.mkdir(parents=True, exist_ok=True)
+    with _only_run(output, config.study.storage):
+        return _optimize(config, config_path, output, n_trials, fresh, progress)
+
+
+@contextmanager
+def _only_run(output: Path, storage: str | None) -> Iterator[None]:
+    """With the default storage (a SQLite file in the output folder), one process at a time per
+    output folder: a second one would run the trials again and overwrite the first one's files."""
+    if storage is not None:
+        yield
+        return
+    lock = FileLock(output / ".ragopt.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise StudyError(f"another `ragopt optimize` is running on {output}; wait for it to finish, give another "
+                         "--output, or run several workers on one study with a shared study.storage "
+                         "(e.g. postgresql://...)") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | None, fresh: bool,
+              progress: bool) -> Outcome:
     qa, corpus = load_dataset(**config.data.model_dump())
     if fresh:
         shutil.rmtree(output / "runs", ignore_errors=True)
     (output / "runs").mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported in one line, not a traceback
     engine = Engine(corpus, Cache(config.cache_dir or output / "cache"), config.device, progress,
                     config.exact_search_max)
     held, folds = study_splits(config.study, qa.domains, len(qa))
@@ -209,10 +243,19 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
         spec = suggest_pipeline(config, optuna_chooser(trial))
-        if config.study.pruner == "none":
-            scored, reused = evaluator.evaluate(spec)
-        else:
-            scored, reused = evaluator.evaluate_pruned(spec, trial)
+        try:
+            if config.study.pruner == "none":
+                scored, reused = evaluator.evaluate(spec)
+            else:
+                scored, reused = evaluator.evaluate_pruned(spec, trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:  # one pipeline's failure fails its trial, recorded; the study goes on
+            failure = {"pipeline": spec.describe(), "error": f"{type(error).__name__}: {error}"}
+            trial.set_user_attr(FAILURE, failure)
+            if progress:
+                tqdm.write(f"trial {trial.number} failed ({failure['pipeline']}): {failure['error']}; going on")
+            raise
         value = evaluator.objective(scored, spec.top_k)
         seconds = engine.seconds_per_query(spec, qa.queries, probe) if config.study.latency != "off" else np.nan
         if config.study.latency_budget is not None:
@@ -237,7 +280,8 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     interrupted = False
     try:
         if target:
-            study.optimize(objective, n_trials=target, timeout=config.study.timeout, callbacks=[report])
+            study.optimize(objective, n_trials=target, timeout=config.study.timeout, callbacks=[report],
+                           catch=(Exception,))
     except KeyboardInterrupt:
         interrupted = True  # keep the finished trials: write the outputs, a rerun resumes
     finally:
@@ -256,8 +300,12 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     study.json, best.yaml (and per domain, and the Pareto front, when asked), summary.md."""
     qa, settings = evaluator.qa, Settings(config.study.confidence, seed=config.study.seed)
     trials = finished(study)
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    failures = [{"trial": t.number, **t.user_attrs[FAILURE]} for t in failed if FAILURE in t.user_attrs]
     if not trials:
-        raise StudyError(f"study {study.study_name!r} has no completed trial; raise n_trials or timeout")
+        reason = f"; the first failure: trial {failures[0]['trial']}, {failures[0]['error']}" if failures else ""
+        raise StudyError(f"study {study.study_name!r} has no completed trial{reason}; raise n_trials or timeout, "
+                         "or fix what failed")
     values = [record.per_question(qa, config.top_k, tuple(config.metrics)) for _, record in trials]
     objectives = [evaluator.per_query_objective(v, record.pipeline.top_k) for v, (_, record) in zip(values, trials)]
     table = trials_table(trials, values, objectives, held, qa.domains)
@@ -297,9 +345,9 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     metrics = {name: float(v[~held].mean()) for name, v in values[best].items()}
     write_summary(output / "summary.md", title=config_path.name, qa=qa, corpus=corpus, results=results, best=best,
                   scoring=scoring, cv=cv, names=config.metrics, ks=config.top_k, top_k=spec.top_k,
-                  seconds=seconds, settings=settings)
+                  seconds=seconds, settings=settings, failures=failures)
     n_pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
-    return Outcome(output, spec, float(quality[best]), metrics, len(table), interrupted, n_pruned,
+    return Outcome(output, spec, float(quality[best]), metrics, len(table), interrupted, n_pruned, failures,
                    scoring.get("holdout", {}).get("value"), cv.score if cv is not None else None)
 
 

@@ -78,7 +78,7 @@ def matrix_markdown(frame: pd.DataFrame) -> str:
 
 def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results: StudyResults, best: int,
                   scoring: dict[str, Any], cv: FoldSelection | None, names: list[str], ks: list[int], top_k: int,
-                  seconds: dict[str, float], settings: Settings) -> None:
+                  seconds: dict[str, float], settings: Settings, failures: list[dict[str, Any]] | None = None) -> None:
     """The study in a page: the winner with intervals, on held-out questions when there are
     some, per domain, against the runners-up, and the time it took."""
     trials, manifest = results.trials, results.manifest
@@ -135,6 +135,10 @@ def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results:
                      f"{manifest['min_domain_questions']} selection questions, too few for a per-domain winner to "
                      "mean much. `ragopt compare` compares model, tokenizer, retriever and reranker choices per "
                      "domain.\n\n" + winners_markdown(domains))
+    if failures:
+        lines.append(f"## Failed trials\n\n{len(failures)} trials failed and were left out; the study went on.\n\n"
+                     + table(["trial", "pipeline", "error"], [[str(f["trial"]), f"`{f['pipeline']}`",
+                                                              f["error"].replace("|", "\\|")] for f in failures]))
     lines.append(f"## Time\n\nfirst trial {seconds['first']:.2f} s, median later trial "
                  f"{seconds['median'] * 1000:.1f} ms, whole run {seconds['total']:.1f} s.\n")
     write_text(path, "\n".join(lines))

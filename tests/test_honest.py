@@ -289,3 +289,33 @@ def test_compare_and_report_errors_are_one_line(held_out, tmp_path):
     for command in ("compare", "report"):
         result = runner.invoke(app, [command, str(tmp_path)])
         assert result.exit_code == 2 and "ragopt optimize" in result.output.replace("\n", "")
+
+
+def test_a_second_run_on_the_same_output_refuses(tmp_path, tiny_bert):
+    from filelock import FileLock
+
+    path = config(tmp_path, tiny_bert, "n_trials: 3")
+    (tmp_path / "space-output").mkdir()
+    with FileLock(tmp_path / "space-output" / ".ragopt.lock"):  # as a running `ragopt optimize` holds it
+        with pytest.raises(StudyError, match="another `ragopt optimize` is running on"):
+            optimize(path, progress=False)
+    assert optimize(path, progress=False).n_trials == 3
+
+
+def test_a_failing_pipeline_fails_its_trial_and_the_study_goes_on(tmp_path, tiny_bert, monkeypatch):
+    from ragopt.evaluation import Evaluator
+
+    evaluate = Evaluator.evaluate
+
+    def broken(self, spec):
+        if spec.retriever.type == "dense":
+            raise RuntimeError("weights file is truncated")
+        return evaluate(self, spec)
+
+    monkeypatch.setattr(Evaluator, "evaluate", broken)
+    outcome = optimize(config(tmp_path, tiny_bert, "n_trials: 12"), progress=False)
+    assert outcome.failures and all(f["error"] == "RuntimeError: weights file is truncated" for f in outcome.failures)
+    assert all(f["pipeline"].startswith("dense[") for f in outcome.failures)
+    assert outcome.n_trials + len(outcome.failures) == 12
+    summary = (outcome.output / "summary.md").read_text()
+    assert f"{len(outcome.failures)} trials failed and were left out" in summary
