@@ -37,6 +37,12 @@ def main_options(
     """Find the best retrieval pipeline for a QA set and corpus."""
 
 
+def _shown(url: str) -> str:
+    from ragopt.study import shown
+
+    return shown(url)
+
+
 def _fail(error: Exception) -> None:
     err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
     raise typer.Exit(code=2)
@@ -54,6 +60,14 @@ def optimize_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bars."),
     per_domain: bool = typer.Option(False, "--per-domain", metavar="",
                                     help="Also export each domain's winner to per_domain/ (study.per_domain)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="A database the study lives in, shared by every "
+                                          "process given it (e.g. postgresql://user@host/db).",
+                                          show_default="study.storage, else study.db in the output folder"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes on this machine (one GPU each "
+                                "where there are several); more than one shares the study through its storage."),
+    worker: bool = typer.Option(False, "--worker", hidden=True, help="Run trials only; another process writes."),
+    yes: bool = typer.Option(False, "--yes", "-y", metavar="",
+                             help="Do not ask before --fresh deletes a shared study."),
 ) -> None:
     """Run (or resume) the study and write trials.csv, per_question.parquet, runs/, qrels.trec,
     best.yaml, summary.md."""
@@ -63,10 +77,15 @@ def optimize_command(
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
+    if fresh and storage and not yes and not worker:
+        typer.confirm(f"--fresh deletes the study in {_shown(storage)} for every worker sharing it; go on?", abort=True)
     try:
-        outcome = optimize(config, output, n_trials, fresh, progress=not quiet, per_domain=per_domain)
+        outcome = optimize(config, output, n_trials, fresh and not worker, progress=not quiet, per_domain=per_domain,
+                           storage=storage, workers=workers, write=not worker)
     except UserError as error:
         _fail(error)
+    if outcome is None:
+        return
     k = outcome.best_spec.top_k
     pruned = f" (and {outcome.n_pruned} pruned)" if outcome.n_pruned else ""
     pruned += f" ({len(outcome.failures)} failed: see summary.md)" if outcome.failures else ""

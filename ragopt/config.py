@@ -67,6 +67,7 @@ class StudyConfig(StrictModel):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     latency: Literal["measure", "pareto", "off"] = "measure"
     latency_budget: float | None = Field(None, gt=0)
+    heartbeat: float = Field(60, ge=1)
 
     @field_validator("latency", mode="before")
     @classmethod

@@ -9,7 +9,10 @@ models and tokenizers it ran, and refuses to mix in trials from others.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import statistics
 import time
 import warnings
@@ -67,6 +70,10 @@ STUDY_FORMAT = 3
 """The format of a study's records and scoring conventions; a stored study of another format
 (made by an earlier ragopt, its trials scored or timed under other conventions) is not resumed.
 3: seconds per question measured by a latency probe, not the trial's cached cost."""
+GRID = "ragopt_grid"
+"""The user attribute of a trial queued as one of the grid's pipelines."""
+SKIPPED = "ragopt_skipped"
+"""The user attribute of a trial a worker stopped before it did anything (the study was done)."""
 FAILURE = "ragopt_failure"
 """The user attribute of a failed trial: its pipeline and the error that failed it."""
 LATENCY_QUESTIONS = 16
@@ -96,9 +103,51 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return lines
 
 
+def shown(url: str) -> str:
+    """A storage URL as it may be printed: without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://")[0] + "://..."
+
+
+def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
+    """An Optuna storage for a URL; a shared (RDB) one sends heartbeats, so that a trial whose
+    worker died is failed after three silent intervals and retried with the same parameters.
+    Workers that start together may race to create the database's tables: they try again."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        raise StudyError(f"study.storage {shown(url)!r}: give a sqlite:///, postgresql:// or mysql:// URL")
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=int(heartbeat),
+                    grace_period=int(max(3 * heartbeat, 5)),
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except (IntegrityError, OperationalError) as error:
+            if attempt == 4 or (isinstance(error, OperationalError) and not any(
+                    word in str(error) for word in ("locked", "already exists"))):
+                failure: Exception = error
+                break
+            time.sleep(0.5 + attempt)
+        except (SQLAlchemyError, ImportError, ValueError) as error:
+            failure = error
+            break
+    raise StudyError(f"cannot open the study storage {shown(url)}: {type(failure).__name__}: "
+                     f"{str(failure).splitlines()[0][:300].replace(url, shown(url))}. Check that the database "
+                     "server runs and the URL, user and password are right.") from None
+
+
 def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprint: str, provenance: dict[str, Any]
-                ) -> tuple[optuna.Study, optuna.Study | None]:
-    """The study trials run in, and the durable one to copy each finished trial to (or None).
+                ) -> tuple[optuna.Study, optuna.Study | None, bool]:
+    """The study trials run in, the durable one to copy each finished trial to (or None), and
+    whether this process created the study (and so queues a grid: exactly one process does).
 
     With the default SQLite file, sampling runs on an in-memory copy of the stored trials and each
     finished trial is written to the file in one transaction: Optuna reading and writing SQLite at
@@ -117,17 +166,23 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             pruner = optuna.pruners.WilcoxonPruner(p_threshold=config.study.prune_p)
-    storage = config.study.storage or f"sqlite:///{output / 'study.db'}"
+    url = config.study.storage or f"sqlite:///{output / 'study.db'}"
+    storage = _storage(url, config.study.heartbeat) if config.study.storage else url
     if fresh:
         try:
             optuna.delete_study(study_name=name, storage=storage)
         except KeyError:
             pass
     directions = ["maximize", "minimize"] if config.study.latency == "pareto" else ["maximize"]
-    durable = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                  directions=directions, load_if_exists=True)
-    attrs = durable.user_attrs
-    if not attrs and not durable.trials:
+    try:
+        durable = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                      directions=directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        durable = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        created = False
+    attrs = _attrs_of(durable, created)
+    if created or (not attrs and not durable.trials):
         durable.set_user_attr("format", STUDY_FORMAT)
         durable.set_user_attr("space", fingerprint)
         durable.set_user_attr("provenance", provenance)
@@ -135,20 +190,31 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             durable.set_metric_names(["quality", "seconds_per_query"][:len(directions)])
     elif attrs.get("format") != STUDY_FORMAT:
-        raise StudyError(f"study {name!r} in {storage} was made by another version of ragopt, whose trials were "
+        raise StudyError(f"study {name!r} in {shown(url)} was made by another version of ragopt, whose trials were "
                          "scored under other conventions. Rerun with --fresh to start over, or give another --output.")
     elif attrs["space"] != fingerprint:
-        raise StudyError(f"study {name!r} in {storage} was started with a different data set or search space. "
+        raise StudyError(f"study {name!r} in {shown(url)} was started with a different data set or search space. "
                          f"Rerun with --fresh to start over, or give another --output.")
     elif changed := _differences(attrs.get("provenance", {}), provenance):
-        raise StudyError(f"study {name!r} in {storage} was run with other model weights or tokenizers; its trials "
+        raise StudyError(f"study {name!r} in {shown(url)} was run with other model weights or tokenizers; its trials "
                          "cannot be mixed with new ones:\n" + "\n".join(changed)
                          + "\nRerun with --fresh to start over, or give another --output.")
     if config.study.storage:
-        return durable, None
+        return durable, None, created
     working = optuna.create_study(study_name=name, sampler=sampler, pruner=pruner, directions=directions)
     working.add_trials([t for t in durable.get_trials(deepcopy=False) if t.state.is_finished()])
-    return working, durable
+    return working, durable, True
+
+
+def _attrs_of(study: optuna.Study, created: bool) -> dict[str, Any]:
+    """The study's ragopt attributes; a worker that joins a study another one is creating waits
+    (up to a minute) for them to be written."""
+    for _ in range(120):
+        attrs = study.user_attrs
+        if created or "format" in attrs or study.trials:
+            return attrs
+        time.sleep(0.5)
+    return study.user_attrs
 
 
 def _latency_rows(qa: QASet, seed: int) -> np.ndarray:
@@ -164,31 +230,78 @@ def _warm_up(engine: Engine, config: Config, qa: QASet) -> None:
             engine.retrieve(spec, qa.queries, 1)
 
 
-def _trials_to_run(study: optuna.Study, config: Config, total: int) -> int:
-    """How many trials this run adds: the grid's pipelines not yet run (queued once each), or
-    what is missing to reach `total` finished trials. A finite space with no more pipelines than
-    `total` is run as a grid too, rather than sampling the same pipelines again."""
-    grid = enumerate_space(config) if config.finite else None  # validation makes every grid config finite
-    if grid is not None and (config.study.sampler == "grid" or len(grid) <= total):
-        for params in grid:
-            study.enqueue_trial(params, skip_if_exists=True)
+def _enough(study: optuna.Study, trial: optuna.Trial, grid: bool, total: int) -> bool:
+    """On a shared study, whether this trial is one too many: a grid trial that is not one of the
+    queued pipelines (the queue ran dry under another worker), or a trial beyond `total` counting
+    the finished and running trials that started before it."""
+    if grid:
+        return GRID not in trial.user_attrs
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    return sum(t.number < trial.number for t in study.get_trials(deepcopy=False, states=states)) >= total
+
+
+def _left(study: optuna.Study, grid: bool, total: int) -> int:
+    """What a shared study still has to run: queued grid pipelines, or trials up to `total`."""
+    if grid:
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    return max(0, total - len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))))
+
+
+def _is_grid(config: Config, total: int) -> bool:
+    """Whether the study runs the space as a grid: asked to, or a finite space with no more
+    pipelines than `total`, rather than sampling the same pipelines again."""
+    return config.finite and (config.study.sampler == "grid" or len(enumerate_space(config)) <= total)
+
+
+def _trials_to_run(study: optuna.Study, config: Config, total: int, queue: bool) -> int:
+    """How many trials this run adds: the grid's pipelines not yet run, queued once each by the
+    process that created the study (`queue`), or what is missing to reach `total` finished
+    trials."""
+    if _is_grid(config, total):
+        if queue:
+            for params in enumerate_space(config):
+                study.enqueue_trial(params, user_attrs={GRID: True}, skip_if_exists=True)
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     return max(0, total - done)
 
 
 def optimize(config_path: str | Path, output: str | Path | None = None, n_trials: int | None = None,
-             fresh: bool = False, progress: bool = True, per_domain: bool = False) -> Outcome:
-    """Run (or resume) the study a config describes and write its output folder; `per_domain`
-    turns on study.per_domain."""
+             fresh: bool = False, progress: bool = True, per_domain: bool = False, storage: str | None = None,
+             workers: int = 1, write: bool = True) -> Outcome | None:
+    """Run (or resume) the study a config describes and write its output folder. `per_domain`
+    turns on study.per_domain; `storage` overrides study.storage (a database several processes
+    share); `workers` > 1 runs that many processes on it (the default storage's SQLite file when
+    none is given), this one included; `write=False` runs trials only (a worker of another
+    process, which writes the outputs)."""
     config_path = Path(config_path)
     config, _ = load_config(config_path)
-    if per_domain:
-        config = config.model_copy(update={"study": config.study.model_copy(update={"per_domain": True})})
+    if workers < 1:
+        raise StudyError(f"--workers must be at least 1; got {workers}")
     output = Path(output) if output is not None else default_output(config_path)
     output.mkdir(parents=True, exist_ok=True)
-    with _only_run(output, config.study.storage):
-        return _optimize(config, config_path, output, n_trials, fresh, progress)
+    shared = storage or config.study.storage or (f"sqlite:///{output.resolve() / 'study.db'}" if workers > 1 else None)
+    config = config.model_copy(update={"study": config.study.model_copy(update={
+        "per_domain": per_domain or config.study.per_domain, "storage": shared})})
+    with _only_run(output, storage or config.study.storage):
+        return _optimize(config, config_path, output, n_trials, fresh, progress, workers, write)
+
+
+def _start_workers(count: int, config_path: Path, output: Path, n_trials: int | None, storage: str
+                   ) -> list[subprocess.Popen]:
+    """Worker processes on the shared study, one GPU each where there are several."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    processes = []
+    for i in range(count):
+        env = dict(os.environ)
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str((i + 1) % gpus)
+        command = [sys.executable, "-m", "ragopt", "optimize", str(config_path), "--output", str(output),
+                   "--storage", storage, "--worker", "--quiet"] + (["--n-trials", str(n_trials)] if n_trials else [])
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    return processes
 
 
 @contextmanager
@@ -212,7 +325,7 @@ def _only_run(output: Path, storage: str | None) -> Iterator[None]:
 
 
 def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | None, fresh: bool,
-              progress: bool) -> Outcome:
+              progress: bool, workers: int, write: bool) -> Outcome | None:
     qa, corpus = load_dataset(**config.data.model_dump())
     if fresh:
         shutil.rmtree(output / "runs", ignore_errors=True)
@@ -222,8 +335,8 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
                     config.exact_search_max)
     held, folds = study_splits(config.study, qa.domains, len(qa))
     provenance = engine.provenance(config.models(), config.tokenizers())
-    study, durable = _open_study(config, output, config.study.name or config_path.stem, fresh,
-                                 _space_fingerprint(config, qa, corpus, held), provenance)
+    study, durable, created = _open_study(config, output, config.study.name or config_path.stem, fresh,
+                                          _space_fingerprint(config, qa, corpus, held), provenance)
     evaluator = Evaluator(engine, qa, config.top_k, config.optimize, config.study.seed, config.study.prune_steps,
                           selection=~held)
     probe = _latency_rows(qa, config.study.seed)
@@ -233,7 +346,14 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
     started = time.perf_counter()
     _warm_up(engine, config, qa)
     warm_up = time.perf_counter() - started
-    target = _trials_to_run(study, config, n_trials or config.study.n_trials)
+    if durable is None:  # a shared study: fail (and queue again) the trials of workers that died
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    total = n_trials or config.study.n_trials
+    grid = _is_grid(config, total)
+    target = _trials_to_run(study, config, total, queue=created or workers > 1)
+    helpers = _start_workers(workers - 1, config_path, output, n_trials, config.study.storage) if workers > 1 else []
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     if progress and done:
         tqdm.write(f"resuming study {study.study_name!r} from {done} finished trials; {target} to run"
@@ -242,6 +362,10 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
+        if durable is None and _enough(study, trial, grid, total):
+            study.stop()
+            trial.set_user_attr(SKIPPED, True)
+            raise optuna.TrialPruned()
         spec = suggest_pipeline(config, optuna_chooser(trial))
         try:
             if config.study.pruner == "none":
@@ -279,13 +403,29 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
 
     interrupted = False
     try:
-        if target:
-            study.optimize(objective, n_trials=target, timeout=config.study.timeout, callbacks=[report],
-                           catch=(Exception,))
+        for _ in range(3):
+            try:
+                if target:
+                    study.optimize(objective, n_trials=target, timeout=config.study.timeout, callbacks=[report],
+                                   catch=(Exception,))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # this trial's heartbeat came late: another worker failed it and queued it again
+            except ValueError as error:  # the storage handed this trial to another worker too, which told it first
+                if "Cannot tell a" not in str(error):
+                    raise
+            target = _left(study, grid, total) if durable is None else 0  # e.g. a dead worker's trial, queued again
+            if not target:
+                break
     except KeyboardInterrupt:
         interrupted = True  # keep the finished trials: write the outputs, a rerun resumes
     finally:
         bar.close()
+        failed_workers = [p.stderr.read().decode(errors="replace").strip() for p in helpers
+                          if p.wait() != 0 and p.stderr is not None]
+    if failed_workers:
+        raise StudyError("a worker process failed:\n" + failed_workers[0][-2000:])
+    if not write:
+        return None
     seconds = {"first": warm_up + (durations[0] if durations else 0.0),
                "median": statistics.median(durations[1:]) if len(durations) > 1 else 0.0,
                "total": time.perf_counter() - started}
@@ -346,7 +486,8 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     write_summary(output / "summary.md", title=config_path.name, qa=qa, corpus=corpus, results=results, best=best,
                   scoring=scoring, cv=cv, names=config.metrics, ks=config.top_k, top_k=spec.top_k,
                   seconds=seconds, settings=settings, failures=failures)
-    n_pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+    n_pruned = sum(SKIPPED not in t.user_attrs
+                   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     return Outcome(output, spec, float(quality[best]), metrics, len(table), interrupted, n_pruned, failures,
                    scoring.get("holdout", {}).get("value"), cv.score if cv is not None else None)
 

@@ -1,0 +1,5 @@
+"""`python -m ragopt`: the ragopt command."""
+
+from ragopt.cli import main
+
+main()
