@@ -17,6 +17,7 @@ from typing import Any, Callable, Generic, Hashable, TypeVar
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 
 from ragopt.files import atomic_write
 
@@ -84,7 +85,9 @@ def entry_key(kind: str, *parts: object) -> str:
 
 
 class Cache:
-    """Arrays and tables on disk under `root`, or in memory only when root is None.
+    """Arrays and tables on disk under `root`, or in memory only when root is None. Processes may
+    share `root` (a shared file system, workers of one study): an entry is computed by one of
+    them while the others wait for it, and every file appears whole or not at all.
     `misses` lists the (kind, key) of every entry computed by this process, in order."""
 
     def __init__(self, root: str | Path | None, memory_bytes: int = MEMORY_BYTES) -> None:
@@ -120,11 +123,18 @@ class Cache:
     def _load_or_compute(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]
                          ) -> dict[str, np.ndarray]:
         path = self._path(kind, key, ".npz")
-        if path is not None and path.exists():
+        if path is None:
+            self.misses.append((kind, key))
+            return compute()
+        if path.exists():
             return _load(path)
-        self.misses.append((kind, key))
-        value = compute()
-        if path is not None:
+        locks = self.root / "locks"  # type: ignore[operator]
+        locks.mkdir(parents=True, exist_ok=True)
+        with FileLock(locks / f"{kind}-{key}.lock"):  # workers sharing the folder compute each entry once
+            if path.exists():
+                return _load(path)
+            self.misses.append((kind, key))
+            value = compute()
             atomic_write(path, lambda tmp: _savez(tmp, value))
         return value
 

@@ -84,6 +84,10 @@ def optimize_command(
                            storage=storage, workers=workers, write=not worker)
     except UserError as error:
         _fail(error)
+    except KeyboardInterrupt:  # before the first trial (models loading or encoding): nothing is lost
+        err.print("interrupted before the trials began: the cache keeps what was encoded; rerun the same command "
+                  "to resume", highlight=False)
+        raise typer.Exit(code=130) from None
     if outcome is None:
         return
     k = outcome.best_spec.top_k

@@ -101,3 +101,23 @@ def test_score_tables_from_two_writers_merge(tmp_path, monkeypatch):
     scores, found = merged.lookup(np.array([1, 2, 3, 4], np.uint64))
     assert found.tolist() == [True, True, True, False]
     np.testing.assert_allclose(scores[:3], [0.1, 0.2, 0.3])
+
+
+def _compute_in_another_process(root, log):
+    def compute():
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        time.sleep(1.0)
+        return {"x": np.arange(4)}
+
+    return Cache(root).arrays("embeddings", "shared", compute)["x"].tolist()
+
+
+def test_processes_sharing_a_cache_compute_each_entry_once(tmp_path):
+    import multiprocessing
+
+    log = tmp_path / "computed.log"
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        results = pool.starmap(_compute_in_another_process, [(tmp_path / "cache", log)] * 3)
+    assert results == [[0, 1, 2, 3]] * 3
+    assert len(log.read_text().split()) == 1  # one process computed it; the others waited and read it

@@ -62,3 +62,19 @@ def test_a_rerun_says_the_study_is_complete(best):
     config = best.parent.parent / "bm25.yaml"
     result = runner.invoke(app, ["optimize", str(config)])
     assert result.exit_code == 0 and "study 'bm25' already complete (2 trials)" in result.output
+
+
+def test_ctrl_c_before_the_trials_is_one_line(tmp_path, monkeypatch):
+    from ragopt import study
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "_warm_up", interrupted)
+    config = write_config(tmp_path / "bm25.yaml", """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers: [{name: bm25, type: bm25, tokenizer: whitespace}]
+""")
+    result = runner.invoke(app, ["optimize", str(config), "-q"])
+    assert result.exit_code == 130 and "rerun the same command to resume" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
