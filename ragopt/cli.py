@@ -226,13 +226,15 @@ def report_command(
     metric: str = typer.Option("objective", "--metric", "-m", help="The metric of the per-domain heatmap."),
     by: str = typer.Option("model", "--by", "-b", help="The heatmap's choices: retriever, model, tokenizer, reranker."),
     path: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file.", show_default="OUTPUT/report.html"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="The study's database, for its history plots.",
+                                          show_default="study.json's, without a password"),
 ) -> None:
     """One self-contained HTML page (opens offline): trials, per-domain heatmap, metric-vs-k
     curves, optimization history, parameter importances, quality vs latency, the best config."""
     from ragopt.report_data import build_report
 
     try:
-        written = build_report(output, path or output / "report.html", metric, by)  # type: ignore[arg-type]
+        written = build_report(output, path or output / "report.html", metric, by, storage)  # type: ignore[arg-type]
     except UserError as error:
         _fail(error)
     console.print(f"report: {written} ({written.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False)

@@ -42,17 +42,17 @@ def curves(results: StudyResults, top: int, settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _study(output: Path, manifest: dict[str, Any]) -> Any:
+def _study(output: Path, manifest: dict[str, Any], storage: str | None) -> Any:
     """The stored Optuna study (for its history and importances), or None if it cannot be opened."""
     import optuna
 
-    storage = manifest.get("storage") or f"sqlite:///{output / 'study.db'}"
+    storage = storage or manifest.get("storage") or f"sqlite:///{output / 'study.db'}"
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return optuna.load_study(study_name=manifest["study"], storage=storage)
-    except (KeyError, ValueError, ImportError) as error:
+    except Exception as error:  # the report is still worth having without the history
         warnings.warn(f"the report has no optimization history: cannot open {storage}: {error}", stacklevel=2)
         return None
 
@@ -80,8 +80,10 @@ def _facts(results: StudyResults, best: dict[str, Any]) -> list[tuple[str, str]]
     return facts
 
 
-def build_report(output: str | Path, path: str | Path, metric: str = "objective", by: By = "model") -> Path:
-    """Write the HTML report of the study in `output` to `path`."""
+def build_report(output: str | Path, path: str | Path, metric: str = "objective", by: By = "model",
+                 storage: str | None = None) -> Path:
+    """Write the HTML report of the study in `output` to `path`; `storage` is the study's
+    database URL where study.json's (written without its password) does not open it."""
     output, path = Path(output), Path(path)
     results = StudyResults.load(output)
     manifest = results.manifest
@@ -98,6 +100,6 @@ def build_report(output: str | Path, path: str | Path, metric: str = "objective"
     data = ReportData(
         title=f"{manifest['config']}: {len(trials)} trials", facts=_facts(results, best), trials=trials,
         matrix=choice_matrix(results, metric, by, settings), matrix_by=by, metric=metric,
-        curves=curves(results, TOP_CURVES, settings), pareto=pareto, study=_study(output, manifest),
+        curves=curves(results, TOP_CURVES, settings), pareto=pareto, study=_study(output, manifest, storage),
         best_yaml=best_text, confidence=settings.confidence, best_trial=int(manifest["best_trial"]))
     return write_report(path, data)

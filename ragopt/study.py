@@ -136,7 +136,10 @@ def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
                 failure: Exception = error
                 break
             time.sleep(0.5 + attempt)
-        except (SQLAlchemyError, ImportError, ValueError) as error:
+        except ImportError:
+            driver = "psycopg2-binary" if url.startswith("postgresql") else "the database's Python driver"
+            raise StudyError(f"cannot open the study storage {shown(url)}: pip install {driver}") from None
+        except (SQLAlchemyError, ValueError) as error:
             failure = error
             break
     raise StudyError(f"cannot open the study storage {shown(url)}: {type(failure).__name__}: "
@@ -456,7 +459,8 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     table["pareto"] = front
     if budget is not None:
         table["feasible"] = feasible(latency, budget)
-    manifest = {"study": study.study_name, "config": config_path.name, "storage": config.study.storage,
+    storage = shown(config.study.storage) if config.study.storage else None  # never a password in the outputs
+    manifest = {"study": study.study_name, "config": config_path.name, "storage": storage,
                 "objective": dict(config.optimize), "metrics": config.metrics, "top_k": config.top_k,
                 "seed": config.study.seed, "confidence": config.study.confidence, "holdout": config.study.holdout,
                 "folds": config.study.folds, "latency": config.study.latency, "latency_budget": budget,

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from conftest import write_config
-from ragopt.study import SKIPPED, optimize
+from ragopt.errors import StudyError
+from ragopt.study import SKIPPED, optimize, shown
 
 GRID = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
@@ -118,3 +119,12 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path):
     assert final["COMPLETE"] == 64 == outcome.n_trials and final["FAIL"] == running and not final["RUNNING"], detail
     study = optuna.load_study(study_name="grid", storage=storage)
     assert len({tuple(sorted(t.params.items())) for t in study.trials if t.state.name == "COMPLETE"}) == 64
+
+
+def test_a_storage_password_is_never_shown(tmp_path):
+    url = "postgresql://alice:s3cret@127.0.0.1:1/ragopt"
+    config = write_config(tmp_path / "grid.yaml", GRID)
+    with pytest.raises(StudyError) as caught:
+        optimize(config, progress=False, storage=url)
+    assert "s3cret" not in str(caught.value) and "postgresql://alice:***@127.0.0.1:1/ragopt" in str(caught.value)
+    assert shown(url) == "postgresql://alice:***@127.0.0.1:1/ragopt"
