@@ -71,7 +71,7 @@ STUDY_FORMAT = 3
 (made by an earlier ragopt, its trials scored or timed under other conventions) is not resumed.
 3: seconds per question measured by a latency probe, not the trial's cached cost."""
 GRID = "ragopt_grid"
-"""The user attribute of a trial queued as one of the grid's pipelines."""
+"""The user attribute of a trial queued as one of the grid's pipelines: its parameters."""
 SKIPPED = "ragopt_skipped"
 """The user attribute of a trial a worker stopped before it did anything (the study was done)."""
 FAILURE = "ragopt_failure"
@@ -263,7 +263,7 @@ def _trials_to_run(study: optuna.Study, config: Config, total: int, queue: bool)
     if _is_grid(config, total):
         if queue:
             for params in enumerate_space(config):
-                study.enqueue_trial(params, user_attrs={GRID: True}, skip_if_exists=True)
+                study.enqueue_trial(params, user_attrs={GRID: params}, skip_if_exists=True)
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     return max(0, total - done)
@@ -370,6 +370,12 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
             trial.set_user_attr(SKIPPED, True)
             raise optuna.TrialPruned()
         spec = suggest_pipeline(config, optuna_chooser(trial))
+        queued = trial.user_attrs.get(GRID)
+        if durable is None and isinstance(queued, dict) and trial.params != queued:
+            # a retry of a trial whose worker died before storing the queued pipeline: queue it again
+            study.enqueue_trial(queued, user_attrs={GRID: queued})
+            trial.set_user_attr(SKIPPED, True)
+            raise optuna.TrialPruned()
         try:
             if config.study.pruner == "none":
                 scored, reused = evaluator.evaluate(spec)

@@ -128,3 +128,23 @@ def test_a_storage_password_is_never_shown(tmp_path):
         optimize(config, progress=False, storage=url)
     assert "s3cret" not in str(caught.value) and "postgresql://alice:***@127.0.0.1:1/ragopt" in str(caught.value)
     assert shown(url) == "postgresql://alice:***@127.0.0.1:1/ragopt"
+
+
+def test_a_retry_without_parameters_queues_its_grid_pipeline_again(tmp_path, monkeypatch):
+    from ragopt import study as study_module
+    from ragopt.space import enumerate_space
+
+    config = write_config(tmp_path / "grid.yaml", GRID)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    grid = enumerate_space(study_module.load_config(config)[0])
+    monkeypatch.setattr(study_module, "enumerate_space", lambda config: grid[:-1])
+    optimize(config, tmp_path / "first", storage=storage, progress=False)  # 63 pipelines
+    stored = optuna.load_study(study_name="grid", storage=storage)
+    # what RetryHeartbeatStaleTrialCallback queues for a trial killed before it stored its parameters
+    stored.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING,
+                                         user_attrs={study_module.GRID: grid[-1]}, system_attrs={"failed_trial": 0}))
+    monkeypatch.undo()
+    optimize(config, tmp_path / "second", storage=storage, progress=False)
+    trials = optuna.load_study(study_name="grid", storage=storage).trials
+    complete = [tuple(sorted(t.params.items())) for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == len(set(complete)) == 64 and tuple(sorted(grid[-1].items())) in complete
