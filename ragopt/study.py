@@ -455,6 +455,7 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
         reason = f"; the first failure: trial {failures[0]['trial']}, {failures[0]['error']}" if failures else ""
         raise StudyError(f"study {study.study_name!r} has no completed trial{reason}; raise n_trials or timeout, "
                          "or fix what failed")
+    seconds = {**seconds, **_study_time(study)}
     values = [record.per_question(qa, config.top_k, tuple(config.metrics)) for _, record in trials]
     objectives = [evaluator.per_query_objective(v, record.pipeline.top_k) for v, (_, record) in zip(values, trials)]
     table = trials_table(trials, values, objectives, held, qa.domains)
@@ -500,6 +501,18 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
                    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     return Outcome(output, spec, float(quality[best]), metrics, len(table), interrupted, n_pruned, failures,
                    scoring.get("holdout", {}).get("value"), cv.score if cv is not None else None)
+
+
+def _study_time(study: optuna.Study) -> dict[str, float]:
+    """The time of the whole study, every run and worker included: its finished trials, the sum
+    of their durations, and the span from the first start to the last finish."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.datetime_start
+            and t.datetime_complete and SKIPPED not in t.user_attrs]
+    if not done:
+        return {"trials": 0, "trial_seconds": 0.0, "span": 0.0}
+    return {"trials": len(done),
+            "trial_seconds": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done),
+            "span": (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()}
 
 
 def _scoring(results: StudyResults, best: int, objective: np.ndarray, cv: FoldSelection | None,

@@ -139,8 +139,11 @@ def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results:
         lines.append(f"## Failed trials\n\n{len(failures)} trials failed and were left out; the study went on.\n\n"
                      + table(["trial", "pipeline", "error"], [[str(f["trial"]), f"`{f['pipeline']}`",
                                                               f["error"].replace("|", "\\|")] for f in failures]))
-    lines.append(f"## Time\n\nfirst trial {seconds['first']:.2f} s, median later trial "
-                 f"{seconds['median'] * 1000:.1f} ms, whole run {seconds['total']:.1f} s.\n")
+    lines.append(f"## Time\n\nThe whole study (every run and worker): {int(seconds['trials'])} finished trials, "
+                 f"{seconds['trial_seconds']:.1f} s of trial time, {seconds['span']:.1f} s from the first trial's "
+                 f"start to the last one's end. This run: first trial {seconds['first']:.2f} s (loading and "
+                 f"encoding included), median later trial {seconds['median'] * 1000:.1f} ms, whole run "
+                 f"{seconds['total']:.1f} s.\n")
     write_text(path, "\n".join(lines))
 
 

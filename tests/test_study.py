@@ -106,6 +106,8 @@ def test_rerun_resumes_and_a_changed_space_is_refused(finished, space):
     after = pd.read_csv(resumed.output / "trials.csv")
     assert len(after) == 34
     pd.testing.assert_frame_equal(after.head(30)[["trial", "value"]], before[["trial", "value"]])
+    time_section = (resumed.output / "summary.md").read_text().split("## Time")[1]
+    assert "The whole study (every run and worker): 34 finished trials" in time_section  # not only this run's 4
     changed = space.with_name("changed.yaml")
     changed.write_text(space.read_text().replace("top_k: [1, 3, 5]", "top_k: [1, 5]")
                        .replace("seed: 3}", "seed: 3, name: space}"))  # the same study, another space
