@@ -187,34 +187,40 @@ def compare_command(
 
 
 def _print_runner_ups(frame: Any, metric: str, on: str) -> None:
+    from ragopt.summary import difference, interval, verdict
+
     table = Table("trial", "pipeline", f"{metric} ({on})", "winner minus this", "significant",
                   title="the winner against the runners-up")
     for r in frame.itertuples():
-        tested = getattr(r, "difference", float("nan")) == getattr(r, "difference", float("nan"))
-        table.add_row(str(r.trial), escape(r.pipeline), f"{r.score:.4f} [{r.low:.3f}, {r.high:.3f}]",
-                      f"{r.difference:+.4f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]" if tested else "",
-                      (("yes" if r.significant else "no") + f" (p={r.p_holm:.3g})") if tested else "")
+        table.add_row(str(r.trial), escape(r.pipeline), interval(r.score, r.low, r.high),
+                      difference(getattr(r, "difference", None), getattr(r, "difference_low", None),
+                                 getattr(r, "difference_high", None)),
+                      verdict(getattr(r, "significant", False), getattr(r, "p_holm", None)))
     console.print(table)
 
 
 def _print_winners(frame: Any, metric: str, on: str) -> None:
+    from ragopt.summary import difference, interval, verdict
+
     table = Table("domain", "questions (selection / scored)", "pipeline", f"{metric} ({on})",
                   "margin over runner-up", "significant", title="best pipeline per domain")
     for r in frame.itertuples():
-        margin = "" if r.margin != r.margin else f"{r.margin:+.4f} [{r.margin_low:+.3f}, {r.margin_high:+.3f}]"
-        verdict = "" if r.margin != r.margin else ("yes" if r.significant else "no") + f" (p={r.p_holm:.3g})"
         table.add_row(escape(str(r.domain)), f"{r.questions} / {r.scored_on}" + ("" if r.enough else " (few)"),
-                      escape(r.pipeline), f"{r.score:.4f} [{r.low:.3f}, {r.high:.3f}]", margin, verdict)
+                      escape(r.pipeline), interval(r.score, r.low, r.high),
+                      difference(getattr(r, "margin", None), getattr(r, "margin_low", None),
+                                 getattr(r, "margin_high", None)),
+                      verdict(getattr(r, "significant", False), getattr(r, "p_holm", None)))
     console.print(table)
 
 
 def _print_matrix(frame: Any, by: str, metric: str) -> None:
+    from ragopt.summary import matrix_cells
+
     domains = list(dict.fromkeys(frame["domain"]))
     judged = frame["judged_on"].iloc[0] if len(frame) else ""
     table = Table(by, *map(escape, domains), title=f"{metric}: best trial of each {by} per domain, scored {judged} "
                   "(★ best, = not significantly worse)")
-    cells = {(r.choice, r.domain): f"{r.score:.3f} [{r.low:.2f}, {r.high:.2f}]"
-             + (" ★" if r.best else " =" if r.tied else "") for r in frame.itertuples()}
+    cells = matrix_cells(frame, digits=3)
     for choice in sorted(set(frame["choice"])):
         table.add_row(escape(choice), *(cells.get((choice, d), "") for d in domains))
     console.print(table)

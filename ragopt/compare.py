@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ import pandas as pd
 
 from ragopt.errors import StudyError
 from ragopt.selection import ranked
-from ragopt.stats import bootstrap_ci, holm, paired_test
+from ragopt.stats import PairedComparison, bootstrap_ci, holm, paired_test
 
 ALL = "(all)"
 """The row or column of every question, next to the domains."""
@@ -71,7 +72,7 @@ class StudyResults:
         return cls(pd.read_csv(output / "trials.csv"), pd.read_parquet(output / "per_question.parquet"),
                    json.loads((output / "study.json").read_text(encoding="utf-8")))
 
-    @property
+    @cached_property
     def questions(self) -> pd.DataFrame:
         """One row per question: qid, domain (ALL-less), split and fold, in QA order."""
         first = self.per_question["trial"].iloc[0]
@@ -117,7 +118,7 @@ def _eligible(results: StudyResults) -> np.ndarray:
     return trials["feasible"].to_numpy(bool) if "feasible" in trials else np.ones(len(trials), dtype=bool)
 
 
-def _distinct(results: StudyResults) -> np.ndarray:
+def distinct(results: StudyResults) -> np.ndarray:
     """Positions of the eligible trials, one per distinct pipeline (the earliest; pipelines are
     told apart by their full spec, not by their one-line description)."""
     trials = results.trials
@@ -139,10 +140,34 @@ def _judged_on(results: StudyResults) -> str:
     return "holdout" if results.has_holdout else "selection (flattered)"
 
 
+def described(table: pd.DataFrame) -> str:
+    """What a table's scores and tests are computed on (its `judged_on`), in words, for the pages
+    that show it."""
+    judged_on = table["judged_on"].iloc[0] if "judged_on" in table and len(table) else ""
+    return {"out of fold": "out of fold on every question of the domain (a question in fold f by the trial best on "
+                           "the other folds; held-out questions by the overall pick; the ★ cell by the best choice "
+                           "picked without the question)",
+            "holdout": "on the held-out questions"}.get(judged_on,
+                                                        "on the selection questions, which flatters them")
+
+
 def _scored(values: np.ndarray, settings: Settings) -> tuple[float, float, float]:
     mean, low, high = bootstrap_ci(values, confidence=settings.confidence, n_resamples=settings.resamples,
                                    seed=settings.seed)
     return float(mean), float(low), float(high)
+
+
+def _tested(a: np.ndarray, b: np.ndarray, settings: Settings) -> PairedComparison:
+    return paired_test(a, b, confidence=settings.confidence, n_resamples=settings.resamples, seed=settings.seed)
+
+
+def _holm(table: pd.DataFrame, tested: np.ndarray, difference: str, alpha: float) -> pd.Series:
+    """Holm-correct the p-values of the `tested` rows into `p_holm`; which rows' `difference` is
+    significantly above 0."""
+    table["p_holm"] = np.nan
+    if tested.any():
+        table.loc[tested, "p_holm"] = holm(table.loc[tested, "p"].to_numpy())
+    return table["p_holm"].lt(alpha) & table[difference].gt(0)
 
 
 def winners(results: StudyResults, metric: str = "objective", settings: Settings | None = None,
@@ -153,7 +178,7 @@ def winners(results: StudyResults, metric: str = "objective", settings: Settings
     settings = settings or Settings()
     values = results.values(metric)
     selection, evaluation = results.sides()
-    candidates = _distinct(results)
+    candidates = distinct(results)
     rows = []
     for domain, mask in results.groups().items():
         chosen_on, scored_on = selection & mask, evaluation & mask
@@ -168,8 +193,7 @@ def winners(results: StudyResults, metric: str = "objective", settings: Settings
                "selected": float(values[chosen_on, best].mean()), "score": score, "low": low, "high": high,
                "scored_on": int(scored_on.sum())}
         if runner is not None:
-            test = paired_test(values[scored_on, best], values[scored_on, runner], confidence=settings.confidence,
-                               n_resamples=settings.resamples, seed=settings.seed)
+            test = _tested(values[scored_on, best], values[scored_on, runner], settings)
             row.update({"runner_up": int(results.trials["trial"].iloc[runner]),
                         "runner_up_pipeline": results.trials["pipeline"].iloc[runner],
                         "margin": test.difference, "margin_low": test.low, "margin_high": test.high,
@@ -177,9 +201,7 @@ def winners(results: StudyResults, metric: str = "objective", settings: Settings
         rows.append(row)
     table = pd.DataFrame(rows)
     if "p" in table:
-        tested = table["p"].notna().to_numpy()
-        table.loc[tested, "p_holm"] = holm(table.loc[tested, "p"].to_numpy())
-        table["significant"] = table["p_holm"].lt(settings.alpha) & table["margin"].gt(0)
+        table["significant"] = _holm(table, table["p"].notna().to_numpy(), "margin", settings.alpha)
     return table
 
 
@@ -191,7 +213,7 @@ def runner_ups(results: StudyResults, metric: str = "objective", top: int = 10,
     settings = settings or Settings()
     values = results.values(metric)
     selection, evaluation = results.sides()
-    candidates = _distinct(results)
+    candidates = distinct(results)
     if top < 1:
         raise StudyError(f"--top must be at least 1; got {top}")
     order = _ranked(results, candidates, values[selection][:, candidates].mean(axis=0))[: top + 1]
@@ -203,15 +225,13 @@ def runner_ups(results: StudyResults, metric: str = "objective", top: int = 10,
                "pipeline": results.trials["pipeline"].iloc[position],
                "selected": float(values[selection, position].mean()), "score": score, "low": low, "high": high}
         if position != best:
-            test = paired_test(values[evaluation, best], values[evaluation, position],
-                               confidence=settings.confidence, n_resamples=settings.resamples, seed=settings.seed)
+            test = _tested(values[evaluation, best], values[evaluation, position], settings)
             row.update({"difference": test.difference, "difference_low": test.low, "difference_high": test.high,
                         "p": test.p_value})
         rows.append(row)
     table = pd.DataFrame(rows)
     if len(table) > 1:
-        table.loc[1:, "p_holm"] = holm(table.loc[1:, "p"].to_numpy())
-        table["significant"] = table["p_holm"].lt(settings.alpha) & table["difference"].gt(0)
+        table["significant"] = _holm(table, table.index.to_numpy() >= 1, "difference", settings.alpha)
     return table
 
 
@@ -289,15 +309,11 @@ def choice_matrix(results: StudyResults, metric: str = "objective", by: By = "mo
                    "judged_on": judged_on, "selected": float(means[pick]), "score": score, "low": low, "high": high,
                    "best": choice == best_choice, "difference": 0.0, "p": np.nan}
             if choice != best_choice:
-                test = paired_test(best_scores, scores[choice], confidence=settings.confidence,
-                                   n_resamples=settings.resamples, seed=settings.seed)
+                test = _tested(best_scores, scores[choice], settings)
                 row.update({"difference": test.difference, "p": test.p_value})
             domain_rows.append(row)
         frame = pd.DataFrame(domain_rows)
         tested = ~frame["best"].to_numpy()
-        frame["p_holm"] = np.nan
-        if tested.any():
-            frame.loc[tested, "p_holm"] = holm(frame.loc[tested, "p"].to_numpy())
-        frame["tied"] = tested & ~(frame["p_holm"].lt(settings.alpha) & frame["difference"].gt(0)).to_numpy()
+        frame["tied"] = tested & ~_holm(frame, tested, "difference", settings.alpha).to_numpy()
         rows.extend(frame.to_dict("records"))
     return pd.DataFrame(rows)

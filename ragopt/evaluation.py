@@ -37,12 +37,6 @@ class Scored:
     def nbytes(self) -> int:
         return self.ranking.nbytes + self.gains.nbytes + sum(v.nbytes for v in self.per_query.values())
 
-    def mean(self, name: str) -> float:
-        return float(self.per_query[name].mean())
-
-    def means(self, metrics: list[str]) -> dict[str, float]:
-        """Means of the named metrics at every k, keyed 'metric@k'."""
-        return {key: self.mean(key) for key in self.per_query if key.split("@")[0] in metrics}
 
 
 class Evaluator:
@@ -52,7 +46,7 @@ class Evaluator:
     Example:
         evaluator = Evaluator(engine, qa, ks=[1, 3, 5], objective={"ndcg": 1.0})
         scored, reused = evaluator.evaluate(spec)
-        print(evaluator.objective(scored, spec.top_k), scored.means(["ndcg"]))
+        print(evaluator.objective(scored, spec.top_k), scored.per_query["ndcg@5"].mean())
     """
 
     def __init__(self, engine: Engine, qa: QASet, ks: list[int], objective: dict[str, float], seed: int = 0,

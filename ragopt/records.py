@@ -31,18 +31,15 @@ class TrialRecord(BaseModel):
     reused: bool
     """Its ranking came from an earlier trial (the same pipeline, or one that differs only in top_k)."""
     seconds_per_query: float
-    metrics: dict[str, float]
-    """The mean of every metric at every k, keyed 'metric@k'."""
     gains: str
     """Base64 of the bit-packed relevance matrix (questions x depth, row-major)."""
     depth: int
 
     @classmethod
-    def of(cls, pipeline: PipelineSpec, gains: np.ndarray, metrics: dict[str, float], reused: bool,
-           seconds_per_query: float) -> "TrialRecord":
+    def of(cls, pipeline: PipelineSpec, gains: np.ndarray, reused: bool, seconds_per_query: float) -> "TrialRecord":
         packed = base64.b64encode(np.packbits(gains.astype(bool).ravel()).tobytes()).decode()
         return cls(pipeline=pipeline, description=pipeline.describe(), reused=reused,
-                   seconds_per_query=seconds_per_query, metrics=metrics, gains=packed, depth=gains.shape[1])
+                   seconds_per_query=seconds_per_query, gains=packed, depth=gains.shape[1])
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "TrialRecord":

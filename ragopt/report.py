@@ -20,6 +20,7 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from ragopt.compare import described
 from ragopt.files import write_text
 
 
@@ -86,13 +87,6 @@ document.querySelectorAll("table.sortable th").forEach((th, column) => th.addEve
 """Click a header to sort by that column, again to reverse; empty cells stay last."""
 
 
-def _judged_on(matrix: pd.DataFrame) -> str:
-    """What the matrix's scores are computed on, in words."""
-    judged = matrix["judged_on"].iloc[0] if "judged_on" in matrix and len(matrix) else ""
-    return {"out of fold": "out of fold on every question (each by the trial chosen without it)",
-            "holdout": "on the held-out questions"}.get(judged, "on the selection questions (which flatters it)")
-
-
 def write_report(path: Path, data: ReportData) -> Path:
     """Write the report page to `path` atomically and return the path."""
     write_text(path, render(data))
@@ -104,7 +98,7 @@ def render(data: ReportData) -> str:
     figures = [
         ("matrix", f"Per-domain comparison of the best pipeline of each {data.matrix_by}",
          f"Each cell: mean {data.metric} of the {data.matrix_by}'s best trial in the domain, chosen on the "
-         f"selection questions and scored {_judged_on(data.matrix)}, "
+         f"selection questions and scored {described(data.matrix)}, "
          f"[{data.confidence:.0%} bootstrap interval]; ★ the domain's best, = not significantly worse than it "
          "(Holm-corrected).",
          _matrix_figure(data)),

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ragopt.compare import By, Settings, StudyResults, choice_matrix
+from ragopt.compare import By, Settings, StudyResults, choice_matrix, distinct
 from ragopt.errors import StudyError
 from ragopt.report import ReportData, write_report
 from ragopt.stats import bootstrap_ci
@@ -26,9 +26,7 @@ def curves(results: StudyResults, top: int, settings: Settings) -> pd.DataFrame:
     intervals, on the evaluation questions."""
     trials = results.trials
     _, evaluation = results.sides()
-    eligible = trials["feasible"].astype(bool) if "feasible" in trials else pd.Series(True, index=trials.index)
-    ranked = trials.loc[~trials["pipeline"].duplicated() & eligible].sort_values(["value", "trial"],
-                                                                                  ascending=[False, True])
+    ranked = trials.iloc[distinct(results)].sort_values(["value", "trial"], ascending=[False, True])
     columns = [c for c in results.per_question.columns if "@" in c]
     rows = []
     for row in ranked.head(top).itertuples():

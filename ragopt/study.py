@@ -244,29 +244,26 @@ def _enough(study: optuna.Study, trial: optuna.Trial, grid: bool, total: int) ->
 
 
 def _left(study: optuna.Study, grid: bool, total: int) -> int:
-    """What a shared study still has to run: queued grid pipelines, or trials up to `total`."""
+    """What the study still has to run: queued grid pipelines, or trials up to `total`."""
     if grid:
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     return max(0, total - len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))))
 
 
-def _is_grid(config: Config, total: int) -> bool:
-    """Whether the study runs the space as a grid: asked to, or a finite space with no more
-    pipelines than `total`, rather than sampling the same pipelines again."""
-    return config.finite and (config.study.sampler == "grid" or len(enumerate_space(config)) <= total)
+def _grid(config: Config, total: int) -> list[dict[str, Any]] | None:
+    """The space's pipelines when the study runs it as a grid (asked to, or a finite space with no
+    more pipelines than `total`, rather than sampling the same pipelines again); else None."""
+    if not config.finite:
+        return None
+    pipelines = enumerate_space(config)
+    return pipelines if config.study.sampler == "grid" or len(pipelines) <= total else None
 
 
-def _trials_to_run(study: optuna.Study, config: Config, total: int, queue: bool) -> int:
-    """How many trials this run adds: the grid's pipelines not yet run, queued once each by the
-    process that created the study (`queue`), or what is missing to reach `total` finished
-    trials."""
-    if _is_grid(config, total):
-        if queue:
-            for params in enumerate_space(config):
-                study.enqueue_trial(params, user_attrs={GRID: params}, skip_if_exists=True)
-        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    return max(0, total - done)
+def _queue(study: optuna.Study, pipelines: list[dict[str, Any]]) -> None:
+    """Queue the grid's pipelines not queued or run yet, each carrying its parameters (so that a
+    retried trial that lost them can queue its pipeline again)."""
+    for params in pipelines:
+        study.enqueue_trial(params, user_attrs={GRID: params}, skip_if_exists=True)
 
 
 def optimize(config_path: str | Path, output: str | Path | None = None, n_trials: int | None = None,
@@ -354,8 +351,11 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     total = n_trials or config.study.n_trials
-    grid = _is_grid(config, total)
-    target = _trials_to_run(study, config, total, queue=created or workers > 1)
+    pipelines = _grid(config, total)
+    grid = pipelines is not None
+    if pipelines is not None and (created or workers > 1):  # one process queues a grid
+        _queue(study, pipelines)
+    target = _left(study, grid, total)
     helpers = _start_workers(workers - 1, config_path, output, n_trials, config.study.storage) if workers > 1 else []
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     if progress and done:
@@ -394,7 +394,7 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
         if config.study.latency_budget is not None:
             trial.set_constraint("seconds_over_budget", seconds - config.study.latency_budget)
         durations.append(time.perf_counter() - start)
-        record = TrialRecord.of(spec, scored.gains, scored.means(config.metrics), reused, seconds)
+        record = TrialRecord.of(spec, scored.gains, reused, seconds)
         trial.set_user_attr(RECORD, record.to_attr())
         trec.run(output / "runs" / f"{trial.number}.trec", scored.ranking, f"ragopt-{trial.number}")
         return (value, seconds) if config.study.latency == "pareto" else value

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ragopt.compare import By, Settings, StudyResults, choice_matrix, runner_ups, winners
+from ragopt.compare import By, Settings, StudyResults, choice_matrix, described, runner_ups, winners
 from ragopt.data import Corpus, QASet
 from ragopt.files import atomic_write, write_text
 from ragopt.selection import FoldSelection
@@ -23,14 +23,30 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
-def interval(mean: float, low: float, high: float) -> str:
-    return f"{mean:.4f} [{low:.3f}, {high:.3f}]"
+def interval(mean: float, low: float, high: float, digits: int = 4) -> str:
+    """A mean and its interval: 0.8123 [0.760, 0.861]."""
+    return f"{mean:.{digits}f} [{low:.{digits - 1}f}, {high:.{digits - 1}f}]"
 
 
-def _verdict(significant: Any, p_holm: Any) -> str:
+def difference(value: Any, low: Any, high: Any) -> str:
+    """A paired difference and its interval, or nothing for a row that was not tested."""
+    return "" if pd.isna(value) else f"{value:+.4f} [{low:+.3f}, {high:+.3f}]"
+
+
+def verdict(significant: Any, p_holm: Any) -> str:
+    """Whether a difference is significant, with its Holm-corrected p-value."""
     if pd.isna(p_holm):
         return ""
     return f"{'yes' if significant else 'no'} (p={p_holm:.3g})"
+
+
+def matrix_cells(frame: pd.DataFrame, digits: int = 4) -> dict[tuple[str, str], str]:
+    """(choice, domain) -> score [interval], ★ the domain's best, = not significantly worse."""
+    cells = {}
+    for r in frame.itertuples():
+        cells[(r.choice, r.domain)] = interval(r.score, r.low, r.high, digits) + (" ★" if r.best else
+                                                                                   " =" if r.tied else "")
+    return cells
 
 
 def metric_grid(values: dict[str, np.ndarray], names: list[str], ks: list[int], settings: Settings) -> str:
@@ -46,11 +62,11 @@ def winners_markdown(frame: pd.DataFrame) -> str:
     """The best pipeline per domain, its interval and its margin over the runner-up."""
     rows = []
     for r in frame.itertuples():
-        margin = "" if pd.isna(getattr(r, "margin", np.nan)) else \
-            f"{r.margin:+.4f} [{r.margin_low:+.3f}, {r.margin_high:+.3f}]"
+        margin = difference(getattr(r, "margin", np.nan), getattr(r, "margin_low", np.nan),
+                            getattr(r, "margin_high", np.nan))
         rows.append([str(r.domain), f"{r.questions} / {r.scored_on}" + ("" if r.enough else " (few)"), str(r.trial),
                      f"`{r.pipeline}`", f"{r.selected:.4f}", interval(r.score, r.low, r.high), margin,
-                     _verdict(getattr(r, "significant", False), getattr(r, "p_holm", np.nan))])
+                     verdict(getattr(r, "significant", False), getattr(r, "p_holm", np.nan))])
     return table(["domain", "questions (selection / scored)", "trial", "pipeline", "selected on", "scored",
                   "margin over runner-up", "significant"], rows)
 
@@ -59,10 +75,10 @@ def runner_ups_markdown(frame: pd.DataFrame) -> str:
     """The winner and the runners-up: scores, differences from the winner, verdicts."""
     rows = []
     for r in frame.itertuples():
-        difference = "" if pd.isna(getattr(r, "difference", np.nan)) else \
-            f"{r.difference:+.4f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
+        spread = difference(getattr(r, "difference", np.nan), getattr(r, "difference_low", np.nan),
+                            getattr(r, "difference_high", np.nan))
         rows.append([str(r.trial), f"`{r.pipeline}`", f"{r.selected:.4f}", interval(r.score, r.low, r.high),
-                     difference, _verdict(getattr(r, "significant", False), getattr(r, "p_holm", np.nan))])
+                     spread, verdict(getattr(r, "significant", False), getattr(r, "p_holm", np.nan))])
     return table(["trial", "pipeline", "selected on", "scored", "winner minus this", "winner significantly better"],
                  rows)
 
@@ -70,8 +86,7 @@ def runner_ups_markdown(frame: pd.DataFrame) -> str:
 def matrix_markdown(frame: pd.DataFrame) -> str:
     """Choices x domains: score [interval], ★ the domain's best, = not significantly worse."""
     domains = list(dict.fromkeys(frame["domain"]))
-    cells = {(r.choice, r.domain): interval(r.score, r.low, r.high) + (" ★" if r.best else " =" if r.tied else "")
-             for r in frame.itertuples()}
+    cells = matrix_cells(frame)
     choices = sorted(set(frame["choice"]))
     return table(["choice", *domains], [[f"`{c}`", *(cells.get((c, d), "") for d in domains)] for c in choices])
 
@@ -147,15 +162,6 @@ def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results:
     write_text(path, "\n".join(lines))
 
 
-def _judged(matrix: pd.DataFrame) -> str:
-    """What the matrix's scores and tests are computed on, in words."""
-    judged = matrix["judged_on"].iloc[0] if len(matrix) else ""
-    return {"out of fold": "out of fold on every question of the domain (a question in fold f by the trial best on "
-                           "the other folds; held-out questions by the overall pick; the ★ cell by the best choice "
-                           "picked without the question)",
-            "holdout": "on the held-out questions"}.get(judged, "on the selection questions, which flatters them")
-
-
 def write_comparison(output: Path, results: StudyResults, metric: str, by: By, top: int,
                      settings: Settings) -> dict[str, pd.DataFrame]:
     """`ragopt compare`: the per-domain winners, the choice x domain matrix and the runners-up,
@@ -172,7 +178,7 @@ def write_comparison(output: Path, results: StudyResults, metric: str, by: By, t
             "paired permutation tests, Holm-corrected.\n",
             "## Best pipeline per domain\n", winners_markdown(tables["winners"]),
             f"## {by} x domain\n\nThe best trial of each {by} in each domain, chosen on the selection questions and "
-            f"scored {_judged(tables[f'matrix-{by}'])}: ★ the domain's best, = not significantly worse than it.\n",
+            f"scored {described(tables[f'matrix-{by}'])}: ★ the domain's best, = not significantly worse than it.\n",
             matrix_markdown(tables[f"matrix-{by}"]),
             "## The winner against the runners-up\n", runner_ups_markdown(tables["runner_ups"])]
     write_text(folder / f"compare-{by}.{metric}.md", "\n".join(page))
