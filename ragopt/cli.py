@@ -4,13 +4,15 @@ validate` start without torch."""
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from ragopt.errors import UserError
 
@@ -31,10 +33,44 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
                                  help="Print ragopt's version and exit."),
+    debug: bool = typer.Option(False, "--debug", envvar="RAGOPT_DEBUG", metavar="",
+                               help="Show the traceback of every error (RAGOPT_DEBUG=1 does the same; worker "
+                               "processes inherit it)."),
 ) -> None:
     """Find the best retrieval pipeline for a QA set and corpus."""
+    if debug:
+        os.environ["RAGOPT_DEBUG"] = "1"  # the switch _debug reads, inherited by worker processes
+    else:
+        os.environ.pop("RAGOPT_DEBUG", None)  # a false value (0, no, false): absent means the same
+    ctx.with_resource(_one_line_errors())
+
+
+def _debug() -> bool:
+    """Whether --debug (or RAGOPT_DEBUG) is on for this command."""
+    return os.environ.get("RAGOPT_DEBUG") == "1"
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Any command's errors without a traceback unless --debug: a UserError as its paragraph
+    (exit code 2), an unexpected one (a bug, or a failure no check foresaw) as one line (exit
+    code 1); typer's exits and usage errors pass through."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise
+    except UserError as error:
+        _fail(error)
+    except Exception as error:
+        if _debug():
+            raise
+        message = " ".join(str(error).split())
+        err.print(f"[bold red]error:[/] {type(error).__name__}: {escape(message)} (rerun with --debug for the "
+                  "traceback)", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
 
 
 def _shown(url: str) -> str:
@@ -43,8 +79,17 @@ def _shown(url: str) -> str:
     return shown(url)
 
 
+def _table(*headers: str, **options: Any) -> Table:
+    """A terminal table that wraps long cells at spaces and folds only a word wider than its
+    column: Korean passages, domains and pipelines are never cut short or ended with an ellipsis."""
+    return Table(*(Column(h, overflow="fold") for h in headers), **options)
+
+
 def _fail(error: Exception) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+    """A UserError as its paragraph and exit code 2; with --debug, raised again with its traceback."""
+    if _debug():
+        raise error
+    err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -84,8 +129,8 @@ def optimize_command(
                            storage=storage, workers=workers, write=not worker)
     except UserError as error:
         _fail(error)
-    except KeyboardInterrupt:  # before the first trial (models loading or encoding): nothing is lost
-        err.print("interrupted before the trials began: the cache keeps what was encoded; rerun the same command "
+    except KeyboardInterrupt:  # before any trial finished (models loading or encoding): nothing is lost
+        err.print("interrupted before any trial finished: the cache keeps what was encoded; rerun the same command "
                   "to resume", highlight=False)
         raise typer.Exit(code=130) from None
     if outcome is None:
@@ -95,7 +140,7 @@ def optimize_command(
     pruned += f" ({len(outcome.failures)} failed: see summary.md)" if outcome.failures else ""
     console.print(f"best of {outcome.n_trials} trials{pruned}: {escape(outcome.best_spec.describe())}",
                   highlight=False)
-    table = Table("metric", f"@{k}")
+    table = _table("metric", f"@{k}")
     for name, value in outcome.best_metrics.items():
         if name.endswith(f"@{k}"):
             table.add_row(name.split("@")[0], f"{value:.4f}")
@@ -112,9 +157,9 @@ def optimize_command(
 @app.command("validate")
 def validate_command(config: Path = typer.Argument(..., help="The YAML file to check.")) -> None:
     """Check a config and its data without running any model."""
-    from ragopt.config import load_config
+    from ragopt.config import corpus_warnings, load_config
     from ragopt.data import load_dataset
-    from ragopt.space import enumerate_space
+    from ragopt.space import MAX_GRID, small_space
     from ragopt.splits import study_splits
 
     try:
@@ -123,7 +168,11 @@ def validate_command(config: Path = typer.Argument(..., help="The YAML file to c
         study_splits(loaded.study, qa.domains, len(qa))
     except UserError as error:
         _fail(error)
-    size = f"{len(enumerate_space(loaded))} distinct pipelines" if loaded.finite else "continuous ranges"
+    for warning in corpus_warnings(config, loaded, len(corpus)):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    pipelines = small_space(loaded, MAX_GRID) if loaded.finite else None
+    size = ("continuous ranges" if not loaded.finite else f"more than {MAX_GRID} distinct pipelines"
+            if pipelines is None else f"{len(pipelines)} distinct pipelines")
     console.print(f"ok: {len(qa)} questions, {len(corpus)} passages, {len(loaded.retrievers)} retrievers, "
                   f"{len(loaded.rerankers)} reranker choices, top_k {loaded.top_k}; search space: {size}")
 
@@ -146,11 +195,9 @@ def query_command(
     except UserError as error:
         _fail(error)
     for question, hits in zip(questions, results):
-        table = Table(title=escape(question), show_lines=True)
-        for column in ("rank", "doc_id", "score", "passage"):
-            table.add_column(column)
+        table = _table("rank", "doc_id", "score", "passage", title=escape(question), show_lines=True)
         for hit in hits:
-            table.add_row(str(hit.rank), escape(hit.doc_id), f"{hit.score:.4f}", escape(hit.contents[:200]))
+            table.add_row(str(hit.rank), escape(hit.doc_id), f"{hit.score:.4f}", escape(hit.contents))
         console.print(table)
 
 
@@ -189,7 +236,7 @@ def compare_command(
 def _print_runner_ups(frame: Any, metric: str, on: str) -> None:
     from ragopt.summary import difference, interval, verdict
 
-    table = Table("trial", "pipeline", f"{metric} ({on})", "winner minus this", "significant",
+    table = _table("trial", "pipeline", f"{metric} ({on})", "winner minus this", "sig. (Holm)",
                   title="the winner against the runners-up")
     for r in frame.itertuples():
         table.add_row(str(r.trial), escape(r.pipeline), interval(r.score, r.low, r.high),
@@ -202,8 +249,8 @@ def _print_runner_ups(frame: Any, metric: str, on: str) -> None:
 def _print_winners(frame: Any, metric: str, on: str) -> None:
     from ragopt.summary import difference, interval, verdict
 
-    table = Table("domain", "questions (selection / scored)", "pipeline", f"{metric} ({on})",
-                  "margin over runner-up", "significant", title="best pipeline per domain")
+    table = _table("domain", "questions (selection / scored)", "pipeline", f"{metric} ({on})",
+                  "margin over runner-up", "sig. (Holm)", title="best pipeline per domain")
     for r in frame.itertuples():
         table.add_row(escape(str(r.domain)), f"{r.questions} / {r.scored_on}" + ("" if r.enough else " (few)"),
                       escape(r.pipeline), interval(r.score, r.low, r.high),
@@ -218,7 +265,7 @@ def _print_matrix(frame: Any, by: str, metric: str) -> None:
 
     domains = list(dict.fromkeys(frame["domain"]))
     judged = frame["judged_on"].iloc[0] if len(frame) else ""
-    table = Table(by, *map(escape, domains), title=f"{metric}: best trial of each {by} per domain, scored {judged} "
+    table = _table(by, *map(escape, domains), title=f"{metric}: best trial of each {by} per domain, scored {judged} "
                   "(★ best, = not significantly worse)")
     cells = matrix_cells(frame, digits=3)
     for choice in sorted(set(frame["choice"])):
@@ -244,6 +291,28 @@ def report_command(
     except UserError as error:
         _fail(error)
     console.print(f"report: {written} ({written.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False)
+
+
+@app.command("runs")
+def runs_command(
+    output: Path = typer.Argument(..., help="The output folder of `ragopt optimize`."),
+    trials: list[int] = typer.Option([], "--trial", "-t", metavar="N", help="A trial to write; repeat for more.",
+                                     show_default=False),
+    best: bool = typer.Option(False, "--best", metavar="", help="Also the winning trial (study.json's)."),
+    folder: Optional[Path] = typer.Option(None, "--out", "-o", help="The folder of the TREC files.",
+                                          show_default="OUTPUT/runs"),
+) -> None:
+    """Write trials' stored rankings as TREC runs (trial-N.trec), to re-score them with trec_eval
+    against OUTPUT/qrels.trec."""
+    from ragopt.runs import RUNS, StudyRuns
+
+    try:
+        runs = StudyRuns(output)
+        paths = runs.write(trials + ([runs.best] if best else []), folder or output / RUNS)
+    except UserError as error:
+        _fail(error)
+    for path in paths:
+        console.print(str(path), highlight=False)
 
 
 def main() -> None:

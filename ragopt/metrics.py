@@ -4,7 +4,8 @@ Relevance follows AutoRAG's ground-truth groups: a question's retrieval_gt is a 
 every group is required and the ids inside a group are alternatives. A retrieved passage is
 relevant when it is the first one retrieved from a group not yet satisfied, and a question has as
 many relevant items as it has groups. With one id per group (the usual case) this is exactly
-trec_eval's binary relevance, so trec_eval on runs/*.trec and qrels.trec gives the same numbers.
+trec_eval's binary relevance, so trec_eval on the runs ragopt writes (runs/best.trec, `ragopt
+runs`) and qrels.trec gives the same numbers.
 
     precision@k  relevant in top k / k                          (trec_eval P_k)
     recall@k     relevant in top k / groups                     (recall_k)

@@ -4,32 +4,71 @@ chooser that turns a searchable setting into one value. Plain data: no torch."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 from typing import Annotated, Any, Callable, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      ValidatorFunctionWrapHandler, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+Problem = tuple[tuple[Union[str, int], ...], str]
+"""A problem found by a check across settings: its location in the file and what to change."""
+
+PROBLEM = "ragopt_problem"
+"""The pydantic error type of a Problem and of an unknown key (their messages are complete)."""
 
 
 class StrictModel(BaseModel):
-    """A frozen model that rejects unknown keys with the list of allowed ones (pydantic's own
-    message does not say what would have been right)."""
+    """A frozen model that rejects unknown keys, naming the closest allowed one, and still
+    validates the known keys beside them, so one pass reports both kinds of mistakes."""
 
     model_config = ConfigDict(frozen=True)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _known_keys_only(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = set(cls.model_fields)
-            unknown = [k for k in data if k not in allowed]
-            if unknown:
-                raise ValueError(f"unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
-        return data
+    def _known_keys_only(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Validate the known keys, then raise their errors together with one per unknown key."""
+        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
+        if not unknown:
+            return handler(data)
+        errors = [_problem(((k,), unknown_key(str(k), sorted(cls.model_fields)))) for k in unknown]
+        try:
+            handler({k: v for k, v in data.items() if k not in unknown})
+        except ValidationError as error:
+            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=e["loc"], input=e["input"])
+                       for e in error.errors(include_url=False)]
+        raise ValidationError.from_exception_data(cls.__name__, errors)
 
     def key(self) -> str:
         """A short content hash of this model, stable across runs and machines."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def did_you_mean(word: str, options: list[str]) -> str:
+    """" (did you mean 'x'?)" for the option closest to a misspelt word, or "" when none is close."""
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_key(key: str, allowed: list[str]) -> str:
+    """What to do about a key the model does not take."""
+    guess = did_you_mean(key, allowed)
+    return f"unknown key {key!r}{guess}; {'the' if guess else 'remove it, or use one of the'} keys allowed here: " + (
+        ", ".join(allowed))
+
+
+def reject(title: str, problems: list[Problem]) -> None:
+    """Raise every problem at once, each at its own location, so that a run reports all of them."""
+    if problems:
+        raise ValidationError.from_exception_data(title, [_problem(p) for p in problems])
+
+
+def _problem(problem: Problem) -> InitErrorDetails:
+    """A Problem as pydantic error details, its message kept as it is."""
+    loc, message = problem
+    return InitErrorDetails(type=PydanticCustomError(PROBLEM, message), loc=loc, input=None)
 
 
 class FloatRange(StrictModel):
@@ -77,14 +116,23 @@ def _listify(value: Any) -> Any:
 
 def _non_empty(values: list) -> list:
     if not values:
-        raise ValueError("give at least one value")
+        raise ValueError("an empty list leaves nothing to choose from; give at least one value")
     return values
 
 
-FloatParam = Annotated[Union[FloatRange, Annotated[list[float], BeforeValidator(_non_empty)]],
-                       BeforeValidator(_listify)]
-IntParam = Annotated[Union[IntRange, Annotated[list[int], BeforeValidator(_non_empty)]],
-                     BeforeValidator(_listify)]
+def _searchable(range_type: type, value_type: type) -> Any:
+    """One value, a list of values or a range. A mapping is checked as a range only and anything
+    else as a list only, so that a mistake gets one error, not one per form."""
+    values = f"list[{value_type.__name__}]"
+    return Annotated[
+        Union[Annotated[range_type, Tag(range_type.__name__)],
+              Annotated[list[value_type], BeforeValidator(_non_empty), Tag(values)]],
+        Discriminator(lambda v: range_type.__name__ if isinstance(v, (dict, range_type)) else values),
+        BeforeValidator(_listify)]
+
+
+FloatParam = _searchable(FloatRange, float)
+IntParam = _searchable(IntRange, int)
 
 
 def choices(literal_type: Any) -> Any:

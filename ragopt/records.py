@@ -34,12 +34,16 @@ class TrialRecord(BaseModel):
     gains: str
     """Base64 of the bit-packed relevance matrix (questions x depth, row-major)."""
     depth: int
+    ranking: str | None = None
+    """The key of its ranking in the output folder's runs/ (ragopt.runs.RankingStore); None in
+    a trial of an earlier ragopt, which wrote runs/<trial>.trec instead."""
 
     @classmethod
-    def of(cls, pipeline: PipelineSpec, gains: np.ndarray, reused: bool, seconds_per_query: float) -> "TrialRecord":
+    def of(cls, pipeline: PipelineSpec, gains: np.ndarray, reused: bool, seconds_per_query: float,
+           ranking: str) -> "TrialRecord":
         packed = base64.b64encode(np.packbits(gains.astype(bool).ravel()).tobytes()).decode()
         return cls(pipeline=pipeline, description=pipeline.describe(), reused=reused,
-                   seconds_per_query=seconds_per_query, gains=packed, depth=gains.shape[1])
+                   seconds_per_query=seconds_per_query, gains=packed, depth=gains.shape[1], ranking=ranking)
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "TrialRecord":

@@ -8,14 +8,17 @@ Parameter names are stable and readable: 'retriever', 'reranker', 'top_k', then
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from ragopt.config import Config, ConfigError
+from ragopt.errors import ConfigError
 from ragopt.params import Chooser, FloatRange, IntRange, Options
 from ragopt.spec import PipelineSpec
 
 if TYPE_CHECKING:
     import optuna
+
+    from ragopt.config import Config
 
 MAX_GRID = 100_000
 
@@ -57,7 +60,7 @@ class _Replay:
         self.path, self.sizes, self.params = path, [], {}
 
     def __call__(self, name: str, options: Options) -> Any:
-        values = options.grid() if isinstance(options, (FloatRange, IntRange)) else options
+        values = _grid(options) if isinstance(options, (FloatRange, IntRange)) else options
         index = self.path[len(self.sizes)] if len(self.sizes) < len(self.path) else 0
         self.sizes.append(len(values))
         if len(values) > 1:
@@ -65,17 +68,33 @@ class _Replay:
         return values[index]
 
 
+@lru_cache(maxsize=64)
+def _grid(options: FloatRange | IntRange) -> tuple:
+    """A range's values, computed once: every walk of the enumeration asks again."""
+    return tuple(options.grid())
+
+
 def enumerate_space(config: Config) -> list[dict[str, Any]]:
-    """Every distinct pipeline of the space, as Optuna parameter dicts, by replaying the walk
-    with an odometer over the decisions it meets (later decisions depend on earlier ones)."""
+    """Every distinct pipeline of the space, as Optuna parameter dicts; at most MAX_GRID."""
+    pipelines = small_space(config, MAX_GRID)
+    if pipelines is None:
+        raise ConfigError(f"the search space has more than {MAX_GRID} distinct pipelines, too many to enumerate; "
+                          "use study.sampler: tpe or random, or give fewer values")
+    return pipelines
+
+
+def small_space(config: Config, limit: int) -> list[dict[str, Any]] | None:
+    """Every distinct pipeline of the space, as Optuna parameter dicts, when there are at most
+    `limit` (else None, found without walking further), by replaying the walk with an odometer
+    over the decisions it meets (later decisions depend on earlier ones)."""
     found: list[dict[str, Any]] = []
     path: list[int] = []
     while True:
         replay = _Replay(path)
         suggest_pipeline(config, replay)
         found.append(replay.params)
-        if len(found) > MAX_GRID:
-            raise ConfigError(f"the grid has more than {MAX_GRID} pipelines; use sampler: tpe, or fewer values")
+        if len(found) > limit:
+            return None
         sizes = replay.sizes
         path = [path[i] if i < len(path) else 0 for i in range(len(sizes))]
         last = len(sizes) - 1

@@ -38,8 +38,9 @@ from ragopt.export import Exported, write_best
 from ragopt.files import atomic_write, safe_name, write_text
 from ragopt.provenance import library_versions
 from ragopt.records import RECORD, TrialRecord, finished, per_question_table, trials_table
+from ragopt.runs import RUNS, RankingStore, write_best_run, write_index
 from ragopt.selection import FoldSelection, best_index, feasible, kfold_selection, pareto_front
-from ragopt.space import enumerate_space, optuna_chooser, suggest_pipeline
+from ragopt.space import enumerate_space, optuna_chooser, small_space, suggest_pipeline
 from ragopt.spec import PipelineSpec
 from ragopt.splits import study_splits
 from ragopt.stats import bootstrap_ci
@@ -113,6 +114,12 @@ def shown(url: str) -> str:
         return url.split("://")[0] + "://..."
 
 
+def _with_driver(url: str) -> str:
+    """A postgresql:// URL with no driver named gets psycopg 3 (ragopt[postgres] installs it),
+    whatever SQLAlchemy's default for the version installed (psycopg2 before 2.1)."""
+    return "postgresql+psycopg:" + url.removeprefix("postgresql:") if url.startswith("postgresql:") else url
+
+
 def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL; a shared (RDB) one sends heartbeats, so that a trial whose
     worker died is failed after three silent intervals and retried with the same parameters.
@@ -122,12 +129,15 @@ def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise StudyError(f"study.storage {shown(url)!r}: give a sqlite:///, postgresql:// or mysql:// URL")
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+    if url.startswith("postgresql:"):
+        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server fails in seconds, not minutes
+    connect = _with_driver(url)
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    url, engine_kwargs=kwargs, heartbeat_interval=int(heartbeat),
+                    connect, engine_kwargs=kwargs, heartbeat_interval=int(heartbeat),
                     grace_period=int(max(3 * heartbeat, 5)),
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
         except (IntegrityError, OperationalError) as error:
@@ -137,14 +147,14 @@ def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
                 break
             time.sleep(0.5 + attempt)
         except ImportError:
-            driver = "psycopg2-binary" if url.startswith("postgresql") else "the database's Python driver"
+            driver = "'ragopt[postgres]'" if url.startswith("postgresql") else "the database's Python driver"
             raise StudyError(f"cannot open the study storage {shown(url)}: pip install {driver}") from None
         except (SQLAlchemyError, ValueError) as error:
             failure = error
             break
-    raise StudyError(f"cannot open the study storage {shown(url)}: {type(failure).__name__}: "
-                     f"{str(failure).splitlines()[0][:300].replace(url, shown(url))}. Check that the database "
-                     "server runs and the URL, user and password are right.") from None
+    reason = str(failure).splitlines()[0][:300].replace(connect, shown(url)).replace(url, shown(url))
+    raise StudyError(f"cannot open the study storage {shown(url)}: {type(failure).__name__}: {reason}. Check that "
+                     "the database server runs and the URL, user and password are right.") from None
 
 
 def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprint: str, provenance: dict[str, Any]
@@ -255,8 +265,9 @@ def _grid(config: Config, total: int) -> list[dict[str, Any]] | None:
     more pipelines than `total`, rather than sampling the same pipelines again); else None."""
     if not config.finite:
         return None
-    pipelines = enumerate_space(config)
-    return pipelines if config.study.sampler == "grid" or len(pipelines) <= total else None
+    if config.study.sampler == "grid":
+        return enumerate_space(config)
+    return small_space(config, total)
 
 
 def _queue(study: optuna.Study, pipelines: list[dict[str, Any]]) -> None:
@@ -324,12 +335,27 @@ def _only_run(output: Path, storage: str | None) -> Iterator[None]:
         lock.release()
 
 
+OUTPUTS = ("trials.csv", "per_question.parquet", "study.json", "best.yaml", "summary.md", "qrels.trec", RUNS,
+           "per_domain", "pareto", "compare", "report.html")
+"""What optimize, compare and report write in an output folder, besides the study and the cache."""
+
+
+def _clear_outputs(output: Path) -> None:
+    """--fresh: delete the previous study's outputs first, so that a new study stopped before it
+    writes its own never leaves them beside it (the cache stays: it is keyed by content)."""
+    for name in OUTPUTS:
+        path = output / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | None, fresh: bool,
               progress: bool, workers: int, write: bool) -> Outcome | None:
     qa, corpus = load_dataset(**config.data.model_dump())
     if fresh:
-        shutil.rmtree(output / "runs", ignore_errors=True)
-    (output / "runs").mkdir(parents=True, exist_ok=True)
+        _clear_outputs(output)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported in one line, not a traceback
     engine = Engine(corpus, Cache(config.cache_dir or output / "cache"), config.device, progress,
                     config.exact_search_max)
@@ -340,8 +366,8 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
     evaluator = Evaluator(engine, qa, config.top_k, config.optimize, config.study.seed, config.study.prune_steps,
                           selection=~held)
     probe = _latency_rows(qa, config.study.seed)
-    trec = TrecWriter(qa, corpus)
-    trec.qrels(output / "qrels.trec")
+    TrecWriter(qa.qids, corpus.doc_ids).qrels(output / "qrels.trec", qa.groups)
+    rankings = RankingStore(output / RUNS)
 
     started = time.perf_counter()
     _warm_up(engine, config, qa)
@@ -394,9 +420,8 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
         if config.study.latency_budget is not None:
             trial.set_constraint("seconds_over_budget", seconds - config.study.latency_budget)
         durations.append(time.perf_counter() - start)
-        record = TrialRecord.of(spec, scored.gains, reused, seconds)
+        record = TrialRecord.of(spec, scored.gains, reused, seconds, rankings.save(scored.ranking.ids))
         trial.set_user_attr(RECORD, record.to_attr())
-        trec.run(output / "runs" / f"{trial.number}.trec", scored.ranking, f"ragopt-{trial.number}")
         return (value, seconds) if config.study.latency == "pareto" else value
 
     bar = tqdm(total=target, desc="trials", unit="trial", disable=not progress or target == 0)
@@ -433,6 +458,8 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
                           if p.wait() != 0 and p.stderr is not None]
     if failed_workers:
         raise StudyError("a worker process failed:\n" + failed_workers[0][-2000:])
+    if interrupted and not finished(study):
+        raise KeyboardInterrupt  # nothing to write yet: the command line says what was kept and how to resume
     if not write:
         return None
     seconds = {"first": warm_up + (durations[0] if durations else 0.0),
@@ -446,7 +473,8 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
                    evaluator: Evaluator, corpus: Corpus, held: np.ndarray, folds: np.ndarray | None,
                    seconds: dict[str, float], interrupted: bool) -> Outcome:
     """Every output file, derived from the stored trials: trials.csv, per_question.parquet,
-    study.json, best.yaml (and per domain, and the Pareto front, when asked), summary.md."""
+    runs/index.json, study.json, runs/best.trec, best.yaml (and per domain, and the Pareto front,
+    when asked), summary.md."""
     qa, settings = evaluator.qa, Settings(config.study.confidence, seed=config.study.seed)
     trials = finished(study)
     failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
@@ -474,10 +502,12 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
                 "min_domain_questions": config.study.min_domain_questions}
     atomic_write(output / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
     atomic_write(output / "per_question.parquet", lambda tmp: per_question.to_parquet(tmp, index=False))
+    write_index(output, qa.qids, corpus.doc_ids, {t.number: record.ranking for t, record in trials})
     by_speed = config.study.latency == "pareto"
     best = best_index(quality, latency, budget, by_speed)  # raises (after the tables) when no trial is within budget
     manifest["best_trial"] = int(table["trial"][best])
     write_text(output / "study.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    write_best_run(output, manifest["best_trial"])
     results = StudyResults(table, per_question, manifest)
 
     objective = np.stack(objectives, axis=1)

@@ -9,11 +9,12 @@ so trec_eval, which sorts by score, keeps ragopt's order exactly (ties included)
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
-from ragopt.data import Corpus, QASet
+import numpy as np
+
 from ragopt.files import write_text
-from ragopt.ranking import Ranking
 
 _UNSAFE = re.compile(r"[%\s\x00-\x1f\x7f]")
 
@@ -24,23 +25,24 @@ def encode_id(text: str) -> str:
 
 
 class TrecWriter:
-    """Writes runs and qrels of one QA set and corpus in TREC format, ids encoded once."""
+    """Writes TREC runs and qrels over one set of questions and corpus rows, ids encoded once."""
 
-    def __init__(self, qa: QASet, corpus: Corpus) -> None:
-        self.qa = qa
-        self.qids = [encode_id(q) for q in qa.qids]
-        self.doc_ids = [encode_id(d) for d in corpus.doc_ids]
+    def __init__(self, qids: Sequence[str], doc_ids: Sequence[str]) -> None:
+        self.qids = [encode_id(q) for q in qids]
+        self.doc_ids = [encode_id(d) for d in doc_ids]
 
-    def run(self, path: Path, ranking: Ranking, tag: str) -> None:
-        """One line 'qid Q0 docid rank score tag' per retrieved passage."""
-        depth, doc_ids = ranking.depth, self.doc_ids
+    def run(self, path: Path, ids: np.ndarray, tag: str) -> None:
+        """One line 'qid Q0 docid rank score tag' per retrieved passage of a ranking (corpus
+        rows, questions x depth, -1 where nothing more was retrieved)."""
+        depth, doc_ids = ids.shape[1], self.doc_ids
         lines = [f"{qid} Q0 {doc_ids[doc]} {rank + 1} {depth - rank} {tag}\n"
-                 for qid, row in zip(self.qids, ranking.ids.tolist()) for rank, doc in enumerate(row) if doc >= 0]
+                 for qid, row in zip(self.qids, ids.tolist()) for rank, doc in enumerate(row) if doc >= 0]
         write_text(path, "".join(lines))
 
-    def qrels(self, path: Path) -> None:
-        """Every ground-truth id as relevance 1. With one id per group (the usual case) trec_eval
-        reproduces ragopt's metrics; alternatives inside a group cannot be expressed in qrels."""
+    def qrels(self, path: Path, groups: Sequence[Sequence[Sequence[int]]]) -> None:
+        """Every ground-truth row of each question's groups as relevance 1. With one id per group
+        (the usual case) trec_eval reproduces ragopt's metrics; alternatives inside a group cannot
+        be expressed in qrels."""
         lines = [f"{qid} 0 {self.doc_ids[doc]} 1\n"
-                 for qid, groups in zip(self.qids, self.qa.groups) for group in groups for doc in group]
+                 for qid, question in zip(self.qids, groups) for group in question for doc in group]
         write_text(path, "".join(lines))

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import write_config
 from ragopt.config import load_config
-from ragopt.space import enumerate_space, optuna_chooser, suggest_pipeline
+from ragopt.space import enumerate_space, optuna_chooser, small_space, suggest_pipeline
 from ragopt.retrievers.hybrid import HybridSpec
 
 SPACE = """
@@ -62,3 +62,9 @@ def test_three_way_hybrid_weights_are_normalized(tmp_path):
               "h.weight.bm25b": 0.2, "top_k": 1}
     spec = suggest_pipeline(config, lambda name, options: params[name] if name in params else options[0])
     assert spec.retriever.weights == pytest.approx([0.2, 0.6, 0.2])
+
+
+def test_small_space_stops_walking_beyond_its_limit(tmp_path):
+    config, _ = load_config(write_config(tmp_path / "c.yaml", SPACE))
+    assert small_space(config, 218) == enumerate_space(config)
+    assert small_space(config, 217) is None

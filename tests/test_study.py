@@ -1,6 +1,7 @@
 """End to end on the bundled example: the study, its files, trec_eval agreement, resume, the
 exported winner, the CLI, and the errors a user meets first."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from conftest import KO_MINI, write_config
 from ragopt import load_pipeline
 from ragopt.cli import app
 from ragopt.data import DataError
+from ragopt.runs import StudyRuns
 from ragopt.trec import encode_id
 from ragopt import study as study_module
 from ragopt.study import StudyError, optimize
@@ -65,7 +67,11 @@ def test_outputs_are_written(finished):
     for name in ("trials.csv", "qrels.trec", "best.yaml", "summary.md", "study.db"):
         assert (out / name).exists(), name
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 30 == len(list((out / "runs").glob("*.trec")))
+    index = json.loads((out / "runs" / "index.json").read_text(encoding="utf-8"))
+    assert len(trials) == 30 and sorted(map(int, index["trials"])) == sorted(trials["trial"])
+    stored = {path.stem for path in (out / "runs").glob("*.npy")}
+    assert stored == set(index["trials"].values()) and len(stored) <= (~trials["reused"]).sum()  # each ranking once
+    assert (out / "runs" / "best.trec").exists()
     assert {f"{m}@{k}" for m in ("f1", "recall", "precision", "map", "mrr", "ndcg", "hit") for k in KS} <= set(trials)
     assert trials["value"].max() == pytest.approx(finished.best_value)
     assert set(trials["param.retriever"]) == {"bm25", "dense", "hybrid"}
@@ -74,10 +80,12 @@ def test_outputs_are_written(finished):
     assert "The best pipeline of each domain" in summary and "| medical | 12 / 12 (few) |" in summary
 
 
-def test_trials_csv_matches_trec_eval_on_the_saved_runs(finished):
+def test_trials_csv_matches_trec_eval_on_the_saved_runs(finished, tmp_path):
     """A question that retrieved nothing has no line in its run and scores 0: trec_eval -c
     (average over every query of the qrels) gives the same means."""
     out = finished.output
+    trials = pd.read_csv(out / "trials.csv")
+    runs = StudyRuns(out).write(trials["trial"], tmp_path)
     qrels = read_trec(out / "qrels.trec", 4)
     assert any("%20" in doc for docs in qrels.values() for doc in docs)  # ids with spaces survive
     measures = {f"{m}.{','.join(map(str, KS))}" for m in ("P", "recall", "map_cut", "ndcg_cut", "success")}
@@ -85,8 +93,8 @@ def test_trials_csv_matches_trec_eval_on_the_saved_runs(finished):
     names = {"precision": "P_{}", "recall": "recall_{}", "map": "map_cut_{}", "ndcg": "ndcg_cut_{}",
              "hit": "success_{}"}
     short = 0
-    for row in pd.read_csv(out / "trials.csv").to_dict("records"):
-        run = read_trec(out / "runs" / f"{row['trial']}.trec", 6)
+    for row, path in zip(trials.to_dict("records"), runs):
+        run = read_trec(path, 6)
         assert set(run) <= set(qrels)
         short += len(qrels) - len(run)
         per_query = evaluator.evaluate(run)
@@ -124,7 +132,7 @@ def test_the_exported_winner_reproduces_its_trial(finished):
     trials = pd.read_csv(out / "trials.csv").set_index("trial")
     assert trials.loc[best_trial, "pipeline"] == pipeline.spec.describe()
     assert trials.loc[best_trial, "value"] == trials["value"].max()
-    run = read_trec(out / "runs" / f"{best_trial}.trec", 6)
+    run = read_trec(out / "runs" / "best.trec", 6)
     for qid, query_hits in zip(qa_texts["qid"], hits):
         expected = sorted(run[qid], key=lambda d: -run[qid][d])[: pipeline.spec.top_k]
         assert [encode_id(h.doc_id) for h in query_hits] == expected
@@ -188,7 +196,45 @@ study: {n_trials: 8}
     resumed = optimize(path, progress=False)
     assert not resumed.interrupted and resumed.n_trials == 8
     assert optimize(path, n_trials=2, fresh=True, progress=False).n_trials == 2
-    assert len(list((stopped.output / "runs").glob("*.trec"))) == 2  # --fresh removed the old runs
+    index = json.loads((stopped.output / "runs" / "index.json").read_text(encoding="utf-8"))
+    stored = {path.stem for path in (stopped.output / "runs").glob("*.npy")}
+    assert len(index["trials"]) == 2 and stored == set(index["trials"].values())  # --fresh removed the old runs
+
+
+def test_a_fresh_study_stopped_early_leaves_nothing_of_the_previous_one(tmp_path, monkeypatch):
+    from ragopt import study as study_module
+
+    path = write_config(tmp_path / "bm25.yaml", """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers: [{name: bm25, type: bm25, tokenizer: whitespace, k1: {low: 0.5, high: 2.0}}]
+study: {latency: off}
+""")
+    first = optimize(path, n_trials=3, progress=False)
+    old = {p.name for p in first.output.iterdir()}
+    assert {"trials.csv", "best.yaml", "summary.md", "study.json", "runs", "per_question.parquet"} <= old
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # killed while the new study's models load
+
+    monkeypatch.setattr(study_module, "_warm_up", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(path, n_trials=3, fresh=True, progress=False)
+    assert {p.name for p in first.output.iterdir()} <= {"cache", "study.db", "qrels.trec", ".ragopt.lock"}
+    assert not optuna.load_study(study_name="bm25", storage=f"sqlite:///{first.output / 'study.db'}").trials
+
+
+def test_a_huge_finite_space_is_sampled_without_walking_it(tmp_path):
+    k1 = [round(0.5 + i / 100, 2) for i in range(100)]
+    b = [round(0.3 + i / 200, 3) for i in range(100)]
+    path = write_config(tmp_path / "huge.yaml", f"""
+data: {{qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}}
+retrievers: [{{name: bm25, type: bm25, tokenizer: [whitespace, {{type: char_ngram, n: 2}}], method: [lucene, bm25+],
+               k1: {k1}, b: {b}}}]
+top_k: [1, 3, 5]
+study: {{sampler: tpe, n_trials: 3, latency: off}}
+""")  # 120,000 distinct pipelines: more than a grid may hold, so sampled
+    outcome = optimize(path, progress=False)
+    assert outcome.n_trials == 3 and outcome.best_spec.retriever.k1 in k1
 
 
 def test_a_small_finite_space_runs_as_a_grid(tmp_path):

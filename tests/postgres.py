@@ -1,0 +1,97 @@
+"""A throwaway PostgreSQL server for the tests: Debian's `postgresql` binaries run a fresh cluster
+in a temporary folder, on a free localhost port, and stop it at the end of the session. Each test
+gets its own database. Without the binaries the tests that need it skip, unless
+RAGOPT_REQUIRE_POSTGRES=1 (set by .ci/run), where they fail."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+REQUIRED = os.environ.get("RAGOPT_REQUIRE_POSTGRES") == "1"
+
+
+def binaries() -> Path | None:
+    """The folder of initdb and pg_ctl: Debian keeps them under /usr/lib/postgresql/<version>/bin."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[4]))
+    if found:
+        return Path(found[-1]).parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """One cluster: initdb with trust authentication on localhost, started with pg_ctl. PostgreSQL
+    refuses to run as root, so as root it runs as the `postgres` user the Debian package creates."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.folder = Path(tempfile.mkdtemp(prefix="ragopt-pg-"))
+        self.port = _free_port()
+        self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> None:
+        data = self.folder / "data"
+        self._run(str(self.bin_dir / "initdb"), "-D", str(data), "-U", self.user, "--auth=trust",
+                  "--encoding=UTF8", "--no-sync")
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.folder / "log"),
+                  "-w", "start")
+
+    def stop(self) -> None:
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def database(self) -> str:
+        """A new, empty database's URL."""
+        import psycopg
+
+        name = f"t{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres",
+                             autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    bin_dir = binaries()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    server = Server(bin_dir)
+    try:
+        server.start()
+    except subprocess.CalledProcessError as error:
+        pytest.fail(f"PostgreSQL did not start: {error.stderr}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh database on the session's server."""
+    return postgres_server.database()
