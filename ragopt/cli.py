@@ -5,6 +5,7 @@ validate` start without torch."""
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -46,6 +47,26 @@ def main_options(
     else:
         os.environ.pop("RAGOPT_DEBUG", None)  # a false value (0, no, false): absent means the same
     ctx.with_resource(_one_line_errors())
+    ctx.with_resource(_one_line_warnings())
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """A UserWarning (texts cut to a model's length, a top_k beyond the corpus) printed as one
+    line, without the source file and line Python adds; other warnings as Python shows them."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, UserWarning) and not _debug():
+            err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _debug() -> bool:

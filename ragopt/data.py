@@ -1,12 +1,17 @@
 """QA sets and corpora: loading (AutoRAG parquet, JSONL, CSV, BEIR), NFC normalization, validation.
 
 Everything downstream works on corpus *row indices*; ids and texts live here only. Validation runs
-before any model loads and reports every offending row of a file in one error.
+before any model loads and reports every offending row of a file in one error, by the line an
+editor shows (JSONL, CSV) or the 0-based row index (parquet, JSON arrays).
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import difflib
 import hashlib
+import io
 import json
 import re
 import unicodedata
@@ -14,7 +19,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +27,17 @@ import pandas as pd
 from ragopt.errors import DataError
 
 MAX_ROWS_IN_ERROR = 10
+QA_COLUMNS = ["qid", "query", "retrieval_gt"]
+CORPUS_COLUMNS = ["doc_id", "contents"]
+COLUMN_ALIASES = {"qid": ("id", "_id", "query_id", "question_id"), "query": ("question", "text", "query_text"),
+                  "retrieval_gt": ("gt", "ground_truth", "relevant_ids", "doc_ids"),
+                  "doc_id": ("id", "_id", "docid", "pid", "passage_id"),
+                  "contents": ("text", "content", "passage", "document", "body")}
+"""Column names other formats use for ragopt's columns, suggested when a required column is missing."""
+CSV_FIELD_LIMIT = 2**31 - 1
+"""Characters a CSV field may hold (the csv module's default, 131,072, is less than some passages)."""
+Where = Callable[[int], str]
+"""The place of a record in its file, as a message names it: 'line 3' or 'row 2'."""
 
 
 def nfc(text: str) -> str:
@@ -102,34 +118,195 @@ class QASet:
         return len(self.qids)
 
 
-def _fail(path: str, problem: str, rows: list[str], advice: str) -> None:
-    if not rows:
+@dataclass(frozen=True)
+class Table:
+    """A data file's records as columns, and where each record is in the file, so that a message
+    points at it as an editor shows it."""
+
+    path: Path
+    frame: pd.DataFrame
+    lines: Sequence[int] | None = None
+    """The 1-based line each record starts on (JSONL; CSV, whose header is line 1); None where
+    records are named by their 0-based row index (parquet, JSON arrays)."""
+
+    def where(self, row: int) -> str:
+        return f"row {row}" if self.lines is None else f"line {self.lines[row]}"
+
+
+def _fail(source: str, problem: str, items: list[str], advice: str) -> None:
+    """Stop with one error listing the first offending items, if there are any."""
+    if not items:
         return
-    shown = "\n".join(f"  - {row}" for row in rows[:MAX_ROWS_IN_ERROR])
-    more = f"\n  ... and {len(rows) - MAX_ROWS_IN_ERROR} more" if len(rows) > MAX_ROWS_IN_ERROR else ""
-    raise DataError(f"{path}: {problem} ({len(rows)} rows):\n{shown}{more}\n{advice}")
+    shown = "\n".join(f"  - {item}" for item in items[:MAX_ROWS_IN_ERROR])
+    more = f"\n  ... and {len(items) - MAX_ROWS_IN_ERROR} more" if len(items) > MAX_ROWS_IN_ERROR else ""
+    raise DataError(f"{source}: {problem}:\n{shown}{more}\n{advice}")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _count(items: Sequence[Any], noun: str, plural: str | None = None) -> str:
+    """'1 qid', '3 qids': how many items, with the noun in the right number."""
+    return f"{len(items)} {noun if len(items) == 1 else plural or noun + 's'}"
+
+
+def _require_path(path: Path, key: str | None = None) -> None:
+    """Stop when a data path does not exist, naming the config setting that points to it and the
+    files beside it that it may have meant."""
+    if path.exists():
+        return
+    setting = f" (the path {key} gives; paths in a config are relative to the config file)" if key else ""
+    raise DataError(f"{path}: no such file or folder{setting}. {_beside(path)}")
+
+
+def _beside(path: Path) -> str:
+    """The names in a missing path's folder it may have meant (a close spelling, or the same name
+    in another format), or what the folder holds."""
+    folder = path.parent
+    if not folder.is_dir():
+        return f"Its folder {folder} does not exist either."
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    close = list(dict.fromkeys(difflib.get_close_matches(path.name, names, n=3, cutoff=0.75)
+                               + [n for n in names if Path(n).stem == path.stem]))
+    if close:
+        return f"Did you mean {' or '.join(close)} (in {folder})?"
+    listed = ", ".join(names[:MAX_ROWS_IN_ERROR]) + (", ..." if len(names) > MAX_ROWS_IN_ERROR else "")
+    return f"{folder} holds: {listed or 'nothing'}."
+
+
+def _read_table(path: Path) -> Table:
+    """A parquet, JSONL, JSON or CSV/TSV file as a Table."""
+    _require_path(path)
     suffix = path.suffix.lower()
-    if not path.exists():
-        raise DataError(f"{path}: file not found; check the path in the config (it is relative to the config file).")
     if suffix == ".parquet":
-        return pd.read_parquet(path)
+        return Table(path, _read_parquet(path))
     if suffix in (".jsonl", ".ndjson"):
-        return pd.read_json(path, lines=True, dtype=False)
+        return _read_jsonl(path)
     if suffix == ".json":
-        return pd.read_json(path, dtype=False)
+        return Table(path, _read_json(path))
     if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
     raise DataError(f"{path}: unknown file type '{suffix}'; use .parquet, .jsonl, .json, .csv or .tsv.")
 
 
-def _require_columns(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
-    missing = [c for c in columns if c not in frame.columns]
+def _text(path: Path) -> str:
+    """A text file's contents (a UTF-8 byte order mark dropped); a file in another encoding
+    stops with the place of its first byte that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        raise DataError(_not_utf8(path, raw, error.start)) from None
+
+
+def _not_utf8(path: Path, raw: bytes, offset: int) -> str:
+    """Where a file stops being UTF-8 and, for the encodings Korean files often come in (UTF-16
+    from Excel's 'Unicode text', CP949/EUC-KR from Korean Windows), which one it is and how to fix it."""
+    line = raw.count(b"\n", 0, offset) + 1
+    where = f"{path}: not UTF-8 text: byte {offset} (line {line}) is 0x{raw[offset]:02x}."
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return f"{where} The file is UTF-16 (Excel's 'Unicode text'); save it as UTF-8 (Excel: 'CSV UTF-8')."
+    try:
+        legacy = raw.decode("cp949")
+    except UnicodeDecodeError:
+        return f"{where} Save the file as UTF-8."
+    sample = legacy.split("\n")[line - 1].strip()[:40]
+    return (f"{where} It reads as CP949 (EUC-KR), the Korean Windows encoding (line {line}: {sample!r}). "
+            f"Save it as UTF-8, e.g. `iconv -f cp949 -t utf-8 {path.name} > utf8-{path.name}`, "
+            "or in Excel 'Save as: CSV UTF-8'.")
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (ValueError, OSError) as error:
+        raise DataError(f"{path}: cannot be read as a parquet file ({error}); write it again with "
+                        "pandas.DataFrame.to_parquet, or use .jsonl or .csv.") from None
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_json(io.StringIO(_text(path)), dtype=False)
+    except ValueError as error:
+        raise DataError(f"{path}: not a JSON list of records ({error}); write [{{...}}, {{...}}], or one object "
+                        "per line in a .jsonl file.") from None
+
+
+def _read_jsonl(path: Path) -> Table:
+    """One JSON object per line; blank lines are skipped, and each record keeps its line number."""
+    records, lines = [], []
+    for number, line in enumerate(_text(path).split("\n"), 1):
+        if line.strip():
+            records.append(_json_object(path, number, line))
+            lines.append(number)
+    return Table(path, pd.DataFrame.from_records(records), lines)
+
+
+def _json_object(path: Path, number: int, line: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: line {number} is not valid JSON ({error.msg} at character {error.colno}); "
+                        "a JSONL file holds one JSON object per line.") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: line {number} is a JSON {type(record).__name__}, not an object; a JSONL file "
+                        'holds one object per line, e.g. {"doc_id": "...", "contents": "..."}.')
+    return record
+
+
+def _read_csv(path: Path, separator: str) -> Table:
+    """Every cell as text (nothing becomes a number or NaN); each record keeps the line it starts
+    on (a quoted field may span lines), and a record with more or fewer fields than the header stops."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.reader(io.StringIO(_text(path), newline=""), delimiter=separator)
+    header: list[str] | None = None
+    rows, lines, start = [], [], 1
+    try:
+        for record in reader:
+            if not record:
+                pass  # a blank line
+            elif header is None:
+                header = record
+            else:
+                _check_fields(path, start, record, header)
+                rows.append(record)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise DataError(f"{path}: line {start} cannot be read as CSV ({error}).") from None
+    return Table(path, pd.DataFrame(rows, columns=header or [], dtype=object), lines)
+
+
+def _check_fields(path: Path, line: int, record: list[str], header: list[str]) -> None:
+    if len(record) != len(header):
+        raise DataError(f"{path}: line {line} has {len(record)} fields, the header line has {len(header)}. A field "
+                        'holding the separator, a quote or a line break must be in double quotes ("a, b"), with '
+                        'its quotes doubled ("say ""hi""").')
+
+
+def _require_columns(table: Table, columns: list[str], needs: str) -> None:
+    """Stop unless the file has every column, naming the columns it has and the likely intended ones."""
+    found = [str(c) for c in table.frame.columns]
+    if not found:
+        raise DataError(f"{table.path}: the file is empty (no rows, no columns). {needs} {', '.join(columns)}.")
+    missing = [c for c in columns if c not in found]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}. "
-                        f"ragopt reads AutoRAG's format: qa has qid, query, retrieval_gt; corpus has doc_id, contents.")
+        renames = _renames(missing, [c for c in found if c not in columns])
+        hint = f" Rename {', '.join(f'{c!r} to {m!r}' for m, c in renames.items())}?" if renames else ""
+        raise DataError(f"{table.path}: missing column(s) {missing}; found {found}. {needs} "
+                        f"{', '.join(columns)}.{hint}")
+
+
+def _renames(missing: list[str], spare: list[str]) -> dict[str, str]:
+    """For each missing column, a column of the file that is probably it: the same name in other
+    letter case, a name other formats use for it (COLUMN_ALIASES), or a close spelling."""
+    by_lower = {c.lower(): c for c in spare}
+    renames = {}
+    for name in missing:
+        aliases = [a for a in COLUMN_ALIASES.get(name, ()) if a in by_lower]
+        close = difflib.get_close_matches(name, list(by_lower), n=1, cutoff=0.6)
+        match = (by_lower.get(name) or (by_lower[aliases[0]] if aliases else None)
+                 or (by_lower[close[0]] if close else None))
+        if match is not None and match not in renames.values():
+            renames[name] = match
+    return renames
 
 
 def _as_text(value: Any) -> str:
@@ -138,27 +315,40 @@ def _as_text(value: Any) -> str:
     return nfc(str(value))
 
 
+def _column(table: Table, name: str) -> list[str]:
+    return [_as_text(v) for v in table.frame[name]]
+
+
+def _repeated(values: list[str], where: Where, label: str) -> list[str]:
+    """Each value that occurs more than once, with every place it occurs."""
+    counts = Counter(values)
+    places: dict[str, list[str]] = {}
+    for i, value in enumerate(values):
+        if counts[value] > 1:
+            places.setdefault(value, []).append(where(i))
+    return [f"{label} {value!r}: {', '.join(rows[:MAX_ROWS_IN_ERROR])}"
+            + (f", ... ({len(rows)} in all)" if len(rows) > MAX_ROWS_IN_ERROR else "")
+            for value, rows in places.items()]
+
+
 def load_corpus(path: str | Path) -> Corpus:
     """Load a corpus file with columns doc_id and contents (AutoRAG parquet, JSONL or CSV)."""
-    path = Path(path)
-    frame = _read_table(path)
-    _require_columns(frame, path, ["doc_id", "contents"])
-    return _validated_corpus(
-        [_as_text(v) for v in frame["doc_id"]], [_as_text(v) for v in frame["contents"]], str(path)
-    )
+    table = _read_table(Path(path))
+    _require_columns(table, CORPUS_COLUMNS, "A corpus file (AutoRAG's format) needs the columns")
+    return _validated_corpus(_column(table, "doc_id"), _column(table, "contents"), str(table.path), table.where)
 
 
-def _validated_corpus(doc_ids: list[str], contents: list[str], source: str) -> Corpus:
+def _validated_corpus(doc_ids: list[str], contents: list[str], source: str, where: Where) -> Corpus:
     if not doc_ids:
         raise DataError(f"{source}: no passages; a corpus needs at least one row with doc_id and contents.")
-    _fail(source, "empty doc_id", [f"row {i}" for i, d in enumerate(doc_ids) if not d.strip()],
+    empty_ids = [where(i) for i, d in enumerate(doc_ids) if not d.strip()]
+    _fail(source, _count(empty_ids, "passage") + " with an empty doc_id", empty_ids,
           "Give every passage a non-empty doc_id.")
-    counts = Counter(doc_ids)
-    _fail(source, "duplicate doc_id (after NFC normalization)",
-          [f"row {i}: {d!r}" for i, d in enumerate(doc_ids) if counts[d] > 1],
+    repeated = _repeated(doc_ids, where, "doc_id")
+    _fail(source, _count(repeated, "duplicate doc_id") + " (compared after NFC normalization)", repeated,
           "Doc ids must be unique; merge or rename the duplicated passages.")
-    _fail(source, "empty passage", [f"row {i}: {doc_ids[i]!r}" for i, c in enumerate(contents) if not c.strip()],
-          "Remove empty passages or fill in their contents.")
+    empty = [f"{where(i)}: doc_id {doc_ids[i]!r}" for i, c in enumerate(contents) if not c.strip()]
+    _fail(source, _count(empty, "empty passage"), empty, "Remove empty passages or fill in their contents.")
     return Corpus(doc_ids, contents, source)
 
 
@@ -180,6 +370,18 @@ def _parse_gt(value: Any) -> list[list[str]]:
     return [[str(x) for x in (g.tolist() if isinstance(g, np.ndarray) else g)] for g in value]
 
 
+def _ground_truth(table: Table) -> list[list[list[str]]]:
+    """Each question's retrieval_gt groups of NFC ids; a cell that is not valid JSON stops with its place."""
+    groups = []
+    for i, value in enumerate(table.frame["retrieval_gt"]):
+        try:
+            groups.append([[nfc(d) for d in group] for group in _parse_gt(value)])
+        except json.JSONDecodeError as error:
+            raise DataError(f"{table.path}: {table.where(i)}: retrieval_gt is not valid JSON ({error}); "
+                            'write it as [["doc id"], ...].') from None
+    return groups
+
+
 def load_qa(path: str | Path, corpus: Corpus, domain_column: str | None = None,
             domain_pattern: str | None = None) -> QASet:
     """Load questions (qid, query, retrieval_gt) and check them against the corpus.
@@ -187,88 +389,116 @@ def load_qa(path: str | Path, corpus: Corpus, domain_column: str | None = None,
     The domain of a question comes from `domain_column`, or from `domain_pattern`, a regular
     expression whose first group is taken from the qid (r"_([^_]+)$" turns 0_finance into finance).
     """
-    path = Path(path)
-    frame = _read_table(path)
-    _require_columns(frame, path, ["qid", "query", "retrieval_gt"])
-    qids = [_as_text(v) for v in frame["qid"]]
-    queries = [_as_text(v) for v in frame["query"]]
-    try:
-        raw_groups = [_parse_gt(v) for v in frame["retrieval_gt"]]
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: retrieval_gt is not valid JSON ({error}); write it as [[\"doc id\"], ...].") from None
-    raw_groups = [[[nfc(d) for d in g] for g in groups] for groups in raw_groups]
-    domains = _domains(frame, qids, path, domain_column, domain_pattern)
-    return _validated_qa(qids, queries, raw_groups, domains, corpus, str(path))
+    table = _read_table(Path(path))
+    _require_columns(table, QA_COLUMNS, "A QA file (AutoRAG's format) needs the columns")
+    qids = _column(table, "qid")
+    domains = _domains(table, qids, domain_column, domain_pattern)
+    return _validated_qa(qids, _column(table, "query"), _ground_truth(table), domains, corpus, str(table.path),
+                         table.where)
 
 
-def _domains(frame: pd.DataFrame, qids: list[str], path: Path, column: str | None,
-             pattern: str | None) -> list[str] | None:
+def _domains(table: Table, qids: list[str], column: str | None, pattern: str | None) -> list[str] | None:
     if column is not None:
-        _require_columns(frame, path, [column])
-        return [_as_text(v) for v in frame[column]]
+        _require_domain_column(table, column)
+        return _column(table, column)
     if pattern is None:
         return None
     regex = re.compile(pattern)
     matches = [regex.search(q) for q in qids]
-    _fail(str(path), f"qid does not match domain_pattern {pattern!r}",
-          [f"qid {q!r}" for q, m in zip(qids, matches) if m is None or not m.groups()],
+    unmatched = [f"{table.where(i)}: qid {q!r}" for i, (q, m) in enumerate(zip(qids, matches))
+                 if m is None or not m.groups()]
+    _fail(str(table.path), _count(unmatched, "qid") + f" not matching domain_pattern {pattern!r}", unmatched,
           "Fix the qids or the pattern (its first group is the domain).")
     return [m.group(1) for m in matches if m is not None]
 
 
+def _require_domain_column(table: Table, column: str) -> None:
+    """Stop when the column data.domain_column names is not in the QA file, naming the close ones."""
+    found = [str(c) for c in table.frame.columns]
+    if column not in found:
+        close = difflib.get_close_matches(column, found, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise DataError(f"{table.path}: no column {column!r}, which data.domain_column names; found {found}.{hint} "
+                        "Set data.domain_column to a column of the file, or use data.domain_pattern.")
+
+
 def _validated_qa(qids: list[str], queries: list[str], groups: list[list[list[str]]],
-                  domains: list[str] | None, corpus: Corpus, source: str) -> QASet:
+                  domains: list[str] | None, corpus: Corpus, source: str, where: Where) -> QASet:
     if not qids:
         raise DataError(f"{source}: no questions; a QA set needs at least one row with qid, query and retrieval_gt.")
-    counts = Counter(qids)
-    _fail(source, "duplicate qid", [f"row {i}: {q!r}" for i, q in enumerate(qids) if counts[q] > 1],
-          "Question ids must be unique.")
-    _fail(source, "empty query", [f"row {i}: qid {qids[i]!r}" for i, q in enumerate(queries) if not q.strip()],
-          "Remove the question or write its text.")
-    _fail(source, "no retrieval_gt", [f"row {i}: qid {qids[i]!r}" for i, g in enumerate(groups) if not any(g)],
+    repeated = _repeated(qids, where, "qid")
+    _fail(source, _count(repeated, "duplicate qid"), repeated, "Question ids must be unique.")
+    empty = [f"{where(i)}: qid {qids[i]!r}" for i, q in enumerate(queries) if not q.strip()]
+    _fail(source, _count(empty, "empty query", "empty queries"), empty, "Remove the question or write its text.")
+    no_gt = [f"{where(i)}: qid {qids[i]!r}" for i, g in enumerate(groups) if not any(g)]
+    _fail(source, _count(no_gt, "question") + " with no retrieval_gt", no_gt,
           "Every question needs at least one relevant doc id.")
     index = corpus.index_of()
-    _fail(source, f"retrieval_gt ids missing from the corpus {corpus.source}",
-          [f"row {i}: qid {qids[i]!r}: {d!r}"
-           for i, g in enumerate(groups) for grp in g for d in grp if d not in index],
-          "Fix the ids or use the corpus file these questions were written for.")
-    repeated = []
+    _check_ids_in_corpus(qids, groups, index, corpus, source, where)
+    twice = []
     for i, g in enumerate(groups):
         ids = Counter(d for grp in g for d in grp)
-        repeated += [f"row {i}: qid {qids[i]!r}: {d!r}" for d, n in ids.items() if n > 1]
-    _fail(source, "a doc id is listed twice in one question's retrieval_gt", repeated,
+        twice += [f"{where(i)}: qid {qids[i]!r}: {d!r}" for d, n in ids.items() if n > 1]
+    _fail(source, _count(twice, "doc id") + " listed twice in one question's retrieval_gt", twice,
           "List each relevant id once: groups are required, ids in one group are alternatives.")
     as_rows = [[[index[d] for d in grp] for grp in g if grp] for g in groups]
     return QASet(qids, Queries(queries), as_rows, domains, source)
+
+
+def _check_ids_in_corpus(qids: list[str], groups: list[list[list[str]]], index: dict[str, int], corpus: Corpus,
+                         source: str, where: Where) -> None:
+    """Stop when retrieval_gt names ids the corpus lacks, with how many, where, and, when none is
+    found at all, what the ids on each side look like (the questions of another corpus, or ids
+    written differently)."""
+    missing = [(i, d) for i, g in enumerate(groups) for grp in g for d in grp if d not in index]
+    if not missing:
+        return
+    questions = len({i for i, _ in missing})
+    advice = "Fix the ids, or point data.corpus at the corpus these questions were written for."
+    if questions == len(qids):
+        advice = (f"No question's ids are in the corpus: its doc ids look like {corpus.doc_ids[:3]}, these like "
+                  f"{list(dict.fromkeys(d for _, d in missing))[:3]}. {advice}")
+    _fail(source, _count(missing, "retrieval_gt id") + f" missing from the corpus {corpus.source} (in "
+          f"{questions} of {len(qids)} questions)", [f"{where(i)}: qid {qids[i]!r}: {d!r}" for i, d in missing], advice)
 
 
 def load_beir(folder: str | Path, split: str = "test") -> tuple[QASet, Corpus]:
     """Load a BEIR folder: corpus.jsonl (_id, title, text), queries.jsonl (_id, text) and
     qrels/<split>.tsv. Every judged-relevant doc (score > 0) is its own required group."""
     folder = Path(folder)
-    corpus_frame = _read_table(folder / "corpus.jsonl")
-    _require_columns(corpus_frame, folder / "corpus.jsonl", ["_id", "text"])
-    titles = corpus_frame["title"] if "title" in corpus_frame.columns else [""] * len(corpus_frame)
-    contents = [_as_text(f"{t}\n{x}" if _as_text(t) else x) for t, x in zip(titles, corpus_frame["text"])]
-    corpus = _validated_corpus([_as_text(v) for v in corpus_frame["_id"]], contents, str(folder / "corpus.jsonl"))
-    query_frame = _read_table(folder / "queries.jsonl")
-    _require_columns(query_frame, folder / "queries.jsonl", ["_id", "text"])
-    texts = dict(zip((_as_text(v) for v in query_frame["_id"]), (_as_text(v) for v in query_frame["text"])))
+    corpus = _beir_corpus(folder / "corpus.jsonl")
+    queries = _read_table(folder / "queries.jsonl")
+    _require_columns(queries, ["_id", "text"], "A BEIR queries.jsonl needs the fields")
+    texts = dict(zip(_column(queries, "_id"), _column(queries, "text")))
     qrels_path = folder / "qrels" / f"{split}.tsv"
-    qrels = pd.read_csv(qrels_path, sep="\t", dtype=str) if qrels_path.exists() else None
-    if qrels is None:
+    if not qrels_path.exists():
         raise DataError(f"{qrels_path}: file not found; set data.split to one of "
                         f"{sorted(p.stem for p in (folder / 'qrels').glob('*.tsv'))}.")
-    qrels.columns = ["query-id", "corpus-id", "score"][: len(qrels.columns)]
-    relevant = qrels[qrels["score"].astype(float) > 0]
+    qrels = _read_table(qrels_path)
+    qrels.frame.columns = ["query-id", "corpus-id", "score"][: len(qrels.frame.columns)]
+    first_row: dict[str, int] = {}
     by_query: dict[str, list[list[str]]] = {}
-    for qid, doc in zip(relevant["query-id"], relevant["corpus-id"]):
-        by_query.setdefault(_as_text(qid), []).append([_as_text(doc)])
+    for row, (qid, doc, score) in enumerate(zip(_column(qrels, "query-id"), _column(qrels, "corpus-id"),
+                                                qrels.frame["score"])):
+        if float(score) > 0:
+            first_row.setdefault(qid, row)
+            by_query.setdefault(qid, []).append([doc])
     qids = list(by_query)
-    _fail(str(qrels_path), "query ids missing from queries.jsonl", [f"{q!r}" for q in qids if q not in texts],
+    unknown = [f"{qrels.where(first_row[q])}: {q!r}" for q in qids if q not in texts]
+    _fail(str(qrels_path), _count(unknown, "query id") + " missing from queries.jsonl", unknown,
           "Use the queries.jsonl that belongs to these qrels.")
     return _validated_qa(qids, [texts[q] for q in qids], [by_query[q] for q in qids], None, corpus,
-                         str(qrels_path)), corpus
+                         str(qrels_path), lambda i: qrels.where(first_row[qids[i]])), corpus
+
+
+def _beir_corpus(path: Path) -> Corpus:
+    """A BEIR corpus.jsonl: title and text joined into each passage."""
+    table = _read_table(path)
+    _require_columns(table, ["_id", "text"], "A BEIR corpus.jsonl needs the fields")
+    frame = table.frame
+    titles = frame["title"] if "title" in frame.columns else [""] * len(frame)
+    contents = [_as_text(f"{t}\n{x}" if _as_text(t) else x) for t, x in zip(titles, frame["text"])]
+    return _validated_corpus(_column(table, "_id"), contents, str(path), table.where)
 
 
 def load_dataset(qa: Path | None = None, corpus: Path | None = None, beir: Path | None = None, split: str = "test",
@@ -277,8 +507,12 @@ def load_dataset(qa: Path | None = None, corpus: Path | None = None, beir: Path 
     if beir is not None:
         if domain_column or domain_pattern:
             raise DataError(f"{beir}: BEIR folders have no domain column; remove domain_column/domain_pattern.")
+        _require_path(beir, "data.beir")
         return load_beir(beir, split)
     if qa is None or corpus is None:
         raise DataError("give both a qa file and a corpus file, or a BEIR folder")
+    _require_path(corpus, "data.corpus")
+    _require_path(qa, "data.qa")
     loaded = load_corpus(corpus)
     return load_qa(qa, loaded, domain_column, domain_pattern), loaded
+

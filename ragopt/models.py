@@ -12,6 +12,9 @@ import gc
 import hashlib
 import importlib.util
 import json
+import queue
+import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,11 @@ FOREIGN_FORMATS = ["onnx/*", "openvino/*", "*.onnx", "*.onnx_data", "*.h5", "*.m
 MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model", ".py", ".tiktoken", ".vocab", ".spm",
                ".yaml", ".yml")
 """A local folder's weight, config, tokenizer and remote-code files: what its content hash covers."""
+
+HUB_TIMEOUT = 5.0
+"""Seconds the hub has to say which commit a model id is at. huggingface_hub waits forever by
+default, so a hub that never answers (a firewall that drops packets, a dead proxy) hung the run;
+now it costs this long, then the cached snapshot is used, or the run stops saying what to do."""
 
 
 Precision = Literal["auto", "float32", "float16", "bfloat16"]
@@ -72,31 +80,89 @@ def local_folder(name: str) -> str | None:
 def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
     """The local folder of a hub model's snapshot, downloaded if needed (weights in one format:
     safetensors when the repository has them). When the hub cannot be asked (HF_HUB_OFFLINE=1,
-    no network) the cached snapshot of the revision is used."""
-    from huggingface_hub import HfApi, constants, snapshot_download
+    no network, no answer within HUB_TIMEOUT seconds) the cached snapshot of the revision is used."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    ignore = list(FOREIGN_FORMATS)
-    local_only = bool(constants.HF_HUB_OFFLINE)
-    if not local_only:
-        try:
-            info = HfApi().model_info(repo_id, revision=revision)
-            revision = info.sha
-            if any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
-                ignore.append("*pytorch_model*.bin")
-        except (RepositoryNotFoundError, RevisionNotFoundError) as error:
-            raise ModelError(f"model {repo_id!r} is not a model on the Hugging Face hub ({error}); "
-                             "give a hub id, a local folder or pkg:<package>/<folder>") from None
-        except Exception:  # no network, hub down, a proxy: use the cached snapshot if there is one
-            local_only = True
+    _require_hub_id(repo_id)
+    if constants.HF_HUB_OFFLINE:
+        return _cached_snapshot(repo_id, revision, "HF_HUB_OFFLINE is set")
     try:
-        return snapshot_download(repo_id, revision=revision, ignore_patterns=ignore, local_files_only=local_only)
+        info = _model_info(repo_id, revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise ModelError(f"model {repo_id!r} is not a model on the Hugging Face hub that this machine may read "
+                         f"({type(error).__name__}). Check the id's spelling (org/name, as on huggingface.co); a "
+                         "private or gated model needs `hf auth login` (and its license accepted on its page). Or "
+                         "give a local folder or pkg:<package>/<folder>.") from None
+    except Exception as error:  # no network, hub down, a proxy: use the cached snapshot if there is one
+        return _cached_snapshot(repo_id, revision, f"the hub could not be asked: {type(error).__name__}: {error}")
+    return _downloaded_snapshot(repo_id, info)
+
+
+def _model_info(repo_id: str, revision: str | None) -> Any:
+    """HfApi.model_info, given HUB_TIMEOUT seconds in all (name lookup and huggingface_hub's own
+    first request included, which no HTTP timeout bounds); TimeoutError after that. The call left
+    behind ends within its own HTTP timeout, on a daemon thread that never delays the exit."""
+    from huggingface_hub import HfApi
+
+    answer: queue.Queue = queue.Queue(maxsize=1)
+
+    def ask() -> None:
+        try:
+            answer.put(HfApi().model_info(repo_id, revision=revision, timeout=HUB_TIMEOUT))
+        except Exception as error:
+            answer.put(error)
+
+    threading.Thread(target=ask, name="ragopt-hub", daemon=True).start()
+    try:
+        result = answer.get(timeout=HUB_TIMEOUT)
+    except queue.Empty:
+        raise TimeoutError(f"no answer within {HUB_TIMEOUT:g} s") from None
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _require_hub_id(name: str) -> None:
+    """Stop at once for a name that is neither an existing folder nor a possible hub id (a path
+    with a typo, most often), without asking the hub."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelError(f"model {name!r}: there is no folder {Path(name).expanduser().resolve()}, and it is not a "
+                         "Hugging Face hub id (org/name). Fix the path (a config's paths are relative to the config "
+                         "file), or give a hub id such as BAAI/bge-m3.") from None
+
+
+def _cached_snapshot(repo_id: str, revision: str | None, why: str) -> str:
+    """The snapshot already in the local Hugging Face cache, when the hub cannot be asked."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(repo_id, revision=revision, ignore_patterns=FOREIGN_FORMATS, local_files_only=True)
+    except Exception:
+        raise ModelError(f"model {repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                         f"cannot be downloaded now ({why}). Download it beforehand where there is network "
+                         f"(`hf download {repo_id}`, into this cache or one HF_HOME points to), give its files as "
+                         "a local folder (relative to the config file, or absolute), or check the id's spelling."
+                         ) from None
+
+
+def _downloaded_snapshot(repo_id: str, info: Any) -> str:
+    """The snapshot of the commit the hub named, fetched where missing (weights in one format)."""
+    from huggingface_hub import snapshot_download
+
+    ignore = list(FOREIGN_FORMATS)
+    if any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
+        ignore.append("*pytorch_model*.bin")
+    try:
+        return snapshot_download(repo_id, revision=info.sha, ignore_patterns=ignore)
     except Exception as error:
-        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub could not be reached" if local_only
-               else f"{type(error).__name__}: {error}")
-        raise ModelError(f"model {repo_id!r} is not in the local Hugging Face cache and could not be downloaded "
-                         f"({why}). Download it where there is network (e.g. `hf download {repo_id}`), or give a "
-                         "local folder.") from None
+        raise ModelError(f"model {repo_id!r} could not be downloaded ({type(error).__name__}: {error}). Retry, "
+                         f"download it beforehand (`hf download {repo_id}`), or give a local folder.") from None
 
 
 def folder_digest(folder: str, memo: Path | None = None) -> str:
@@ -163,6 +229,25 @@ def load_model(kind: str, located: Located, load: Callable[[str], Any]) -> Any:
         where = (f"the hub snapshot {located.path}" if "hub" in located.identity else f"the folder {located.path}")
         raise ModelError(f"{kind} model {located.name!r} could not be loaded from {where}: {error}\n"
                          f"Give a hub id, a local folder with the model's files, or pkg:<package>/<folder>.") from None
+
+
+def display_name(path: str) -> str:
+    """The hub id of a snapshot folder in the Hugging Face cache (.../models--org--name/snapshots/
+    <commit>), which is where hub models load from; any other folder as it is."""
+    parts = Path(path).parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
+    return path
+
+
+def warn_truncated(cut: int, total: int, what: str, model_path: str, limit: int | None) -> None:
+    """One warning counting the inputs a model's tokenizer cut to its token limit, whose ends the
+    model never sees; nothing when none was cut."""
+    if cut:
+        warnings.warn(f"{cut} of {total} {what} {'was' if cut == 1 else 'were'} truncated to fit "
+                      f"{display_name(model_path)}'s {limit} tokens: the model does not see their ends. Split long "
+                      "passages into shorter ones, or raise the entry's max_length where the model allows it.",
+                      UserWarning, stacklevel=3)
 
 
 def pick_device(requested: str = "auto") -> str:

@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from ragopt.cache import Cache, cache_key
-from ragopt.config import Config, load_config
+from ragopt.config import Config, corpus_warnings, load_config
 from ragopt.data import Corpus, QASet, load_dataset
 from ragopt.engine import Engine
 from ragopt.errors import StudyError
@@ -354,6 +354,8 @@ def _clear_outputs(output: Path) -> None:
 def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | None, fresh: bool,
               progress: bool, workers: int, write: bool) -> Outcome | None:
     qa, corpus = load_dataset(**config.data.model_dump())
+    for line in corpus_warnings(config_path, config, len(corpus)):
+        warnings.warn(line, UserWarning, stacklevel=2)
     if fresh:
         _clear_outputs(output)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported in one line, not a traceback

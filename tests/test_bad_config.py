@@ -140,6 +140,14 @@ def test_top_k_beyond_the_corpus_is_a_warning_with_counts(tmp_path):
     assert "top_k 3 is beyond" not in result.output
 
 
+def test_optimize_warns_of_a_top_k_beyond_the_corpus_in_one_line(tmp_path):
+    config = write_config(tmp_path / "c.yaml", BLOCK.replace("top_k: [1, 3]", "top_k: [3, 100]\nstudy: {latency: off}"))
+    result = runner.invoke(app, ["optimize", str(config), "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {config}:9: top_k 100 is beyond the corpus (60 passages)" in result.output
+    assert "UserWarning" not in result.output and "warnings.warn" not in result.output
+
+
 def test_checks_across_settings_are_all_reported_at_their_lines(tmp_path):
     text = BLOCK.replace("k1: 1.2", "k1: {low: 0.5, high: 2.0}") + """\
   - name: bm25

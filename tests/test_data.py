@@ -51,8 +51,7 @@ def test_missing_gt_id_names_file_row_and_id(tmp_path):
     with pytest.raises(DataError) as error:
         load_qa(path, corpus)
     message = str(error.value)
-    assert str(path) in message and "row 1" in message and "'2'" in message and "'zz'" in message
-    assert "missing from the corpus" in message
+    assert str(path) in message and "line 2: qid '2': 'zz'" in message and "missing from the corpus" in message
 
 
 @pytest.mark.parametrize("rows, problem", [

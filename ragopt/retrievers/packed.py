@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ragopt.models import warn_truncated
+
 ATTENTION = "ragopt_packed"
 POOLING_MODES = ("cls", "mean", "lasttoken")
 TOKENS_PER_TEXT = 512
@@ -112,7 +114,8 @@ def encode(model: Any, texts: Sequence[str], prompt_name: str | None, batch_size
     device = network.device
     offset = _position_offset(network)
     vectors = torch.empty(len(texts), network.config.hidden_size, dtype=torch.float32, device=device)
-    tokenized = _tokenized(model, list(texts), prompt_text(model, prompt_name) or None)
+    cut: list[int] = []
+    tokenized = _tokenized(model, list(texts), prompt_text(model, prompt_name) or None, cut)
     with torch.inference_mode(), _attention(network), tqdm(total=len(texts), unit="text", disable=not progress,
                                                            desc="Encoding") as bar:
         for first, lengths, ids in _packs(tokenized, batch_size * TOKENS_PER_TEXT):
@@ -127,24 +130,49 @@ def encode(model: Any, texts: Sequence[str], prompt_name: str | None, batch_size
                              cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest,
                              max_length_k=longest).last_hidden_state[0]
             vectors[first:first + len(lengths)] = _pool(hidden, bounds, pooling.pooling_mode)
+    warn_truncated(sum(cut), len(texts), "texts", model.tokenizer.name_or_path, token_limit(model))
     has_normalize = len(model) == 3  # packable() checked that the third module is Normalize
     return F.normalize(vectors, dim=-1) if normalize or has_normalize else vectors
 
 
-def _tokenized(model: Any, texts: list[str], prompt: str | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _tokenized(model: Any, texts: list[str], prompt: str | None,
+               cut: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(token count of each text, their token ids end to end) for consecutive chunks of texts,
     made on a worker thread by the model's own preprocessing, padding removed: the Rust
     tokenizer releases the GIL, and turning its output into arrays there keeps the thread that
-    launches the GPU's work free."""
+    launches the GPU's work free. Appends to `cut` how many texts of each chunk were truncated."""
+    limit = token_limit(model)
+
     def tokenize(chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
         features = model.preprocess(chunk, prompt=prompt)
         if set(features) - {"input_ids", "attention_mask", "token_type_ids", "modality", "prompt_length"}:
             raise ValueError(f"packed encoding cannot run a model whose inputs are {sorted(features)}")
         mask = features["attention_mask"].numpy().astype(bool)
-        return mask.sum(axis=1).astype(np.int64), features["input_ids"].numpy()[mask].astype(np.int64)
+        lengths = mask.sum(axis=1).astype(np.int64)
+        cut.append(_count_cut(model, chunk, prompt, lengths, limit))
+        return lengths, features["input_ids"].numpy()[mask].astype(np.int64)
 
     with ThreadPoolExecutor(1) as worker:
         yield from worker.map(tokenize, [texts[i:i + TOKENIZE_CHUNK] for i in range(0, len(texts), TOKENIZE_CHUNK)])
+
+
+def token_limit(model: Any) -> int | None:
+    """The token count model.preprocess cuts a text to: the max_length of the model's text
+    processing settings, else its max_seq_length."""
+    settings = (getattr(model[0], "processing_kwargs", None) or {}).get("text") or {}
+    return settings.get("max_length") or model.max_seq_length
+
+
+def _count_cut(model: Any, texts: list[str], prompt: str | None, lengths: np.ndarray, limit: int | None) -> int:
+    """How many texts preprocessing truncated: of those that reached the limit, the ones that grow
+    past it when allowed one token more (only they are tokenized again)."""
+    if limit is None:
+        return 0
+    full = [text for text, n in zip(texts, lengths.tolist()) if n >= limit]
+    if not full:
+        return 0
+    longer = model.preprocess(full, prompt=prompt, processing_kwargs={"text": {"max_length": limit + 1}})
+    return int((longer["attention_mask"].sum(dim=1) > limit).sum())
 
 
 def _packs(chunks: Iterable[tuple[np.ndarray, np.ndarray]],
