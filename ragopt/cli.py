@@ -122,12 +122,15 @@ def optimize_command(
     n_trials: Optional[int] = typer.Option(None, "--n-trials", "-n", help="Total trials, overriding study.n_trials.",
                                            show_default="study.n_trials"),
     fresh: bool = typer.Option(False, "--fresh", metavar="",
-                               help="Delete the stored study and start over instead of resuming."),
+                               help="Delete the stored study and the outputs of the previous one (not the cache), "
+                               "and start over instead of resuming."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bars."),
     per_domain: bool = typer.Option(False, "--per-domain", metavar="",
                                     help="Also export each domain's winner to per_domain/ (study.per_domain)."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="A database the study lives in, shared by every "
-                                          "process given it (e.g. postgresql://user@host/db).",
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="RAGOPT_STORAGE",
+                                          help="A database the study lives in, shared by every process given it "
+                                          "(e.g. postgresql://user@host/db); the environment variable keeps a "
+                                          "password off the command line.",
                                           show_default="study.storage, else study.db in the output folder"),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes on this machine (one GPU each "
                                 "where there are several); more than one shares the study through its storage."),
@@ -144,7 +147,8 @@ def optimize_command(
 
         transformers_logging.disable_progress_bar()
     if fresh and storage and not yes and not worker:
-        typer.confirm(f"--fresh deletes the study in {_shown(storage)} for every worker sharing it; go on?", abort=True)
+        typer.confirm(f"--fresh deletes the study in {_shown(storage)} for every worker sharing it, and the "
+                      "outputs in the output folder; go on?", abort=True)
     try:
         outcome = optimize(config, output, n_trials, fresh and not worker, progress=not quiet, per_domain=per_domain,
                            storage=storage, workers=workers, write=not worker)

@@ -370,22 +370,27 @@ def _yaml_problem(path: Path, text: str, error: yaml.YAMLError) -> str:
             f"  {line} | {source}\n  {' ' * len(str(line))} | {' ' * mark.column}^\n  {hint}")
 
 
-def _lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
-    """The line of every key and list item under a composed YAML node, by path."""
+def _lines(node: yaml.Node, path: tuple = (), above: frozenset[int] = frozenset()) -> dict[tuple, int]:
+    """The line of every key and list item under a composed YAML node, by path; an alias of a node
+    above itself (a recursive structure) is not followed."""
     lines = {path: node.start_mark.line + 1}
+    above = above | {id(node)}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            lines.update(_lines(value, (*path, key.value)))
+            if id(value) not in above:
+                lines.update(_lines(value, (*path, key.value), above))
             lines[(*path, key.value)] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            lines.update(_lines(item, (*path, i)))
+            if id(item) not in above:
+                lines.update(_lines(item, (*path, i), above))
     return lines
 
 
-def _repeated_keys(path: Path, node: yaml.Node, at: tuple = ()) -> list[str]:
-    """Keys given twice in one mapping (YAML would keep the last one silently), anywhere under node."""
-    found, first = [], {}
+def _repeated_keys(path: Path, node: yaml.Node, at: tuple = (), above: frozenset[int] = frozenset()) -> list[str]:
+    """Keys given twice in one mapping (YAML would keep the last one silently), anywhere under node
+    (not following an alias of a node above itself)."""
+    found, first, above = [], {}, above | {id(node)}
     children = list(enumerate(node.value)) if isinstance(node, yaml.SequenceNode) else []
     for key, value in node.value if isinstance(node, yaml.MappingNode) else []:
         if key.value in first and key.tag != "tag:yaml.org,2002:merge":
@@ -393,7 +398,8 @@ def _repeated_keys(path: Path, node: yaml.Node, at: tuple = ()) -> list[str]:
                          f"line {first[key.value]}); keep one")
         first.setdefault(key.value, key.start_mark.line + 1)
         children.append((key.value, value))
-    return found + [problem for part, child in children for problem in _repeated_keys(path, child, (*at, part))]
+    return found + [problem for part, child in children if id(child) not in above
+                    for problem in _repeated_keys(path, child, (*at, part), above)]
 
 
 def _read_yaml(path: Path) -> tuple[Any, Lines]:

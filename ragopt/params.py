@@ -37,8 +37,8 @@ class StrictModel(BaseModel):
         try:
             handler({k: v for k, v in data.items() if k not in unknown})
         except ValidationError as error:
-            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=e["loc"], input=e["input"])
-                       for e in error.errors(include_url=False)]
+            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"], e.get("ctx")), loc=e["loc"],
+                                        input=e["input"]) for e in error.errors(include_url=False)]
         raise ValidationError.from_exception_data(cls.__name__, errors)
 
     def key(self) -> str:
@@ -136,8 +136,10 @@ IntParam = _searchable(IntRange, int)
 
 
 def choices(literal_type: Any) -> Any:
-    """A setting chosen among fixed values (names, tokenizers): one, or a list of them."""
-    return Annotated[Annotated[list[literal_type], BeforeValidator(_non_empty)], BeforeValidator(_listify)]
+    """A setting chosen among fixed values (names, tokenizers): one (a mapping too, such as
+    {type: char_ngram, n: 2}), or a list of them."""
+    return Annotated[Annotated[list[literal_type], BeforeValidator(_non_empty)],
+                     BeforeValidator(lambda value: value if isinstance(value, list) else [value])]
 
 
 def bounded_floats(low: float, high: float) -> Any:

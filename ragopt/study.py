@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def shown(url: str) -> str:
         return url.split("://")[0] + "://..."
 
 
-def _with_driver(url: str) -> str:
+def driver_url(url: str) -> str:
     """A postgresql:// URL with no driver named gets psycopg 3 (ragopt[postgres] installs it),
     whatever SQLAlchemy's default for the version installed (psycopg2 before 2.1)."""
     return "postgresql+psycopg:" + url.removeprefix("postgresql:") if url.startswith("postgresql:") else url
@@ -124,14 +125,14 @@ def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL; a shared (RDB) one sends heartbeats, so that a trial whose
     worker died is failed after three silent intervals and retried with the same parameters.
     Workers that start together may race to create the database's tables: they try again."""
-    from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise StudyError(f"study.storage {shown(url)!r}: give a sqlite:///, postgresql:// or mysql:// URL")
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
-    if url.startswith("postgresql:"):
+    if url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server fails in seconds, not minutes
-    connect = _with_driver(url)
+    connect = driver_url(url)
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
@@ -140,14 +141,14 @@ def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
                     connect, engine_kwargs=kwargs, heartbeat_interval=int(heartbeat),
                     grace_period=int(max(3 * heartbeat, 5)),
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-        except (IntegrityError, OperationalError) as error:
-            if attempt == 4 or (isinstance(error, OperationalError) and not any(
+        except (IntegrityError, OperationalError, ProgrammingError) as error:
+            if attempt == 4 or (not isinstance(error, IntegrityError) and not any(
                     word in str(error) for word in ("locked", "already exists"))):
                 failure: Exception = error
                 break
             time.sleep(0.5 + attempt)
         except ImportError:
-            driver = "'ragopt[postgres]'" if url.startswith("postgresql") else "the database's Python driver"
+            driver = "'ragopt[postgres]'" if url.startswith("postgresql:") else "the driver the URL names"
             raise StudyError(f"cannot open the study storage {shown(url)}: pip install {driver}") from None
         except (SQLAlchemyError, ValueError) as error:
             failure = error
@@ -243,6 +244,27 @@ def _warm_up(engine: Engine, config: Config, qa: QASet) -> None:
             engine.retrieve(spec, qa.queries, 1)
 
 
+ORPHAN_SECONDS = 120.0
+"""A trial RUNNING this long with no parameters lost its worker between being handed out and its
+first suggestion: no heartbeat was ever recorded for it, so Optuna never finds it stale."""
+
+
+def _fail_orphans(study: optuna.Study) -> None:
+    """Fail the trials of workers killed before their trial began, and queue a grid pipeline again."""
+    now = datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        age = (now - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
+        if trial.params or age < ORPHAN_SECONDS:
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it began after all, or another worker failed it first
+        queued = trial.user_attrs.get(GRID)
+        if isinstance(queued, dict):
+            study.enqueue_trial(queued, user_attrs={GRID: queued})
+
+
 def _enough(study: optuna.Study, trial: optuna.Trial, grid: bool, total: int) -> bool:
     """On a shared study, whether this trial is one too many: a grid trial that is not one of the
     queued pipelines (the queue ran dry under another worker), or a trial beyond `total` counting
@@ -298,6 +320,10 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
         return _optimize(config, config_path, output, n_trials, fresh, progress, workers, write)
 
 
+STORAGE_VARIABLE = "RAGOPT_STORAGE"
+"""The environment variable --storage reads: how worker processes get the URL, password included."""
+
+
 def _start_workers(count: int, config_path: Path, output: Path, n_trials: int | None, storage: str
                    ) -> list[subprocess.Popen]:
     """Worker processes on the shared study, one GPU each where there are several."""
@@ -306,11 +332,11 @@ def _start_workers(count: int, config_path: Path, output: Path, n_trials: int | 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     processes = []
     for i in range(count):
-        env = dict(os.environ)
+        env = {**os.environ, STORAGE_VARIABLE: storage}  # not on the command line, where `ps` shows a password
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str((i + 1) % gpus)
         command = [sys.executable, "-m", "ragopt", "optimize", str(config_path), "--output", str(output),
-                   "--storage", storage, "--worker", "--quiet"] + (["--n-trials", str(n_trials)] if n_trials else [])
+                   "--worker", "--quiet"] + (["--n-trials", str(n_trials)] if n_trials else [])
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     return processes
 
@@ -342,7 +368,10 @@ OUTPUTS = ("trials.csv", "per_question.parquet", "study.json", "best.yaml", "sum
 
 def _clear_outputs(output: Path) -> None:
     """--fresh: delete the previous study's outputs first, so that a new study stopped before it
-    writes its own never leaves them beside it (the cache stays: it is keyed by content)."""
+    writes its own never leaves them beside it (the cache stays: it is keyed by content). Only in
+    a folder a study wrote (its qrels.trec or study.json): an --output given by mistake keeps its files."""
+    if not ((output / "qrels.trec").exists() or (output / "study.json").exists()):
+        return
     for name in OUTPUTS:
         path = output / name
         if path.is_dir():
@@ -378,6 +407,7 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+        _fail_orphans(study)
     total = n_trials or config.study.n_trials
     pipelines = _grid(config, total)
     grid = pipelines is not None
@@ -456,9 +486,9 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
         interrupted = True  # keep the finished trials: write the outputs, a rerun resumes
     finally:
         bar.close()
-        failed_workers = [p.stderr.read().decode(errors="replace").strip() for p in helpers
-                          if p.wait() != 0 and p.stderr is not None]
-    if failed_workers:
+        errors = [(p.communicate()[1] or b"").decode(errors="replace").strip() for p in helpers]
+        failed_workers = [e for p, e in zip(helpers, errors) if p.returncode != 0]
+    if failed_workers and not interrupted:  # Ctrl-C reaches the workers too: their exits are not failures
         raise StudyError("a worker process failed:\n" + failed_workers[0][-2000:])
     if interrupted and not finished(study):
         raise KeyboardInterrupt  # nothing to write yet: the command line says what was kept and how to resume

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["postgres"]  # the postgres_server / postgres_url fixtures, one server per session
+
 os.environ.setdefault("NUMBA_DISABLE_JIT", "1")  # ranx (test_fusion) as plain Python: no half minute of JIT
 
 ROOT = Path(__file__).resolve().parent.parent

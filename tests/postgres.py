@@ -45,7 +45,7 @@ class Server:
         self.port = _free_port()
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         if os.geteuid() == 0:
-            shutil.chown(self.folder, "postgres")
+            shutil.chown(self.folder, "postgres")  # LookupError without the user Debian's package creates
 
     def _run(self, *command: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -60,13 +60,15 @@ class Server:
                   "-w", "start")
 
     def stop(self) -> None:
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop")
+        """Stop the server if it runs, and delete its folder whatever happened."""
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate",
+                        "stop"], capture_output=True, timeout=60, check=False)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def database(self) -> str:
         """A new, empty database's URL."""
-        import psycopg
-
+        psycopg = pytest.importorskip("psycopg", reason="pip install 'ragopt[postgres]'")
         name = f"t{uuid.uuid4().hex[:12]}"
         with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres",
                              autocommit=True) as connection:
@@ -82,13 +84,18 @@ def postgres_server():
         if REQUIRED:
             pytest.fail(message)
         pytest.skip(message)
-    server = Server(bin_dir)
     try:
-        server.start()
-    except subprocess.CalledProcessError as error:
-        pytest.fail(f"PostgreSQL did not start: {error.stderr}")
-    yield server
-    server.stop()
+        server = Server(bin_dir)
+    except LookupError:
+        pytest.fail("running as root, PostgreSQL needs the `postgres` user its Debian package creates")
+    try:
+        try:
+            server.start()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+            pytest.fail(f"PostgreSQL did not start: {error.stderr}")
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -256,16 +256,34 @@ def test_a_missing_file_names_the_path_looked_for(tmp_path):
     assert f"nope.yaml: config file not found; check the path (looked for {tmp_path / 'nope.yaml'})" in result.output
 
 
-def test_a_huge_finite_space_is_counted_up_to_a_limit_and_too_large_for_a_grid(tmp_path):
-    text = BLOCK.replace("k1: 1.2", "k1: {low: 0.0, high: 3.16, step: 0.01}\n    b: {low: 0.0, high: 1.0, step: "
-                         "0.00316}")  # 317 x 317 > 100,000 pipelines
+def test_a_huge_finite_space_is_counted_up_to_a_limit_and_too_large_for_a_grid(tmp_path, monkeypatch):
+    from ragopt import config, space
+
+    monkeypatch.setattr(space, "MAX_GRID", 1000)  # the walk stops past it: a thousand, not 100,000, to be quick
+    monkeypatch.setattr(config, "MAX_GRID", 1000)
+    text = BLOCK.replace("k1: 1.2", "k1: {low: 0.0, high: 3.1, step: 0.1}\n    b: {low: 0.0, high: 1.0, step: "
+                         "0.0323}")  # 32 x 31 > 1,000 pipelines
     result = validate(tmp_path, text)
     assert result.exit_code == 0, result.output
-    assert "search space: more than 100000 distinct pipelines" in " ".join(result.output.split())
+    assert "search space: more than 1000 distinct pipelines" in " ".join(result.output.split())
     result = validate(tmp_path, text + "study:\n  sampler: grid\n")
     assert result.exit_code == 2
-    assert "c.yaml:12: study.sampler: the grid has more than 100000 distinct pipelines; use sampler: tpe or " \
+    assert "c.yaml:12: study.sampler: the grid has more than 1000 distinct pipelines; use sampler: tpe or " \
            "random, or give fewer values" in result.output
+
+
+def test_two_kinds_of_mistakes_in_different_entries_are_both_reported(tmp_path):
+    text = BLOCK.replace("retrievers:", "foo: 1\nretrievers:").replace("type: bm25", "type: bm26")
+    result = validate(tmp_path, text)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "c.yaml:4: foo: unknown key 'foo'" in result.output
+    assert "c.yaml:7: retrievers[0].type: unknown type 'bm26' (did you mean 'bm25'?)" in result.output
+
+
+def test_a_recursive_alias_is_a_message_not_a_crash(tmp_path):
+    result = validate(tmp_path, BLOCK.replace('data:\n', 'oops: &a [*a]\ndata:\n'))
+    assert result.exit_code == 2 and "RecursionError" not in result.output
+    assert "c.yaml:1: oops: unknown key 'oops'" in result.output
 
 
 def test_a_user_error_anywhere_in_a_command_is_its_paragraph(tmp_path, monkeypatch):

@@ -146,3 +146,12 @@ def test_cli_validate_counts_a_finite_space(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "48 questions, 60 passages" in result.output and "6 distinct pipelines" in result.output
+
+
+def test_a_single_tokenizer_written_as_a_mapping_is_one_choice(tmp_path):
+    config, _ = load_config(write_config(tmp_path / "c.yaml", """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers: [{name: bm25, type: bm25, tokenizer: {type: char_ngram, n: 2}}]
+"""))
+    (tokenizer,) = config.retrievers[0].tokenizer
+    assert (tokenizer.type, tokenizer.n) == ("char_ngram", 2)

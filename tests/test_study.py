@@ -223,7 +223,7 @@ study: {latency: off}
     assert not optuna.load_study(study_name="bm25", storage=f"sqlite:///{first.output / 'study.db'}").trials
 
 
-def test_a_huge_finite_space_is_sampled_without_walking_it(tmp_path):
+def test_a_huge_finite_space_is_sampled_without_walking_it(tmp_path, monkeypatch):
     k1 = [round(0.5 + i / 100, 2) for i in range(100)]
     b = [round(0.3 + i / 200, 3) for i in range(100)]
     path = write_config(tmp_path / "huge.yaml", f"""
@@ -233,8 +233,14 @@ retrievers: [{{name: bm25, type: bm25, tokenizer: [whitespace, {{type: char_ngra
 top_k: [1, 3, 5]
 study: {{sampler: tpe, n_trials: 3, latency: off}}
 """)  # 120,000 distinct pipelines: more than a grid may hold, so sampled
+    from ragopt import space
+
+    walked = []
+    suggest = space.suggest_pipeline
+    monkeypatch.setattr(space, "suggest_pipeline", lambda *args: walked.append(1) or suggest(*args))
     outcome = optimize(path, progress=False)
     assert outcome.n_trials == 3 and outcome.best_spec.retriever.k1 in k1
+    assert 0 < len(walked) <= 4  # the walk stops once the space holds more pipelines than trials
 
 
 def test_a_small_finite_space_runs_as_a_grid(tmp_path):
