@@ -340,5 +340,37 @@ def runs_command(
         console.print(str(path), highlight=False)
 
 
+@app.command("import-autorag")
+def import_autorag_command(
+    autorag_config: Path = typer.Argument(..., help="An AutoRAG config YAML (node_lines: ...)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The ragopt config to write.",
+                                          show_default="<name>-ragopt.yaml next to the AutoRAG config"),
+    qa: Optional[Path] = typer.Option(None, "--qa", help="The QA file, e.g. AutoRAG's qa.parquet.",
+                                      show_default="a placeholder to edit"),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="The corpus file, e.g. AutoRAG's corpus.parquet.",
+                                          show_default="a placeholder to edit"),
+    embedding: Optional[str] = typer.Option(None, "--embedding", help="The local model that stands in for API "
+                                            "embeddings (OpenAI, Ollama, ...), which ragopt does not call.",
+                                            show_default="BAAI/bge-m3, AutoRAG's local model in its Korean samples"),
+) -> None:
+    """Convert the retrieval part of an AutoRAG config (retrieval nodes, passage_reranker, top_k,
+    strategy.metrics) into a ragopt search space; print what is not mapped and why, which the
+    written file also lists at its top."""
+    from ragopt.autorag import convert_file, write
+
+    path = output or autorag_config.with_name(f"{autorag_config.stem}-ragopt.yaml")
+    try:
+        conversion = convert_file(autorag_config, path, qa, corpus, embedding)
+        write(conversion, path)
+    except UserError as error:
+        _fail(error)
+    for note in conversion.notes:
+        console.print(f"not mapped: {escape(str(note))}", highlight=False, soft_wrap=True)
+    config = conversion.config
+    console.print(f"wrote {path}: {len(config['retrievers'])} retrievers, {len(config['rerankers'])} reranker "
+                  f"choices, top_k {config['top_k']}, {len(conversion.notes)} items not mapped; check it with "
+                  f"`ragopt validate {path}`", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     app()

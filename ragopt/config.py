@@ -39,7 +39,8 @@ EMPTY = {
 
 
 class DataConfig(StrictModel):
-    """Either qa + corpus files (AutoRAG parquet, JSONL, CSV) or a BEIR folder."""
+    """Either qa + corpus files (AutoRAG parquet, JSONL, CSV; a LlamaIndex QA dataset JSON as either,
+    a LlamaIndex docstore.json as the corpus) or a BEIR folder."""
 
     qa: Path | None = None
     corpus: Path | None = None

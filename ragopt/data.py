@@ -1,4 +1,5 @@
-"""QA sets and corpora: loading (AutoRAG parquet, JSONL, CSV, BEIR), NFC normalization, validation.
+"""QA sets and corpora: loading (AutoRAG parquet, JSONL, CSV, BEIR, LlamaIndex QA datasets and
+docstores), NFC normalization, validation.
 
 Everything downstream works on corpus *row indices*; ids and texts live here only. Validation runs
 before any model loads and reports every offending row of a file in one error, by the line an
@@ -19,7 +20,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,10 @@ CSV_FIELD_LIMIT = 2**31 - 1
 """Characters a CSV field may hold (the csv module's default, 131,072, is less than some passages)."""
 Where = Callable[[int], str]
 """The place of a record in its file, as a message names it: 'line 3' or 'row 2'."""
+LLAMA_INDEX_QA = ("queries", "corpus", "relevant_docs")
+"""The keys of a LlamaIndex QA dataset JSON (EmbeddingQAFinetuneDataset.save_json)."""
+LLAMA_INDEX_DOCSTORE = "docstore/data"
+"""The key that holds the nodes of a persisted LlamaIndex docstore (SimpleDocumentStore.persist)."""
 
 
 def nfc(text: str) -> str:
@@ -56,21 +61,63 @@ def content_key(*parts: Sequence[str]) -> str:
     return digest.hexdigest()[:24]
 
 
+class Metadata:
+    """Each passage's metadata, made into a dict only when read, so that a corpus loads no slower
+    for having it: the columns of a corpus file beside doc_id and contents, a column named
+    `metadata` that holds mappings (AutoRAG's, a LlamaIndex node's) spread into its keys. Missing
+    values (None, NaN) are left out; numpy values become Python ones.
+
+    Example:
+        corpus = ragopt.load_corpus("corpus.parquet")
+        corpus.metadata_of(0)   # {'last_modified_datetime': datetime(...), 'domain': 'law'}
+    """
+
+    def __init__(self, columns: Mapping[str, Sequence[Any]], rows: np.ndarray | None = None) -> None:
+        self._columns = dict(columns)
+        self._rows = np.arange(len(next(iter(self._columns.values())))) if rows is None else rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        i = self._rows[row]
+        record: dict[str, Any] = {}
+        for name, values in self._columns.items():
+            value = values[i]
+            if name == "metadata" and isinstance(value, Mapping):
+                record.update(value)
+            elif not _missing(value):
+                record[name] = value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+        return record
+
+    def reordered(self, rows: Sequence[int]) -> "Metadata":
+        """The same metadata with row i holding what row rows[i] holds here."""
+        return Metadata(self._columns, self._rows[np.asarray(rows, dtype=np.int64)])
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 @dataclass(frozen=True)
 class Corpus:
     """Passages with unique ids, kept sorted by doc id: row i of every array in ragopt refers to
     doc_ids[i], and since rows follow the ids, not the file, nothing ragopt computes (ties
-    broken by row, cache keys) depends on the order of the rows in the corpus file."""
+    broken by row, cache keys) depends on the order of the rows in the corpus file. Metadata,
+    when the passages have any, rides along and is no part of the key."""
 
     doc_ids: list[str]
     contents: list[str]
     source: str = "<memory>"
+    metadata: Metadata | None = field(default=None, compare=False)
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
         order = sorted(range(len(self.doc_ids)), key=self.doc_ids.__getitem__)
         object.__setattr__(self, "doc_ids", [self.doc_ids[i] for i in order])
         object.__setattr__(self, "contents", [self.contents[i] for i in order])
+        if self.metadata is not None:
+            object.__setattr__(self, "metadata", self.metadata.reordered(order))
         object.__setattr__(self, "key", content_key(self.doc_ids, self.contents))
 
     def __len__(self) -> int:
@@ -78,6 +125,10 @@ class Corpus:
 
     def index_of(self) -> dict[str, int]:
         return {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
+
+    def metadata_of(self, row: int) -> dict[str, Any]:
+        """The metadata of the passage at a row ({} when the passages have none)."""
+        return {} if self.metadata is None else self.metadata[row]
 
 
 @dataclass(frozen=True)
@@ -184,6 +235,64 @@ def _read_table(path: Path) -> Table:
     if suffix in (".csv", ".tsv"):
         return _read_csv(path, "\t" if suffix == ".tsv" else ",")
     raise DataError(f"{path}: unknown file type '{suffix}'; use .parquet, .jsonl, .json, .csv or .tsv.")
+
+
+def _llama_index_table(path: Path, part: Literal["qa", "corpus"]) -> Table | None:
+    """A LlamaIndex file as the table of a QA or corpus file: a QA dataset JSON (queries, corpus,
+    relevant_docs: EmbeddingQAFinetuneDataset.save_json, what generate_question_context_pairs
+    returns) or a persisted docstore (docstore.json, a corpus only); None for any other file."""
+    document = _llama_index_json(path)
+    if document is None:
+        return None
+    if LLAMA_INDEX_DOCSTORE in document:
+        if part == "qa":
+            raise DataError(f"{path}: a LlamaIndex docstore holds nodes, not questions. Give it as data.corpus, and "
+                            "as data.qa the QA dataset JSON that generate_question_context_pairs made from its nodes.")
+        return Table(path, _docstore_frame(document[LLAMA_INDEX_DOCSTORE]))
+    return Table(path, _qa_dataset_frame(path, document) if part == "qa" else pd.DataFrame(
+        {"doc_id": list(document["corpus"]), "contents": list(document["corpus"].values())}))
+
+
+def _llama_index_json(path: Path) -> dict[str, Any] | None:
+    """The object in a .json file when it is a LlamaIndex QA dataset or docstore; None for any
+    other file (read no further than its first bytes)."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    with path.open("rb") as file:
+        if not file.read(64).removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"{"):
+            return None
+    try:
+        document = json.loads(_text(path))
+    except json.JSONDecodeError:
+        return None
+    if LLAMA_INDEX_DOCSTORE not in document and not set(LLAMA_INDEX_QA) <= document.keys():
+        return None
+    parts = (LLAMA_INDEX_DOCSTORE,) if LLAMA_INDEX_DOCSTORE in document else LLAMA_INDEX_QA
+    wrong = [key for key in parts if not isinstance(document[key], dict)]
+    if wrong:
+        raise DataError(f"{path}: {', '.join(wrong)} should map ids to values, as LlamaIndex writes them; save the "
+                        "file again with EmbeddingQAFinetuneDataset.save_json or SimpleDocumentStore.persist.")
+    return document
+
+
+def _qa_dataset_frame(path: Path, document: dict[str, Any]) -> pd.DataFrame:
+    """A QA dataset's questions as QA columns: each relevant node is a required group of its own,
+    as LlamaIndex's retrieval metrics count every expected id."""
+    relevant = document["relevant_docs"]
+    not_lists = [f"qid {qid!r}" for qid in document["queries"] if not isinstance(relevant.get(qid, []), list)]
+    _fail(str(path), _count(not_lists, "question") + " whose relevant_docs is not a list", not_lists,
+          'Write each question\'s relevant node ids as a list, e.g. "relevant_docs": {"q1": ["node-1"]}.')
+    return pd.DataFrame({"qid": list(document["queries"]), "query": list(document["queries"].values()),
+                         "retrieval_gt": [[[doc] for doc in relevant.get(qid, [])] for qid in document["queries"]]})
+
+
+def _docstore_frame(nodes: dict[str, Any]) -> pd.DataFrame:
+    """A docstore's nodes as corpus columns: the node id, its text (a Document's text_resource in
+    LlamaIndex versions that write no `text`) and its metadata."""
+    data = [(entry.get("__data__") or {}) if isinstance(entry, dict) else {} for entry in nodes.values()]
+    return pd.DataFrame({"doc_id": list(nodes),
+                         "contents": [d.get("text") or (d.get("text_resource") or {}).get("text") for d in data],
+                         "metadata": [d.get("metadata") or {} for d in data]})
 
 
 def _text(path: Path) -> str:
@@ -332,13 +441,33 @@ def _repeated(values: list[str], where: Where, label: str) -> list[str]:
 
 
 def load_corpus(path: str | Path) -> Corpus:
-    """Load a corpus file with columns doc_id and contents (AutoRAG parquet, JSONL or CSV)."""
-    table = _read_table(Path(path))
+    """Load a corpus file with columns doc_id and contents (AutoRAG parquet, JSONL or CSV; its
+    other columns become each passage's metadata), or a LlamaIndex file: a persisted docstore
+    (docstore.json: each node's id, text and metadata) or the corpus of a QA dataset JSON."""
+    path = Path(path)
+    table = _llama_index_table(path, "corpus") or _read_table(path)
     _require_columns(table, CORPUS_COLUMNS, "A corpus file (AutoRAG's format) needs the columns")
-    return _validated_corpus(_column(table, "doc_id"), _column(table, "contents"), str(table.path), table.where)
+    return _validated_corpus(_column(table, "doc_id"), _column(table, "contents"), str(table.path), table.where,
+                             _metadata(table, CORPUS_COLUMNS))
 
 
-def _validated_corpus(doc_ids: list[str], contents: list[str], source: str, where: Where) -> Corpus:
+def corpus_of(doc_ids: Sequence[str], contents: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None,
+              source: str = "<memory>", noun: str = "passage") -> Corpus:
+    """Passages held in memory (LlamaIndex nodes, say) as a corpus, NFC-normalized and checked as
+    a corpus file is; a problem names each passage as `noun` and its position."""
+    columns = None if metadata is None else Metadata({"metadata": list(metadata)})
+    return _validated_corpus([_as_text(d) for d in doc_ids], [_as_text(c) for c in contents], source,
+                             lambda i: f"{noun} {i}", columns)
+
+
+def _metadata(table: Table, used: Sequence[str]) -> Metadata | None:
+    """A file's columns beside those read into the corpus, as its passages' metadata (None when it has none)."""
+    others = [c for c in table.frame.columns if c not in used]
+    return Metadata({str(c): table.frame[c].to_numpy() for c in others}) if others else None
+
+
+def _validated_corpus(doc_ids: list[str], contents: list[str], source: str, where: Where,
+                      metadata: Metadata | None = None) -> Corpus:
     if not doc_ids:
         raise DataError(f"{source}: no passages; a corpus needs at least one row with doc_id and contents.")
     empty_ids = [where(i) for i, d in enumerate(doc_ids) if not d.strip()]
@@ -349,7 +478,7 @@ def _validated_corpus(doc_ids: list[str], contents: list[str], source: str, wher
           "Doc ids must be unique; merge or rename the duplicated passages.")
     empty = [f"{where(i)}: doc_id {doc_ids[i]!r}" for i, c in enumerate(contents) if not c.strip()]
     _fail(source, _count(empty, "empty passage"), empty, "Remove empty passages or fill in their contents.")
-    return Corpus(doc_ids, contents, source)
+    return Corpus(doc_ids, contents, source, metadata)
 
 
 def _parse_gt(value: Any) -> list[list[str]]:
@@ -389,7 +518,8 @@ def load_qa(path: str | Path, corpus: Corpus, domain_column: str | None = None,
     The domain of a question comes from `domain_column`, or from `domain_pattern`, a regular
     expression whose first group is taken from the qid (r"_([^_]+)$" turns 0_finance into finance).
     """
-    table = _read_table(Path(path))
+    path = Path(path)
+    table = _llama_index_table(path, "qa") or _read_table(path)
     _require_columns(table, QA_COLUMNS, "A QA file (AutoRAG's format) needs the columns")
     qids = _column(table, "qid")
     domains = _domains(table, qids, domain_column, domain_pattern)
@@ -498,7 +628,8 @@ def _beir_corpus(path: Path) -> Corpus:
     frame = table.frame
     titles = frame["title"] if "title" in frame.columns else [""] * len(frame)
     contents = [_as_text(f"{t}\n{x}" if _as_text(t) else x) for t, x in zip(titles, frame["text"])]
-    return _validated_corpus(_column(table, "_id"), contents, str(path), table.where)
+    return _validated_corpus(_column(table, "_id"), contents, str(path), table.where,
+                             _metadata(table, ["_id", "title", "text"]))
 
 
 def load_dataset(qa: Path | None = None, corpus: Path | None = None, beir: Path | None = None, split: str = "test",

@@ -10,6 +10,7 @@ retriever and reranker type is reached through its registry.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -73,7 +74,7 @@ class Engine:
         reranker = spec.reranker
         candidates = self.retrieve(spec.retriever, queries, max(depth, reranker.depth))
         key = (spec.retriever.key(), reranker.key(), queries.key, depth)
-        return self._rankings.get(key, lambda: self._rerank(reranker, candidates, queries).head(depth))[0]
+        return self._rankings.get(key, lambda: self.rerank(reranker, candidates, queries).head(depth))[0]
 
     def seconds_per_query(self, spec: PipelineSpec, queries: Queries, rows: np.ndarray) -> float:
         """What answering the questions `rows` of `queries` costs per question once the models are
@@ -100,7 +101,7 @@ class Engine:
             pairs = (candidates.ids[:, :reranker.depth] >= 0).sum(axis=1)
 
             def rerank(n: int) -> int:
-                self._rerank(reranker, candidates.rows(np.arange(n)), Queries.unseen(texts[:n]))
+                self.rerank(reranker, candidates.rows(np.arange(n)), Queries.unseen(texts[:n]))
                 return int(pairs[:n].sum())
 
             total += self._timed(("rerank", reranker.key()), len(texts), rerank) * pairs.mean()
@@ -129,23 +130,31 @@ class Engine:
         growing subset of questions pays the reranker only for the questions it reaches."""
         assert spec.reranker is not None
         candidates = self.retrieve(spec.retriever, queries, max(depth, spec.reranker.depth))
-        return self._rerank(spec.reranker, candidates.rows(rows), Queries([queries.texts[i] for i in rows])).head(depth)
+        return self.rerank(spec.reranker, candidates.rows(rows), Queries([queries.texts[i] for i in rows])).head(depth)
 
-    def _rerank(self, spec: RerankerSpec, candidates: Ranking, queries: Queries) -> Ranking:
+    def rerank(self, spec: RerankerSpec, candidates: Ranking, queries: Queries,
+               passages: Sequence[str] | None = None) -> Ranking:
+        """Rerank the candidates' first spec.depth passages. Their ids are corpus rows, or positions
+        in `passages` (texts from outside the corpus: another retriever's nodes); scores go through
+        the same score table either way, keyed by the texts."""
         scorer_class = RERANKERS[spec.type].implementation
         located = self.locate(spec.model)
         scores_key = entry_key("rerank", spec.type, located.identity, spec.score_settings(),
                                scorer_class.precision(spec, self.device), device_type(self.device),
                                versions(*scorer_class.libraries))
         model_key = cache_key(scores_key, spec.model_dump(exclude={"depth"}), self.device)
-        if self._doc_hashes is None:
-            self._doc_hashes = text_hashes(self.corpus.contents)
+        if passages is None:
+            if self._doc_hashes is None:
+                self._doc_hashes = text_hashes(self.corpus.contents)
+            texts, hashes = self.corpus.contents, self._doc_hashes
+        else:
+            texts, hashes = passages, text_hashes(passages)
 
         def load() -> Any:
             return self.pool.get(model_key, lambda: scorer_class(spec, located, self.device, self.pool, model_key))
 
-        return rerank(candidates, spec.depth, queries.texts, text_hashes(queries.texts), self.corpus.contents,
-                      self._doc_hashes, load, self.cache.scores("rerank", scores_key))
+        return rerank(candidates, spec.depth, queries.texts, text_hashes(queries.texts), texts, hashes, load,
+                      self.cache.scores("rerank", scores_key))
 
     def provenance(self, models: list[str], tokenizers: list[Any]) -> dict[str, Any]:
         """What the rankings of these models and tokenizers depend on beyond their settings: each

@@ -3,13 +3,17 @@ as the trials."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
 
 from ragopt.cache import Cache
-from ragopt.data import Corpus, Queries, load_corpus
+from ragopt.data import Corpus, Queries, load_corpus, nfc
 from ragopt.engine import Engine
 from ragopt.errors import ConfigError, DataError
+from ragopt.ranking import Ranking
 from ragopt.spec import PipelineSpec
 
 
@@ -19,6 +23,8 @@ class Hit:
     doc_id: str
     score: float
     contents: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The passage's metadata: its corpus file's other columns, or its node's metadata."""
 
 
 class Pipeline:
@@ -37,14 +43,44 @@ class Pipeline:
 
     def retrieve(self, queries: str | list[str], k: int | None = None) -> list[list[Hit]]:
         """The top-k passages (default: the tuned k) for each query."""
+        texts, k = self._checked(queries, k)
+        return self._hits(self.engine.run(self.spec, Queries(texts), k))
+
+    def candidates(self, queries: str | list[str], k: int | None = None) -> list[list[Hit]]:
+        """What the retriever hands the reranker for each query: its first max(k, reranker depth)
+        passages (k defaults to the tuned k) with its own scores; without a reranker, retrieve's
+        top k."""
+        texts, k = self._checked(queries, k)
+        depth = k if self.spec.reranker is None else max(k, self.spec.reranker.depth)
+        return self._hits(self.engine.retrieve(self.spec.retriever, Queries(texts), depth))
+
+    def rerank(self, query: str, passages: Sequence[str]) -> list[tuple[int, float]]:
+        """Passages from anywhere (another retriever's, in its order) reordered for a query by the
+        tuned reranker: (position in `passages`, score) for each, best first, ties in the order
+        given. A (query, passage) pair is scored once: pairs the pipeline scored are read back."""
+        if self.spec.reranker is None:
+            raise ConfigError(f"the pipeline {self.spec.describe()} has no reranker; rerank with the best.yaml of a "
+                              "study whose search space lists rerankers")
+        texts, _ = self._checked(query, None)
+        if not passages:
+            return []
+        given = Ranking(np.arange(len(passages))[None, :], np.zeros((1, len(passages)), dtype=np.float32))
+        reranker = self.spec.reranker.model_copy(update={"depth": len(passages)})  # depth keys no score or model
+        ranking = self.engine.rerank(reranker, given, Queries(texts), [nfc(p) for p in passages])
+        return [(int(i), float(s)) for i, s in zip(ranking.ids[0], ranking.scores[0])]
+
+    def _checked(self, queries: str | list[str], k: int | None) -> tuple[list[str], int]:
+        """The query texts and k, or an error naming what to change."""
         texts = [queries] if isinstance(queries, str) else list(queries)
         if k is not None and k < 1:
             raise ConfigError(f"k must be at least 1 passage per question; got {k}")
         if not texts or any(not t.strip() for t in texts):
             raise DataError("give at least one question, and no empty one")
-        ranking = self.engine.run(self.spec, Queries(texts), k or self.spec.top_k)
+        return texts, k or self.spec.top_k
+
+    def _hits(self, ranking: Ranking) -> list[list[Hit]]:
         corpus = self.engine.corpus
-        return [[Hit(r + 1, corpus.doc_ids[i], float(s), corpus.contents[i])
+        return [[Hit(r + 1, corpus.doc_ids[i], float(s), corpus.contents[i], corpus.metadata_of(i))
                  for r, (i, s) in enumerate(zip(ids, scores)) if i >= 0]
                 for ids, scores in zip(ranking.ids, ranking.scores)]
 

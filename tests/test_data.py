@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import AUTORAG_KO
-from ragopt.data import DataError, load_beir, load_corpus, load_dataset, load_qa
+from ragopt.data import Corpus, DataError, corpus_of, load_beir, load_corpus, load_dataset, load_qa
 
 
 def write_jsonl(path, rows):
@@ -125,3 +125,49 @@ def test_unknown_file_type_and_missing_columns(tmp_path):
         load_corpus(tmp_path / "c.txt")
     with pytest.raises(DataError, match=r"missing column\(s\) \['contents'\]"):
         load_corpus(write_jsonl(tmp_path / "c.jsonl", [{"doc_id": "a", "text": "x"}]))
+
+
+def test_a_corpus_files_other_columns_are_each_passages_metadata(tmp_path):
+    rows = [{"doc_id": "b", "contents": "y", "metadata": {"page": 2}, "title": "B"},
+            {"doc_id": "a", "contents": "x", "title": "A"}]
+    corpus = load_corpus(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert corpus.doc_ids == ["a", "b"]  # sorted by id, the metadata with them; a missing value left out
+    assert [corpus.metadata_of(i) for i in range(2)] == [{"title": "A"}, {"page": 2, "title": "B"}]
+    assert corpus.key == Corpus(["a", "b"], ["x", "y"]).key  # metadata is no part of the cache key
+    pd.DataFrame({"doc_id": ["a"], "contents": ["x"], "page": [3], "tags": [["p", "q"]]}).to_parquet(
+        tmp_path / "c.parquet")
+    metadata = load_corpus(tmp_path / "c.parquet").metadata_of(0)
+    assert metadata == {"page": 3, "tags": ["p", "q"]} and type(metadata["page"]) is int
+    plain = load_corpus(write_jsonl(tmp_path / "plain.jsonl", [{"doc_id": "a", "contents": "x"}]))
+    assert plain.metadata is None and plain.metadata_of(0) == {}
+
+
+def test_passages_in_memory_are_checked_as_a_corpus_file_is():
+    corpus = corpus_of(["n2", "n1"], ["둘", unicodedata.normalize("NFD", "하나")], [{"page": 2}, {"page": 1}])
+    assert (corpus.doc_ids, corpus.contents) == (["n1", "n2"], ["하나", "둘"])
+    assert [corpus.metadata_of(i) for i in range(2)] == [{"page": 1}, {"page": 2}]
+    with pytest.raises(DataError, match=r"1 duplicate doc_id .*\n  - doc_id 'n1': node 0, node 2"):
+        corpus_of(["n1", "n2", "n1"], ["a", "b", "c"], noun="node")
+
+
+def write_json(path, document):
+    path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_a_llama_index_qa_dataset_is_read_as_qa_and_corpus(tmp_path):
+    dataset = {"queries": {"0_law": "계약", "1_tax": "세금"}, "corpus": {"b": "세금 신고", "a": "계약 해지"},
+               "relevant_docs": {"0_law": ["a"], "1_tax": ["b", "a"]}, "mode": "text"}
+    path = write_json(tmp_path / "qa.json", dataset)
+    qa, corpus = load_dataset(qa=path, corpus=path, domain_pattern=r"_([^_]+)$")
+    assert (corpus.doc_ids, corpus.contents) == (["a", "b"], ["계약 해지", "세금 신고"])
+    assert qa.qids == ["0_law", "1_tax"] and qa.domains == ["law", "tax"]
+    assert qa.groups == [[[0]], [[1], [0]]]  # each relevant node is a required group
+    bad = write_json(tmp_path / "bad.json", {**dataset, "relevant_docs": {"0_law": "a", "1_tax": ["zz"]}})
+    with pytest.raises(DataError, match="1 question whose relevant_docs is not a list:\n  - qid '0_law'"):
+        load_qa(bad, corpus)
+    missing = write_json(tmp_path / "missing.json", {**dataset, "relevant_docs": {"0_law": ["a"], "1_tax": ["zz"]}})
+    with pytest.raises(DataError, match="missing from the corpus .*\n  - row 1: qid '1_tax': 'zz'"):
+        load_qa(missing, corpus)
+    with pytest.raises(DataError, match="queries should map ids to values"):
+        load_corpus(write_json(tmp_path / "list.json", {**dataset, "queries": ["계약"]}))
