@@ -195,7 +195,7 @@ class Config(StrictModel):
         for group in ("retrievers", "rerankers"):
             for i, entry in enumerate(getattr(self, group)):
                 for field, value in entry:
-                    if isinstance(value, (FloatRange, IntRange)):
+                    if isinstance(value, (FloatRange, IntRange)) and field not in entry.unused():
                         found.append(((group, i, field), value))
         return found
 

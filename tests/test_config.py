@@ -155,3 +155,18 @@ retrievers: [{name: bm25, type: bm25, tokenizer: {type: char_ngram, n: 2}}]
 """))
     (tokenizer,) = config.retrievers[0].tokenizer
     assert (tokenizer.type, tokenizer.n) == ("char_ngram", 2)
+
+
+def test_a_hybrid_fused_by_rrf_only_leaves_its_weight_out_of_the_grid(tmp_path):
+    from ragopt.space import enumerate_space
+
+    config, _ = load_config(write_config(tmp_path / "c.yaml", """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers:
+  - {name: bm25, type: bm25, tokenizer: whitespace}
+  - {name: cbm, type: bm25, tokenizer: {type: char_ngram, n: 2}}
+  - {name: hybrid, type: hybrid, retrievers: [bm25, cbm], fusion: rrf, rrf_k: [10, 60]}
+top_k: [1, 3]
+study: {sampler: grid}
+"""))  # the default weight, a range with no step, is never read by rrf
+    assert config.finite and len(enumerate_space(config)) == (1 + 1 + 2) * 2

@@ -54,6 +54,10 @@ class RerankerEntry(StrictModel):
         spec_class = REGISTRY[self.type].spec
         return spec_class(**self.model_dump(exclude={"name", "depth"}), depth=choose(f"{self.name}.depth", self.depth))
 
+    def unused(self) -> set[str]:
+        """Settings no suggestion of this entry reads; a reranker reads all of its own."""
+        return set()
+
     def models(self) -> list[str]:
         return [self.model]
 

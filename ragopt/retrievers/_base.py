@@ -100,6 +100,11 @@ class RetrieverEntry(StrictModel):
         """A problem with this entry given the deepest ranking the space needs, or None."""
         return None
 
+    def unused(self) -> set[str]:
+        """Settings no suggestion of this entry reads (e.g. a hybrid's weight when it only fuses
+        by rrf): their ranges make no space infinite and need no grid step."""
+        return set()
+
     def models(self) -> list[str]:
         """The models this entry can load (their revisions are recorded and checked on resume)."""
         return named_models(self)

@@ -74,6 +74,10 @@ class HybridConfig(RetrieverEntry):
                     f"reranker depths); raise it")
         return None
 
+    def unused(self) -> set[str]:
+        return ({"weight", "normalization"} if "convex" not in self.fusion else set()) | (
+            {"rrf_k"} if "rrf" not in self.fusion else set())
+
     def suggest(self, choose: Chooser, resolve: Callable[[str], RetrieverSpec]) -> HybridSpec:
         name = self.name
         components = [resolve(c) for c in self.retrievers]
