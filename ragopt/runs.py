@@ -76,9 +76,16 @@ def _save(path: Path, rows: np.ndarray) -> None:
 
 
 def write_index(output: Path, qids: Sequence[str], doc_ids: Sequence[str], trials: dict[int, str | None]) -> None:
-    """runs/index.json: the ids of the ranking's rows and columns, and each finished trial's
-    ranking key (None for a trial of an earlier ragopt, which wrote its TREC run itself)."""
-    index = {"qids": list(qids), "doc_ids": list(doc_ids), "trials": {str(n): key for n, key in sorted(trials.items())}}
+    """runs/index.json: the qids of the rankings' rows, the doc ids of the corpus rows they hold
+    (only those: a million-passage corpus is not copied), and each finished trial's ranking key
+    (None for a trial of an earlier ragopt, which wrote its TREC run itself)."""
+    store = RankingStore(output / RUNS)
+    held = [np.unique(store.load(key)) for key in {key for key in trials.values() if key is not None}
+            if store.path(key).exists()]
+    rows = np.unique(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    rows = rows[rows >= 0].tolist()
+    index = {"qids": list(qids), "doc_rows": rows, "doc_ids": [doc_ids[r] for r in rows],
+             "trials": {str(n): key for n, key in sorted(trials.items())}}
     write_text(output / RUNS / INDEX, json.dumps(index, ensure_ascii=False) + "\n")
 
 
@@ -94,7 +101,7 @@ class StudyRuns:
         self.output = output
         self.n_questions = len(index["qids"])
         self.trials: dict[int, str | None] = {int(n): key for n, key in index["trials"].items()}
-        self.writer = TrecWriter(index["qids"], index["doc_ids"])
+        self.writer = TrecWriter(index["qids"], dict(zip(index["doc_rows"], index["doc_ids"])))
         self.store = RankingStore(output / RUNS)
 
     @property

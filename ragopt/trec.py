@@ -9,7 +9,7 @@ so trec_eval, which sorts by score, keeps ragopt's order exactly (ties included)
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,12 @@ def encode_id(text: str) -> str:
 class TrecWriter:
     """Writes TREC runs and qrels over one set of questions and corpus rows, ids encoded once."""
 
-    def __init__(self, qids: Sequence[str], doc_ids: Sequence[str]) -> None:
+    def __init__(self, qids: Sequence[str], doc_ids: Sequence[str] | Mapping[int, str]) -> None:
+        """`doc_ids`: every corpus row's id, or those of the rows the runs hold, by row."""
         self.qids = [encode_id(q) for q in qids]
-        self.doc_ids = [encode_id(d) for d in doc_ids]
+        self.doc_ids: Sequence[str] | Mapping[int, str] = (
+            {row: encode_id(d) for row, d in doc_ids.items()} if isinstance(doc_ids, Mapping)
+            else [encode_id(d) for d in doc_ids])
 
     def run(self, path: Path, ids: np.ndarray, tag: str) -> None:
         """One line 'qid Q0 docid rank score tag' per retrieved passage of a ranking (corpus

@@ -12,8 +12,9 @@ import pytest
 import pytrec_eval
 from typer.testing import CliRunner
 
-from conftest import write_config
+from conftest import KO_MINI, write_config
 from ragopt.cli import app
+from ragopt.data import load_corpus
 from ragopt.errors import StudyError
 from ragopt.records import RECORD, TrialRecord
 from ragopt.runs import RankingStore, StudyRuns, spans, write_index
@@ -65,6 +66,11 @@ study: {latency: off}
     index = json.loads((output / "runs" / "index.json").read_text(encoding="utf-8"))
     assert len(index["trials"]) == 2 and len(set(index["trials"].values())) == 1
     assert [p.stem for p in (output / "runs").glob("*.npy")] == list(index["trials"].values())[:1]
+    held = np.load(output / "runs" / f"{index['trials']['0']}.npy")
+    rows = sorted(set(held[held >= 0].tolist()))  # the index names only the passages a ranking holds
+    assert index["doc_rows"] == rows and len(rows) < 60
+    corpus = load_corpus(KO_MINI / "corpus.jsonl")
+    assert index["doc_ids"] == [corpus.doc_ids[r] for r in rows]
 
 
 @pytest.mark.parametrize(("n_docs", "dtype"), [(720, np.int16), (40_000, np.int32), (3_000_000_000, np.int64)])
