@@ -372,5 +372,30 @@ def import_autorag_command(
                   f"`ragopt validate {path}`", highlight=False, soft_wrap=True)
 
 
+@app.command("serve")
+def serve_command(
+    best: Path = typer.Argument(..., help="An exported best.yaml."),
+    corpus: Path = typer.Option(..., "--corpus", "-c", help="The corpus to search (parquet, jsonl or csv)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="The address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="The port to listen on."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder.",
+                                             show_default="cache/ next to best.yaml"),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most questions retrieved together: requests "
+                                  "that arrive while one batch runs are answered together in the next."),
+) -> None:
+    """Answer POST /retrieve over HTTP with the tuned pipeline (GET /health; docs at /docs). The
+    corpus is indexed and the models loaded once, before the first request."""
+    from ragopt.serve import build, run
+
+    try:
+        api = build(best, corpus, cache_dir or best.resolve().parent / "cache", max_batch)
+    except UserError as error:
+        _fail(error)
+    pipeline = api.state.pipeline
+    console.print(f"serving {escape(pipeline.spec.describe())} over {len(pipeline.engine.corpus)} passages at "
+                  f"http://{host}:{port} (docs: /docs)", highlight=False, soft_wrap=True)
+    run(api, host, port)
+
+
 def main() -> None:
     app()

@@ -12,12 +12,14 @@ from pydantic import ValidationError
 
 from ragopt.config import ConfigError, describe_errors
 from ragopt.files import write_text
+from ragopt.provenance import version
 from ragopt.spec import PipelineSpec
 
-SCHEMA_VERSION = 2
-"""2 adds `engine` (settings of the search that shape the ranking) and `provenance`; version 1
-files still load."""
-READABLE = (1, 2)
+SCHEMA_VERSION = 3
+"""2 adds `engine` (settings of the search that shape the ranking) and `provenance`; 3 adds the
+engine's `device` (cpu, cuda, mps: what an `auto` precision and the numerics resolve on).
+Versions 1 and 2 still load."""
+READABLE = (1, 2, 3)
 DEFAULT_EXACT_SEARCH_MAX = 1_000_000
 
 
@@ -27,13 +29,20 @@ class Exported:
 
     spec: PipelineSpec
     exact_search_max: int = DEFAULT_EXACT_SEARCH_MAX
+    device: str | None = None
+    """The device type the trial ran on; None where not recorded (files before version 3)."""
+
+    def engine(self) -> dict[str, Any]:
+        """best.yaml's `engine` section: the search settings, the device where it is known."""
+        settings: dict[str, Any] = {"exact_search_max": self.exact_search_max}
+        return settings if self.device is None else {**settings, "device": self.device}
 
 
 def write_best(path: Path, exported: Exported, evaluation: dict[str, Any], provenance: dict[str, Any]) -> None:
     """Write the pipeline and its search settings and, for the reader, how it scored and what
     produced it (not needed to load it)."""
     document = {"ragopt_pipeline": SCHEMA_VERSION, "pipeline": exported.spec.model_dump(mode="json"),
-                "engine": {"exact_search_max": exported.exact_search_max},
+                "engine": exported.engine(),
                 "evaluation": evaluation, "provenance": provenance}
     header = ("# The best pipeline found by ragopt. Run it with:\n"
               "#   ragopt query best.yaml --corpus corpus.parquet \"question\"\n"
@@ -55,18 +64,33 @@ def read_export(path: str | Path) -> Exported:
         raise ConfigError(f"{path}: file not found") from None
     if not isinstance(document, dict) or "pipeline" not in document:
         raise ConfigError(f"{path}: not a ragopt best.yaml (no 'pipeline' key)")
-    version = document.get("ragopt_pipeline")
-    if version not in READABLE:
-        newer = isinstance(version, int) and version > SCHEMA_VERSION
-        raise ConfigError(f"{path}: ragopt_pipeline version {version!r}; this ragopt reads versions {list(READABLE)}"
-                          + ("; upgrade ragopt to load it" if newer else ""))
-    pipeline = _from_version_1(document["pipeline"]) if version == 1 else document["pipeline"]
+    schema = _schema(path, document.get("ragopt_pipeline"))
+    pipeline = _from_version_1(document["pipeline"]) if schema == 1 else document["pipeline"]
     try:
         spec = PipelineSpec.model_validate(pipeline)
     except ValidationError as error:
         raise ConfigError(describe_errors(path, error)) from None
     engine = document.get("engine") or {}
-    return Exported(spec, int(engine.get("exact_search_max", DEFAULT_EXACT_SEARCH_MAX)))
+    return Exported(spec, int(engine.get("exact_search_max", DEFAULT_EXACT_SEARCH_MAX)), _device(path, engine))
+
+
+def _schema(path: Path, schema: Any) -> int:
+    """The file's schema version, or an error saying what to do when this ragopt cannot read it."""
+    if type(schema) is int and schema in READABLE:  # not True, which equals 1
+        return schema
+    newer = isinstance(schema, int) and schema > SCHEMA_VERSION
+    advice = ("it was written by a later ragopt: upgrade ragopt (pip install -U ragopt) to load it" if newer
+              else "export the pipeline again with this ragopt")
+    raise ConfigError(f"{path}: ragopt_pipeline version {schema!r}, but this ragopt ({version('ragopt')}) reads "
+                      f"versions {', '.join(map(str, READABLE))}; {advice}")
+
+
+def _device(path: Path, engine: dict[str, Any]) -> str | None:
+    """The recorded device type (absent before version 3), checked to be one."""
+    device = engine.get("device")
+    if device is not None and (not isinstance(device, str) or ":" in device or not device):
+        raise ConfigError(f"{path}: engine.device must be a device type such as cpu or cuda; got {device!r}")
+    return device
 
 
 def _from_version_1(pipeline: Any) -> Any:

@@ -3,6 +3,7 @@ as the trials."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,6 +14,7 @@ from ragopt.cache import Cache
 from ragopt.data import Corpus, Queries, load_corpus, nfc
 from ragopt.engine import Engine
 from ragopt.errors import ConfigError, DataError
+from ragopt.models import device_type
 from ragopt.ranking import Ranking
 from ragopt.spec import PipelineSpec
 
@@ -43,14 +45,14 @@ class Pipeline:
 
     def retrieve(self, queries: str | list[str], k: int | None = None) -> list[list[Hit]]:
         """The top-k passages (default: the tuned k) for each query."""
-        texts, k = self._checked(queries, k)
+        texts, k = self.checked(queries, k)
         return self._hits(self.engine.run(self.spec, Queries(texts), k))
 
     def candidates(self, queries: str | list[str], k: int | None = None) -> list[list[Hit]]:
         """What the retriever hands the reranker for each query: its first max(k, reranker depth)
         passages (k defaults to the tuned k) with its own scores; without a reranker, retrieve's
         top k."""
-        texts, k = self._checked(queries, k)
+        texts, k = self.checked(queries, k)
         depth = k if self.spec.reranker is None else max(k, self.spec.reranker.depth)
         return self._hits(self.engine.retrieve(self.spec.retriever, Queries(texts), depth))
 
@@ -61,7 +63,7 @@ class Pipeline:
         if self.spec.reranker is None:
             raise ConfigError(f"the pipeline {self.spec.describe()} has no reranker; rerank with the best.yaml of a "
                               "study whose search space lists rerankers")
-        texts, _ = self._checked(query, None)
+        texts, _ = self.checked(query, None)
         if not passages:
             return []
         given = Ranking(np.arange(len(passages))[None, :], np.zeros((1, len(passages)), dtype=np.float32))
@@ -69,7 +71,7 @@ class Pipeline:
         ranking = self.engine.rerank(reranker, given, Queries(texts), [nfc(p) for p in passages])
         return [(int(i), float(s)) for i, s in zip(ranking.ids[0], ranking.scores[0])]
 
-    def _checked(self, queries: str | list[str], k: int | None) -> tuple[list[str], int]:
+    def checked(self, queries: str | list[str], k: int | None) -> tuple[list[str], int]:
         """The query texts and k, or an error naming what to change."""
         texts = [queries] if isinstance(queries, str) else list(queries)
         if k is not None and k < 1:
@@ -88,12 +90,19 @@ class Pipeline:
 def load_pipeline(best: str | Path, corpus: str | Path | Corpus, cache_dir: str | Path | None = None,
                   device: str = "auto", progress: bool = False) -> Pipeline:
     """Load an exported best.yaml and bind it to a corpus (a file path or a Corpus), searching
-    as its trial did (exact or HNSW above the same threshold). With a cache_dir, corpus
-    embeddings and tokens are reused from an earlier run."""
+    as its trial did (exact or HNSW above the same threshold), with a warning when the device type
+    differs from the trial's. With a cache_dir, corpus embeddings and tokens are reused from an
+    earlier run."""
     from ragopt.export import read_export
 
     exported = read_export(best)
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus)
-    return Pipeline(exported.spec, corpus, Cache(cache_dir) if cache_dir else None, device, progress,
-                    exported.exact_search_max)
+    pipeline = Pipeline(exported.spec, corpus, Cache(cache_dir) if cache_dir else None, device, progress,
+                        exported.exact_search_max)
+    served = device_type(pipeline.engine.device)
+    if exported.device is not None and served != exported.device:
+        warnings.warn(f"{best} was tuned on {exported.device} and runs on {served} here: an `auto` precision and "
+                      "exact search follow the device, so scores (and near-ties) may differ from the study's",
+                      UserWarning, stacklevel=2)
+    return pipeline

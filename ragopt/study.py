@@ -37,6 +37,7 @@ from ragopt.evaluation import Evaluator
 from ragopt.compare import ALL, Settings, StudyResults, winners
 from ragopt.export import Exported, write_best
 from ragopt.files import atomic_write, safe_name, write_text
+from ragopt.models import device_type
 from ragopt.provenance import library_versions
 from ragopt.records import RECORD, TrialRecord, finished, per_question_table, trials_table
 from ragopt.runs import RUNS, RankingStore, write_best_run, write_index
@@ -615,7 +616,7 @@ def _export(path: Path, trial: tuple[optuna.trial.FrozenTrial, TrialRecord], con
     spec = record.pipeline
     path.parent.mkdir(parents=True, exist_ok=True)
     at_k = {side: {k: v for k, v in means.items() if k.endswith(f"@{spec.top_k}")} for side, means in metrics.items()}
-    write_best(path, Exported(spec, config.exact_search_max), {
+    write_best(path, Exported(spec, config.exact_search_max, device_type(engine.device)), {
         "trial": frozen.number, "objective": dict(config.optimize), **evaluation, "metrics_at_k": at_k},
         {**engine.provenance(spec.retriever.models() + ([spec.reranker.model] if spec.reranker else []),
                              spec.retriever.tokenizers()),

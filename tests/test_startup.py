@@ -7,7 +7,8 @@ import pytest
 
 from conftest import AUTORAG_KO, ROOT
 
-HEAVY = ("torch", "transformers", "sentence_transformers", "FlagEmbedding", "faiss")
+HEAVY = ("torch", "transformers", "sentence_transformers", "FlagEmbedding", "faiss", "fastapi", "uvicorn",
+         "llama_index")
 CHECK = """
 import sys
 {body}

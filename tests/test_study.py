@@ -297,10 +297,10 @@ def test_summary_names_the_per_domain_table_for_what_it_is(finished):
 
 
 def test_best_yaml_records_the_revisions_and_versions_that_produced_it(finished):
-    from ragopt.export import read_best
+    from ragopt.export import SCHEMA_VERSION, read_best
 
     document = yaml.safe_load((finished.output / "best.yaml").read_text())
-    assert document["ragopt_pipeline"] == 2
+    assert document["ragopt_pipeline"] == SCHEMA_VERSION and document["engine"]["device"] == "cpu"
     provenance = document["provenance"]
     libraries = {"python", "torch", "transformers", "sentence-transformers", "optuna", "ragopt"}
     assert libraries <= set(provenance["libraries"])
@@ -377,11 +377,11 @@ top_k: [1, 3]
 
 def test_best_yaml_of_an_earlier_schema_loads_and_a_later_one_is_refused(finished, tmp_path):
     from ragopt.config import ConfigError
-    from ragopt.export import read_best
+    from ragopt.export import SCHEMA_VERSION, read_best
 
     document = yaml.safe_load((finished.output / "best.yaml").read_text())
     del document["provenance"]
-    for version, ok in ((1, True), (3, False)):
+    for version, ok in ((1, True), (2, True), (SCHEMA_VERSION + 1, False)):
         path = tmp_path / f"v{version}.yaml"
         path.write_text(yaml.safe_dump({**document, "ragopt_pipeline": version}, allow_unicode=True))
         if ok:
@@ -399,7 +399,8 @@ top_k: [1, 3]
 exact_search_max: 10
 """
     outcome = optimize(write_config(tmp_path / "hnsw.yaml", text), progress=False)
-    assert yaml.safe_load((outcome.output / "best.yaml").read_text())["engine"] == {"exact_search_max": 10}
+    engine = yaml.safe_load((outcome.output / "best.yaml").read_text())["engine"]
+    assert engine == {"exact_search_max": 10, "device": "cpu"}
     pipeline = load_pipeline(outcome.output / "best.yaml", KO_MINI / "corpus.jsonl", device="cpu")
     pipeline.retrieve("예금자 보호")
     assert pipeline.engine.retriever(pipeline.spec.retriever).index is not None  # HNSW, as in the study
