@@ -111,13 +111,18 @@ class Cache:
     def _path(self, kind: str, key: str, suffix: str) -> Path | None:
         return None if self.root is None else self.root / kind / f"{key}{suffix}"
 
-    def arrays(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Named arrays stored together as one .npz; computed on a miss."""
+    def arrays(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]], keep: bool = True
+               ) -> dict[str, np.ndarray]:
+        """Named arrays stored together as one .npz; computed on a miss. With `keep=False` they are
+        not kept in memory (a caller that turns them into something else and drops them: a large
+        corpus's tokens would otherwise stay in memory beside the index built from them)."""
         if self._unstored:
             if (kind, key) in self._memory:
                 return self._memory.get((kind, key), compute)[0]
             path = self._path(kind, key, ".npz")
             return _load(path) if path is not None and path.exists() else compute()
+        if not keep and (kind, key) not in self._memory:
+            return self._load_or_compute(kind, key, compute)
         return self._memory.get((kind, key), lambda: self._load_or_compute(kind, key, compute))[0]
 
     def _load_or_compute(self, kind: str, key: str, compute: Callable[[], dict[str, np.ndarray]]

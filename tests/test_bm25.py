@@ -3,6 +3,7 @@
 import bm25s
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from ragopt import ranking
 from ragopt.cache import Cache
@@ -61,7 +62,7 @@ def test_scores_equal_bm25s(ko_mini, method):
     queries = index.query_matrix(_token_arrays(query_tokens))
     rng = np.random.default_rng(1)
     for k1, b in [(1.5, 0.75), tuple(rng.uniform([0.3, 0.1], [2.5, 1.0]))]:
-        ours = index.scores(queries, index.weights(method, k1, b, 0.7, index.idf(method)))
+        ours = index.scores(queries, index.weights(method, k1, b, 0.7, index.idf(method)))[0]
         reference = bm25s.BM25(method=method, k1=k1, b=b, delta=0.7)
         reference.index(corpus_tokens, show_progress=False)
         expected = np.stack([reference.get_scores(q) for q in query_tokens])
@@ -72,7 +73,7 @@ def test_tokens_are_cached_on_disk_per_tokenizer_and_library_version(ko_mini, tm
     qa, corpus = ko_mini
     spec = BM25Spec(tokenizer=KiwiTokenizer())
     first = Engine(corpus, Cache(tmp_path)).retrieve(spec, qa.queries, 5)
-    monkeypatch.setattr(bm25, "tokenize", lambda *a, **k: pytest.fail("tokenized again"))
+    monkeypatch.setattr(bm25, "token_stream", lambda *a, **k: pytest.fail("tokenized again"))
     second = Engine(corpus, Cache(tmp_path)).retrieve(spec, qa.queries, 5)
     np.testing.assert_array_equal(first.ids, second.ids)
     assert any((tmp_path / "tokens").iterdir())
@@ -117,3 +118,54 @@ def test_robertson_has_no_lower_bound_of_0(ko_mini):
     retriever = engine.retriever(BM25Spec(tokenizer=WhitespaceTokenizer()))
     assert retriever.theoretical_min(BM25Spec(tokenizer=WhitespaceTokenizer(), method="robertson")) is None
     assert retriever.theoretical_min(BM25Spec(tokenizer=WhitespaceTokenizer(), method="lucene")) == 0.0
+
+
+@pytest.mark.parametrize("method", ["lucene", "robertson", "atire", "bm25+"])
+@pytest.mark.parametrize(("group", "tile"), [(1, 7), (3, 64), (64, 1 << 16)])
+def test_grouped_scoring_gives_the_sparse_product_bit_for_bit(ko_mini, monkeypatch, method, group, tile):
+    """Queries scored QUERY_GROUP at a time over their terms' postings, a tile of passages at a
+    time, sum the same float32 terms in the same order as scipy's product of the query and
+    weight matrices; robertson's
+    and atire's weights can be 0 or negative (a word in every passage), so whether a passage
+    shares a term is not read off its score there."""
+    monkeypatch.setattr(bm25, "QUERY_GROUP", group)
+    monkeypatch.setattr(bm25, "DOC_TILE", tile)
+    qa, corpus = ko_mini
+    spec = CharNgramTokenizer(n=2)
+    index = TermIndex.build(_token_arrays(tokenize(spec, [text + " 공통" for text in corpus.contents])))
+    texts = [text + " 공통" * (i % 2) for i, text in enumerate(qa.queries.texts)] + ["zzqx"]
+    queries = index.query_matrix(_token_arrays(tokenize(spec, texts)))
+    weights = index.weights(method, 1.2, 0.6, 0.5, index.idf(method))
+    scores, shares = index.scores(queries, weights)
+    assert len(index.tiles) == -(-len(corpus) // tile)
+    expected = (queries @ sp.hstack(weights.tiles)).toarray()
+    if weights.nonoccurrence is not None:
+        expected += (queries @ weights.nonoccurrence)[:, None].astype(np.float32)
+    np.testing.assert_array_equal(scores, expected)
+    presence = (queries @ (sp.hstack(index.tiles) > 0).astype(np.float32)).toarray() > 0
+    np.testing.assert_array_equal(shares, presence)
+    assert weights.positive == (method in ("lucene", "bm25+")) and not shares[-1].any() and shares.mean() > 0.5
+
+
+def test_token_ids_stream_in_batches(monkeypatch):
+    monkeypatch.setattr(bm25, "ID_BATCH", 2)
+    arrays = _token_arrays(iter([["a", "b", "a"], [], ["c"], ["b", "d", "d", "e"]]))
+    assert arrays["vocab"].tolist() == ["a", "b", "c", "d", "e"]
+    assert arrays["ids"].dtype == np.int32 and arrays["ids"].tolist() == [0, 1, 0, 2, 1, 3, 3, 4]
+    assert arrays["offsets"].tolist() == [0, 3, 3, 4, 8]
+
+
+def test_a_search_holds_one_block_of_scores_at_a_time(ko_mini, monkeypatch):
+    qa, corpus = ko_mini
+    spec = BM25Spec(tokenizer=WhitespaceTokenizer(), method="bm25+")
+    whole = Engine(corpus).retrieve(spec, qa.queries, 10)
+    monkeypatch.setattr(ranking, "SCORE_BLOCK", 4 * len(corpus) + 1)
+    shapes = []
+    scores = TermIndex.scores
+    monkeypatch.setattr(TermIndex, "scores", staticmethod(lambda queries, weights: shapes.append(queries.shape)
+                                                          or scores(queries, weights)))
+    blocks = Engine(corpus).retrieve(spec, qa.queries, 10)
+    assert max(n for n, _ in shapes) == 4 and sum(n for n, _ in shapes) == len(qa)
+    np.testing.assert_array_equal(blocks.ids, whole.ids)
+    np.testing.assert_array_equal(blocks.scores, whole.scores)
+    np.testing.assert_array_equal(blocks.stats.std, whole.stats.std)

@@ -121,3 +121,17 @@ def test_processes_sharing_a_cache_compute_each_entry_once(tmp_path):
         results = pool.starmap(_compute_in_another_process, [(tmp_path / "cache", log)] * 3)
     assert results == [[0, 1, 2, 3]] * 3
     assert len(log.read_text().split()) == 1  # one process computed it; the others waited and read it
+
+
+def test_arrays_not_kept_are_stored_but_left_out_of_memory(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": np.arange(4)}
+
+    cache = Cache(tmp_path)
+    np.testing.assert_array_equal(cache.arrays("tokens", "corpus", compute, keep=False)["x"], [0, 1, 2, 3])
+    assert ("tokens", "corpus") not in cache._memory and cache._memory.bytes == 0
+    np.testing.assert_array_equal(cache.arrays("tokens", "corpus", compute, keep=False)["x"], [0, 1, 2, 3])
+    assert calls == [1] and (tmp_path / "tokens" / "corpus.npz").exists()  # read back from disk

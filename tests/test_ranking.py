@@ -107,3 +107,76 @@ def test_queries_and_colbert_tokens_are_scanned_in_blocks_with_the_same_answers(
         np.testing.assert_array_equal(blocks.ids, whole.ids)
         np.testing.assert_allclose(blocks.scores, whole.scores, rtol=1e-6)
         np.testing.assert_allclose(blocks.stats.mean, whole.stats.mean, rtol=1e-6)
+
+
+@pytest.mark.parametrize("slices", [1, 4])
+def test_top_k_finds_the_best_among_clustered_ties_and_unretrieved_runs(monkeypatch, slices):
+    """The candidate threshold may be -inf (most column slices hold nothing retrieved) or sit on
+    a run of equal scores; the answer is the full sort's either way."""
+    monkeypatch.setattr(ranking_module, "CANDIDATE_SLICES", slices)
+    rng = np.random.default_rng(slices)
+    scores = rng.integers(0, 3, size=(12, 200)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores[0, 20:] = -np.inf  # retrieved passages clustered at the start of the corpus
+    scores[1, :190] = -np.inf
+    scores[2] = 1.0  # one long tie
+    scores[3] = -np.inf
+    for depth in (1, 3, 10, 50, 250):
+        ranking = top_k(scores, depth)
+        np.testing.assert_array_equal(ranking.ids, reference(scores, depth))
+        expected = np.take_along_axis(scores, np.maximum(ranking.ids, 0), axis=1)
+        np.testing.assert_array_equal(ranking.scores, np.where(ranking.ids >= 0, expected, -np.inf))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_score_statistics_equal_numpy_on_the_finite_entries(dtype):
+    rng = np.random.default_rng(4)
+    scores = (rng.normal(size=(8, 300)) * 5 + 2).astype(dtype)
+    scores[rng.random(scores.shape) < 0.4] = -np.inf
+    scores[1, :7], scores[2, :3], scores[3], scores[4] = np.nan, np.inf, -np.inf, -1.5
+    stats = ScoreStats.of(scores)
+    for q, row in enumerate(scores):
+        kept = row[np.isfinite(row)].astype(np.float64)
+        assert stats.count[q] == len(kept)
+        if len(kept) == 0:
+            assert np.isnan([stats.min[q], stats.max[q], stats.mean[q], stats.std[q]]).all()
+            continue
+        assert (stats.min[q], stats.max[q]) == (kept.min(), kept.max())
+        np.testing.assert_allclose([stats.mean[q], stats.std[q]], [kept.mean(), kept.std()], rtol=1e-12, atol=1e-12)
+    assert stats.std[4] == 0.0 and stats.mean[4] == -1.5
+
+
+def test_blockwise_scores_a_block_of_queries_at_a_time_with_the_same_answers(monkeypatch):
+    rng = np.random.default_rng(6)
+    scores = rng.integers(0, 5, size=(23, 40)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.5] = -np.inf
+    shapes = []
+
+    def rows(block: slice) -> np.ndarray:
+        shapes.append(scores[block].shape)
+        return scores[block].copy()
+
+    whole = ranking_module.blockwise(23, 40, rows, 7)
+    monkeypatch.setattr(ranking_module, "SCORE_BLOCK", 3 * 40 + 5)  # 3 queries at a time
+    shapes.clear()
+    blocks = ranking_module.blockwise(23, 40, rows, 7)
+    assert max(n for n, _ in shapes) == 3 and sum(n for n, _ in shapes) == 23
+    np.testing.assert_array_equal(blocks.ids, whole.ids)
+    np.testing.assert_array_equal(blocks.scores, whole.scores)
+    for name in ("count", "min", "max", "mean", "std"):
+        np.testing.assert_array_equal(getattr(blocks.stats, name), getattr(whole.stats, name))
+
+
+def test_the_dense_scan_never_holds_more_scores_than_a_block(monkeypatch):
+    rng = np.random.default_rng(7)
+    corpus, queries = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    whole = _scan.exact_search(queries, corpus, 5, "cpu")
+    monkeypatch.setattr(ranking_module, "SCORE_BLOCK", 200)
+    monkeypatch.setattr(_scan, "CORPUS_CHUNK", 40)
+    sizes = []
+    add = _scan.RunningTopK.add
+    monkeypatch.setattr(_scan.RunningTopK, "add", lambda self, block, first: sizes.append(block.numel())
+                        or add(self, block, first))
+    blocks = _scan.exact_search(queries, corpus, 5, "cpu")
+    assert max(sizes) <= 200 and sum(sizes) == 50 * 300  # every score, 5 queries x 40 passages at a time
+    np.testing.assert_array_equal(blocks.ids, whole.ids)

@@ -24,25 +24,40 @@ class RunningTopK:
 
     def __init__(self, n_queries: int, depth: int, device: str) -> None:
         self.depth, self.device = depth, device
-        self.scores = torch.full((n_queries, 0), -torch.inf, device=device)
-        self.ids = torch.zeros((n_queries, 0), dtype=torch.long, device=device)
+        self.scores = torch.full((n_queries, depth), -torch.inf, device=device)
+        self.ids = torch.zeros((n_queries, depth), dtype=torch.long, device=device)
         wide = {"dtype": torch.float64, "device": device}
         self.count, self.mean, self.m2 = (torch.zeros(n_queries, **wide) for _ in range(3))
         self.low, self.high = torch.full((n_queries,), torch.inf, **wide), torch.full((n_queries,), -torch.inf, **wide)
 
     def add(self, block_scores: torch.Tensor, first_row: int) -> None:
         """Merge the scores of rows first_row, first_row + 1, ... (one column each); NaN counts
-        as not retrieved (-inf)."""
+        as not retrieved (-inf). Only the block's entries at or above both its own depth-th best
+        and the depth-th best kept so far can enter, so only those are sorted with the kept ones
+        (sorting the whole block cost several times the matrix product on a CPU)."""
         block = block_scores.float()
         block = torch.where(torch.isnan(block), -torch.inf, block)
         self._add_stats(block)
-        rows = torch.arange(first_row, first_row + block.shape[1], device=self.device)
-        # the kept ranks come first, sorted by score then row, and all their rows precede the
-        # block's: in column order equal scores are in row order, and a stable sort keeps them so
-        scores = torch.cat([self.scores, block], dim=1)
-        ids = torch.cat([self.ids, rows.expand(len(scores), -1)], dim=1)
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :self.depth]
-        self.scores, self.ids = scores.gather(1, order), ids.gather(1, order)
+        n_queries, width = block.shape
+        if width == 0:
+            return
+        threshold = torch.maximum(torch.topk(block, min(self.depth, width), dim=1).values[:, -1], self.scores[:, -1])
+        rows, columns = torch.nonzero(block >= threshold.clamp(min=torch.finfo(block.dtype).min)[:, None],
+                                      as_tuple=True)
+        kept_rows, slots = torch.nonzero(self.scores > -torch.inf, as_tuple=True)
+        rows = torch.cat([kept_rows, rows])
+        ids = torch.cat([self.ids[kept_rows, slots], columns + first_row])
+        scores = torch.cat([self.scores[kept_rows, slots], block[rows[len(kept_rows):], columns]])
+        order = torch.sort(ids, stable=True).indices  # then by score, then by query: ties stay in row order
+        order = order[torch.sort(scores[order], descending=True, stable=True).indices]
+        order = order[torch.sort(rows[order], stable=True).indices]
+        rows, ids, scores = rows[order], ids[order], scores[order]
+        rank = torch.arange(len(rows), device=self.device) - torch.searchsorted(rows, rows)
+        taken = rank < self.depth
+        self.scores = torch.full((n_queries, self.depth), -torch.inf, device=self.device)
+        self.ids = torch.zeros((n_queries, self.depth), dtype=torch.long, device=self.device)
+        self.scores[rows[taken], rank[taken]] = scores[taken]
+        self.ids[rows[taken], rank[taken]] = ids[taken]
 
     def _add_stats(self, block: torch.Tensor) -> None:
         """Chan et al.'s pairwise update of the running count, mean and sum of squared deviations."""

@@ -9,7 +9,7 @@ import os
 import re
 import unicodedata
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Iterator, Literal, Union
 
 from pydantic import BeforeValidator, Field
 
@@ -160,18 +160,23 @@ def _keep(tag: str, pos: str) -> bool:
     return pos == "all" or tag.split("-")[0] in CONTENT_POS
 
 
-def tokenize(spec: Any, texts: list[str], locate: "Locator | None" = None, progress: bool = False
-             ) -> list[list[str]]:
-    """Tokens of each text by a tokenizer spec; Latin letters are lowercased so 'AI' and 'ai'
-    match. A huggingface tokenizer's model is found through `locate` (a Locator)."""
+def token_stream(spec: Any, texts: list[str], locate: "Locator | None" = None, progress: bool = False
+                 ) -> Iterator[list[str]]:
+    """Tokens of each text by a tokenizer spec, one text at a time (a large corpus's tokens need
+    not fit in memory as Python strings); Latin letters are lowercased so 'AI' and 'ai' match. A
+    huggingface tokenizer's model is found through `locate` (a Locator)."""
     from tqdm.auto import tqdm
 
     from ragopt.models import Locator
 
-    bar = tqdm(total=len(texts), desc=f"tokenize {spec.label}", disable=not progress, leave=False, unit="text")
-    result: list[list[str]] = []
-    for tokens in spec.tokens(texts, locate or Locator()):
-        result.append(tokens)
-        bar.update()
-    bar.close()
-    return result
+    with tqdm(total=len(texts), desc=f"tokenize {spec.label}", disable=not progress, leave=False,
+              unit="text") as bar:
+        for tokens in spec.tokens(texts, locate or Locator()):
+            yield tokens
+            bar.update()
+
+
+def tokenize(spec: Any, texts: list[str], locate: "Locator | None" = None, progress: bool = False
+             ) -> list[list[str]]:
+    """Tokens of each text by a tokenizer spec, as a list (see token_stream)."""
+    return list(token_stream(spec, texts, locate, progress))
