@@ -153,7 +153,7 @@ def test_checks_across_settings_are_all_reported_at_their_lines(tmp_path):
   - name: bm25
     type: bm25
     tokenizer: kiwi
-  - {name: h, type: hybrid, retrievers: [bm25, bm52]}
+  - {name: h, type: hybrid, retrievers: [bm25, bm52], fusion: [rrf, convex]}
 optimize: {ndcg@7: 1.0, ndgc: 1.0}
 study: {sampler: grid}
 """
@@ -165,7 +165,7 @@ study: {sampler: grid}
                      "c.yaml:12: retrievers[2].retrievers[1]: 'bm52' is not a non-hybrid retriever of this file "
                      "(did you mean 'bm25'?)",
                      "c.yaml:13: optimize.ndcg@7: k=7 is not in top_k [1, 3]; add it to top_k, or write ndcg alone",
-                     "c.yaml:12: retrievers[2].weight: the grid sampler needs a step",  # the default range
+                     "c.yaml:12: retrievers[2].weight: the grid sampler needs a step",  # the default range (convex)
                      "c.yaml:13: optimize.ndgc: unknown metric 'ndgc' (did you mean 'ndcg'?); use one of f1, recall, "
                      "precision, map, mrr, ndcg, hit"):
         assert expected in message
