@@ -152,8 +152,6 @@ def optimize_command(
     try:
         outcome = optimize(config, output, n_trials, fresh and not worker, progress=not quiet, per_domain=per_domain,
                            storage=storage, workers=workers, write=not worker)
-    except UserError as error:
-        _fail(error)
     except KeyboardInterrupt:  # before any trial finished (models loading or encoding): nothing is lost
         err.print("interrupted before any trial finished: the cache keeps what was encoded; rerun the same command "
                   "to resume", highlight=False)
@@ -187,12 +185,9 @@ def validate_command(config: Path = typer.Argument(..., help="The YAML file to c
     from ragopt.space import MAX_GRID, small_space
     from ragopt.splits import study_splits
 
-    try:
-        loaded, _ = load_config(config)
-        qa, corpus = load_dataset(**loaded.data.model_dump())
-        study_splits(loaded.study, qa.domains, len(qa))
-    except UserError as error:
-        _fail(error)
+    loaded, _ = load_config(config)
+    qa, corpus = load_dataset(**loaded.data.model_dump())
+    study_splits(loaded.study, qa.domains, len(qa))
     for warning in corpus_warnings(config, loaded, len(corpus)):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     pipelines = small_space(loaded, MAX_GRID) if loaded.finite else None
@@ -214,11 +209,8 @@ def query_command(
     """Print the top-k passages the tuned pipeline finds for each question."""
     from ragopt.pipeline import load_pipeline
 
-    try:
-        pipeline = load_pipeline(best, corpus, cache_dir or best.resolve().parent / "cache", progress=True)
-        results = pipeline.retrieve(questions, k)
-    except UserError as error:
-        _fail(error)
+    pipeline = load_pipeline(best, corpus, cache_dir or best.resolve().parent / "cache", progress=True)
+    results = pipeline.retrieve(questions, k)
     for question, hits in zip(questions, results):
         table = _table("rank", "doc_id", "score", "passage", title=escape(question), show_lines=True)
         for hit in hits:
@@ -241,16 +233,13 @@ def compare_command(
     from ragopt.compare import BY, Settings, StudyResults
     from ragopt.summary import write_comparison
 
-    try:
-        if by not in BY:
-            raise UserError(f"--by must be one of {list(BY)}; got {by!r}")
-        results = StudyResults.load(output)
-        study = results.manifest
-        settings = Settings(study["confidence"] if confidence is None else confidence, resamples,
-                            study["seed"] if seed is None else seed)
-        tables = write_comparison(output, results, metric, by, top, settings)  # type: ignore[arg-type]
-    except UserError as error:
-        _fail(error)
+    if by not in BY:
+        raise UserError(f"--by must be one of {list(BY)}; got {by!r}")
+    results = StudyResults.load(output)
+    study = results.manifest
+    settings = Settings(study["confidence"] if confidence is None else confidence, resamples,
+                        study["seed"] if seed is None else seed)
+    tables = write_comparison(output, results, metric, by, top, settings)  # type: ignore[arg-type]
     on = "held-out" if results.has_holdout else "selection (no holdout: flattered)"
     _print_winners(tables["winners"], metric, on)
     _print_matrix(tables[f"matrix-{by}"], by, metric)
@@ -311,10 +300,7 @@ def report_command(
     curves, optimization history, parameter importances, quality vs latency, the best config."""
     from ragopt.report_data import build_report
 
-    try:
-        written = build_report(output, path or output / "report.html", metric, by, storage)  # type: ignore[arg-type]
-    except UserError as error:
-        _fail(error)
+    written = build_report(output, path or output / "report.html", metric, by, storage)  # type: ignore[arg-type]
     console.print(f"report: {written} ({written.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False)
 
 
@@ -331,11 +317,8 @@ def runs_command(
     against OUTPUT/qrels.trec."""
     from ragopt.runs import RUNS, StudyRuns
 
-    try:
-        runs = StudyRuns(output)
-        paths = runs.write(trials + ([runs.best] if best else []), folder or output / RUNS)
-    except UserError as error:
-        _fail(error)
+    runs = StudyRuns(output)
+    paths = runs.write(trials + ([runs.best] if best else []), folder or output / RUNS)
     for path in paths:
         console.print(str(path), highlight=False)
 
@@ -359,11 +342,8 @@ def import_autorag_command(
     from ragopt.autorag import convert_file, write
 
     path = output or autorag_config.with_name(f"{autorag_config.stem}-ragopt.yaml")
-    try:
-        conversion = convert_file(autorag_config, path, qa, corpus, embedding)
-        write(conversion, path)
-    except UserError as error:
-        _fail(error)
+    conversion = convert_file(autorag_config, path, qa, corpus, embedding)
+    write(conversion, path)
     for note in conversion.notes:
         console.print(f"not mapped: {escape(str(note))}", highlight=False, soft_wrap=True)
     config = conversion.config
@@ -387,10 +367,7 @@ def serve_command(
     corpus is indexed and the models loaded once, before the first request."""
     from ragopt.serve import build, run
 
-    try:
-        api = build(best, corpus, cache_dir or best.resolve().parent / "cache", max_batch)
-    except UserError as error:
-        _fail(error)
+    api = build(best, corpus, cache_dir or best.resolve().parent / "cache", max_batch)
     pipeline = api.state.pipeline
     console.print(f"serving {escape(pipeline.spec.describe())} over {len(pipeline.engine.corpus)} passages at "
                   f"http://{host}:{port} (docs: /docs)", highlight=False, soft_wrap=True)

@@ -150,16 +150,28 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, postgres_url)
     assert len({tuple(sorted(t.params.items())) for t in study.trials if t.state.name == "COMPLETE"}) == 16
 
 
-def test_a_worker_killed_before_its_trial_began_loses_nothing(tmp_path, monkeypatch):
+def all_but_the_last(tmp_path: Path, monkeypatch) -> tuple[Path, str, list[dict]]:
+    """The small grid's study run on all but its last pipeline: the config, the storage, the grid."""
     from ragopt import study as study_module
     from ragopt.space import enumerate_space
 
     config = write_config(tmp_path / "grid.yaml", SMALL_GRID)
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     grid = enumerate_space(study_module.load_config(config)[0])
-    monkeypatch.setattr(study_module, "enumerate_space", lambda config: grid[:-1])
-    optimize(config, tmp_path / "first", storage=storage, progress=False)  # 15 pipelines
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(study_module, "enumerate_space", lambda config: grid[:-1])
+        optimize(config, tmp_path / "first", storage=storage, progress=False)  # 15 pipelines
+    return config, storage, grid
+
+
+def ran_the_whole_grid(storage: str, grid: list[dict]) -> bool:
+    """Whether every pipeline of the grid completed exactly once, the last one included."""
+    complete = [tuple(sorted(t.params.items())) for t in load(storage).trials if t.state.name == "COMPLETE"]
+    return len(complete) == len(set(complete)) == len(grid) and tuple(sorted(grid[-1].items())) in complete
+
+
+def test_a_worker_killed_before_its_trial_began_loses_nothing(tmp_path, monkeypatch):
+    config, storage, grid = all_but_the_last(tmp_path, monkeypatch)
     # the last pipeline, handed to a worker killed before its first heartbeat or suggestion
     started = datetime.now() - timedelta(seconds=ORPHAN_SECONDS + 1)
     orphan = optuna.trial.FrozenTrial(number=0, state=optuna.trial.TrialState.RUNNING, value=None,
@@ -169,9 +181,7 @@ def test_a_worker_killed_before_its_trial_began_loses_nothing(tmp_path, monkeypa
     opened(storage).create_new_trial(load(storage)._study_id, template_trial=orphan)
     assert states(storage, "grid") == Counter({"COMPLETE": 15, "RUNNING": 1})  # Optuna never finds it stale
     optimize(config, tmp_path / "second", storage=storage, progress=False)
-    assert states(storage, "grid") == Counter({"COMPLETE": 16, "FAIL": 1})
-    complete = [tuple(sorted(t.params.items())) for t in load(storage).trials if t.state.name == "COMPLETE"]
-    assert len(set(complete)) == 16 and tuple(sorted(grid[-1].items())) in complete
+    assert states(storage, "grid") == Counter({"COMPLETE": 16, "FAIL": 1}) and ran_the_whole_grid(storage, grid)
 
 
 def test_a_storage_password_is_never_shown(tmp_path):
@@ -191,23 +201,13 @@ def test_a_storage_password_is_never_shown(tmp_path):
 
 
 def test_a_retry_without_parameters_queues_its_grid_pipeline_again(tmp_path, monkeypatch):
-    from ragopt import study as study_module
-    from ragopt.space import enumerate_space
-
-    config = write_config(tmp_path / "grid.yaml", SMALL_GRID)
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    grid = enumerate_space(study_module.load_config(config)[0])
-    monkeypatch.setattr(study_module, "enumerate_space", lambda config: grid[:-1])
-    optimize(config, tmp_path / "first", storage=storage, progress=False)  # 15 pipelines
+    config, storage, grid = all_but_the_last(tmp_path, monkeypatch)
     stored = load(storage)
     # what RetryHeartbeatStaleTrialCallback queues for a trial killed before it stored its parameters
     stored.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING,
-                                         user_attrs={study_module.GRID: grid[-1]}, system_attrs={"failed_trial": 0}))
-    monkeypatch.undo()
+                                         user_attrs={QUEUED: grid[-1]}, system_attrs={"failed_trial": 0}))
     optimize(config, tmp_path / "second", storage=storage, progress=False)
-    trials = load(storage).trials
-    complete = [tuple(sorted(t.params.items())) for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == len(set(complete)) == 16 and tuple(sorted(grid[-1].items())) in complete
+    assert ran_the_whole_grid(storage, grid)
 
 
 def test_a_storage_password_is_never_printed_or_written(tmp_path, postgres_url):
