@@ -96,7 +96,7 @@ class Metadata:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 @dataclass(frozen=True)
@@ -424,8 +424,21 @@ def _as_text(value: Any) -> str:
     return nfc(str(value))
 
 
+def _id_text(value: Any) -> str:
+    """An id as text, the same way for a corpus's doc ids, qids and retrieval_gt ids, so that they
+    match as the file stores them: a string as it is, an integer in decimal (doc_id 7 is "7"),
+    and a whole float as its integer, since pandas makes an integer column with a gap floats."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return _as_text(value)
+
+
 def _column(table: Table, name: str) -> list[str]:
     return [_as_text(v) for v in table.frame[name]]
+
+
+def _ids(table: Table, name: str) -> list[str]:
+    return [_id_text(v) for v in table.frame[name]]
 
 
 def _repeated(values: list[str], where: Where, label: str) -> list[str]:
@@ -447,7 +460,7 @@ def load_corpus(path: str | Path) -> Corpus:
     path = Path(path)
     table = _llama_index_table(path, "corpus") or _read_table(path)
     _require_columns(table, CORPUS_COLUMNS, "A corpus file (AutoRAG's format) needs the columns")
-    return _validated_corpus(_column(table, "doc_id"), _column(table, "contents"), str(table.path), table.where,
+    return _validated_corpus(_ids(table, "doc_id"), _column(table, "contents"), str(table.path), table.where,
                              _metadata(table, CORPUS_COLUMNS))
 
 
@@ -456,7 +469,7 @@ def corpus_of(doc_ids: Sequence[str], contents: Sequence[str], metadata: Sequenc
     """Passages held in memory (LlamaIndex nodes, say) as a corpus, NFC-normalized and checked as
     a corpus file is; a problem names each passage as `noun` and its position."""
     columns = None if metadata is None else Metadata({"metadata": list(metadata)})
-    return _validated_corpus([_as_text(d) for d in doc_ids], [_as_text(c) for c in contents], source,
+    return _validated_corpus([_id_text(d) for d in doc_ids], [_as_text(c) for c in contents], source,
                              lambda i: f"{noun} {i}", columns)
 
 
@@ -481,33 +494,58 @@ def _validated_corpus(doc_ids: list[str], contents: list[str], source: str, wher
     return Corpus(doc_ids, contents, source, metadata)
 
 
+class _NotIds(ValueError):
+    """A retrieval_gt value of no shape AutoRAG's casting rules read."""
+
+
+GT_ADVICE = ('Write retrieval_gt as one doc id ("a" or 7), a list of alternatives (["a", "b"]) or a list of required '
+             'groups ([["a"], ["b", "c"]]); in a CSV cell as JSON.')
+
+
 def _parse_gt(value: Any) -> list[list[str]]:
-    """AutoRAG's casting rules: a string is one group of one id; a flat list is one group of
-    alternatives; a list of lists is a list of groups. CSV cells hold the same as JSON."""
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped.startswith("["):
-            value = json.loads(stripped)
-        else:
-            return [[value]] if stripped else []
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
+    """AutoRAG's casting rules, over ids that are strings or integers: one id is one group of one
+    id; a flat list is one group of alternatives; a list of lists is a list of groups. Parquet's
+    numpy arrays (AutoRAG's arrays of arrays) read as lists; a CSV cell holds the same as JSON."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        value = json.loads(value)
+    value = _plain(value)
     if not isinstance(value, list):
-        return []
-    if all(isinstance(v, str) for v in value):
-        return [list(value)] if value else []
-    return [[str(x) for x in (g.tolist() if isinstance(g, np.ndarray) else g)] for g in value]
+        return [] if _missing(value) or (isinstance(value, str) and not value.strip()) else [[_gt_id(value)]]
+    if not any(isinstance(v, list) for v in value):
+        return [[_gt_id(v) for v in value]] if value else []
+    if not all(isinstance(v, list) for v in value):
+        raise _NotIds(f"{value!r} mixes ids and lists")
+    return [[_gt_id(d) for d in group] for group in value]
 
 
-def _ground_truth(table: Table) -> list[list[list[str]]]:
-    """Each question's retrieval_gt groups of NFC ids; a cell that is not valid JSON stops with its place."""
-    groups = []
+def _plain(value: Any) -> Any:
+    """numpy arrays, nested or not, and their scalars as Python lists and scalars."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()
+    return [_plain(v) for v in value] if isinstance(value, list) else value
+
+
+def _gt_id(value: Any) -> str:
+    """A retrieval_gt id as text, as _id_text writes the corpus's doc ids; anything but a string or
+    a number (a bool, a list inside a group, a mapping, a missing value) is no id."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and not _missing(value):
+        return _id_text(value)
+    raise _NotIds(f"{value!r} is not a doc id (a string or an integer)")
+
+
+def _ground_truth(table: Table, qids: list[str]) -> list[list[list[str]]]:
+    """Each question's retrieval_gt groups of NFC ids; every value of no readable shape (or a CSV
+    cell that is not JSON) is named in one error with its place."""
+    groups, bad = [], []
     for i, value in enumerate(table.frame["retrieval_gt"]):
         try:
-            groups.append([[nfc(d) for d in group] for group in _parse_gt(value)])
+            groups.append(_parse_gt(value))
         except json.JSONDecodeError as error:
-            raise DataError(f"{table.path}: {table.where(i)}: retrieval_gt is not valid JSON ({error}); "
-                            'write it as [["doc id"], ...].') from None
+            bad.append(f"{table.where(i)}: qid {qids[i]!r}: {value} is not valid JSON ({error.msg} at character "
+                       f"{error.colno})")
+        except _NotIds as error:
+            bad.append(f"{table.where(i)}: qid {qids[i]!r}: {error}")
+    _fail(str(table.path), _count(bad, "question") + " whose retrieval_gt is not doc ids", bad, GT_ADVICE)
     return groups
 
 
@@ -521,10 +559,10 @@ def load_qa(path: str | Path, corpus: Corpus, domain_column: str | None = None,
     path = Path(path)
     table = _llama_index_table(path, "qa") or _read_table(path)
     _require_columns(table, QA_COLUMNS, "A QA file (AutoRAG's format) needs the columns")
-    qids = _column(table, "qid")
+    qids = _ids(table, "qid")
     domains = _domains(table, qids, domain_column, domain_pattern)
-    return _validated_qa(qids, _column(table, "query"), _ground_truth(table), domains, corpus, str(table.path),
-                         table.where)
+    return _validated_qa(qids, _column(table, "query"), _ground_truth(table, qids), domains, corpus,
+                         str(table.path), table.where)
 
 
 def _domains(table: Table, qids: list[str], column: str | None, pattern: str | None) -> list[str] | None:
@@ -599,7 +637,7 @@ def load_beir(folder: str | Path, split: str = "test") -> tuple[QASet, Corpus]:
     corpus = _beir_corpus(folder / "corpus.jsonl")
     queries = _read_table(folder / "queries.jsonl")
     _require_columns(queries, ["_id", "text"], "A BEIR queries.jsonl needs the fields")
-    texts = dict(zip(_column(queries, "_id"), _column(queries, "text")))
+    texts = dict(zip(_ids(queries, "_id"), _column(queries, "text")))
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.exists():
         raise DataError(f"{qrels_path}: file not found; set data.split to one of "
@@ -608,7 +646,7 @@ def load_beir(folder: str | Path, split: str = "test") -> tuple[QASet, Corpus]:
     qrels.frame.columns = ["query-id", "corpus-id", "score"][: len(qrels.frame.columns)]
     first_row: dict[str, int] = {}
     by_query: dict[str, list[list[str]]] = {}
-    for row, (qid, doc, score) in enumerate(zip(_column(qrels, "query-id"), _column(qrels, "corpus-id"),
+    for row, (qid, doc, score) in enumerate(zip(_ids(qrels, "query-id"), _ids(qrels, "corpus-id"),
                                                 qrels.frame["score"])):
         if float(score) > 0:
             first_row.setdefault(qid, row)
@@ -628,13 +666,15 @@ def _beir_corpus(path: Path) -> Corpus:
     frame = table.frame
     titles = frame["title"] if "title" in frame.columns else [""] * len(frame)
     contents = [_as_text(f"{t}\n{x}" if _as_text(t) else x) for t, x in zip(titles, frame["text"])]
-    return _validated_corpus(_column(table, "_id"), contents, str(path), table.where,
+    return _validated_corpus(_ids(table, "_id"), contents, str(path), table.where,
                              _metadata(table, ["_id", "title", "text"]))
 
 
-def load_dataset(qa: Path | None = None, corpus: Path | None = None, beir: Path | None = None, split: str = "test",
-                 domain_column: str | None = None, domain_pattern: str | None = None) -> tuple[QASet, Corpus]:
-    """The QA set and corpus a config's `data` section names."""
+def load_dataset(qa: str | Path | None = None, corpus: str | Path | None = None, beir: str | Path | None = None,
+                 split: str = "test", domain_column: str | None = None,
+                 domain_pattern: str | None = None) -> tuple[QASet, Corpus]:
+    """The QA set and corpus a config's `data` section names: a QA file and a corpus file, or a BEIR folder."""
+    qa, corpus, beir = (None if p is None else Path(p) for p in (qa, corpus, beir))
     if beir is not None:
         if domain_column or domain_pattern:
             raise DataError(f"{beir}: BEIR folders have no domain column; remove domain_column/domain_pattern.")

@@ -150,6 +150,39 @@ def test_ground_truth_ids_missing_from_the_corpus_are_counted_and_placed(tmp_pat
         load_qa(other, corpus)
 
 
+def test_integer_ids_pass_validate_from_the_command_line(tmp_path):
+    write_jsonl(tmp_path / "corpus.jsonl", [{"doc_id": d, "contents": f"{d} 본문"} for d in (1, 2, 3)])
+    write_jsonl(tmp_path / "qa.jsonl", [{"qid": 1, "query": "예금", "retrieval_gt": [1, 2]},
+                                        {"qid": 2, "query": "금리", "retrieval_gt": 3}])
+    (tmp_path / "config.yaml").write_text("data: {qa: qa.jsonl, corpus: corpus.jsonl}\nretrievers: [{name: b, "
+                                          "type: bm25, tokenizer: whitespace}]\ntop_k: [1, 2]\n", encoding="utf-8")
+    result = runner.invoke(app, ["validate", str(tmp_path / "config.yaml")])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 2 questions, 3 passages, 1 retrievers")
+
+
+def test_retrieval_gt_that_is_not_doc_ids_is_placed_row_by_row(tmp_path, corpus_file):
+    corpus = load_corpus(corpus_file)
+    rows = [{"qid": "q1", "query": "a", "retrieval_gt": ["a", ["b"]]}, {"qid": "q2", "query": "b", "retrieval_gt": 1},
+            {"qid": "q3", "query": "c", "retrieval_gt": [[["a"]]]}, {"qid": "q4", "query": "d", "retrieval_gt": [True]},
+            {"qid": "q5", "query": "e", "retrieval_gt": {"a": 1}}]
+    with pytest.raises(DataError) as error:
+        load_qa(write_jsonl(tmp_path / "qa.jsonl", rows), corpus)
+    assert str(error.value) == (
+        f"{tmp_path / 'qa.jsonl'}: 4 questions whose retrieval_gt is not doc ids:\n"
+        "  - line 1: qid 'q1': ['a', ['b']] mixes ids and lists\n"
+        "  - line 3: qid 'q3': ['a'] is not a doc id (a string or an integer)\n"
+        "  - line 4: qid 'q4': True is not a doc id (a string or an integer)\n"
+        "  - line 5: qid 'q5': {'a': 1} is not a doc id (a string or an integer)\n"
+        'Write retrieval_gt as one doc id ("a" or 7), a list of alternatives (["a", "b"]) or a list of required '
+        'groups ([["a"], ["b", "c"]]); in a CSV cell as JSON.')
+    (tmp_path / "qa.csv").write_text('qid,query,retrieval_gt\nq1,a,"[""a"", ""b""]"\nq2,b,"[""a"""\n',
+                                     encoding="utf-8")
+    with pytest.raises(DataError, match=r"1 question whose retrieval_gt is not doc ids:\n  - line 3: qid 'q2': "
+                                        r"\[\"a\" is not valid JSON \(Expecting ',' delimiter at character 5\)"):
+        load_qa(tmp_path / "qa.csv", corpus)
+
+
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
     """A Hugging Face cache with nothing in it, online unless a test says otherwise."""

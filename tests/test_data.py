@@ -16,6 +16,11 @@ def write_jsonl(path, rows):
     return path
 
 
+def write_json(path, document):
+    path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
 def test_bundled_example(ko_mini):
     qa, corpus = ko_mini
     assert (len(qa), len(corpus)) == (48, 60)
@@ -86,6 +91,65 @@ def test_csv_retrieval_gt_follows_autorag_casting(tmp_path):
     assert qa.groups == [[[0], [1]], [[0, 2]], [[1]]]
 
 
+INT_CORPUS = [{"doc_id": d, "contents": f"passage {d}"} for d in (3, 1, 10, 2)]
+"""A corpus with integer ids; its rows follow the ids as text: '1', '10', '2', '3'."""
+INT_GT = [[1, 2], [[1], [10]], 3, "10", [["2", 3]], [7.0]]
+"""A flat list of ints, a list of lists, an int, a string naming an int id, a group mixing both, a
+whole float (what pandas makes of an integer column with a gap)."""
+
+
+def write_int_dataset(folder, suffix: str):
+    """INT_CORPUS with passage 7, and a question per INT_GT, as files of the given type (CSV cells
+    hold the retrieval_gt as JSON, a lone string id as it is)."""
+    corpus = [*INT_CORPUS, {"doc_id": 7, "contents": "passage 7"}]
+    qa = [{"qid": f"q{i}", "query": f"question {i}", "retrieval_gt": gt} for i, gt in enumerate(INT_GT)]
+    if suffix == "csv":
+        qa = [{**r, "retrieval_gt": r["retrieval_gt"] if isinstance(r["retrieval_gt"], str)
+               else json.dumps(r["retrieval_gt"])} for r in qa]
+        pd.DataFrame(corpus).to_csv(folder / "c.csv", index=False)
+        pd.DataFrame(qa).to_csv(folder / "q.csv", index=False)
+    elif suffix == "json":
+        write_json(folder / "c.json", corpus)
+        write_json(folder / "q.json", qa)
+    else:
+        write_jsonl(folder / "c.jsonl", corpus)
+        write_jsonl(folder / "q.jsonl", qa)
+    return folder / f"q.{suffix}", folder / f"c.{suffix}"
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "json", "csv"])
+def test_integer_ids_match_as_text_in_every_shape_of_retrieval_gt(tmp_path, suffix):
+    qa_path, corpus_path = write_int_dataset(tmp_path, suffix)
+    qa, corpus = load_dataset(qa=qa_path, corpus=corpus_path)
+    assert corpus.doc_ids == ["1", "10", "2", "3", "7"]
+    assert corpus.contents[corpus.doc_ids.index("10")] == "passage 10"
+    assert qa.qids == [f"q{i}" for i in range(6)]
+    assert qa.groups == [[[0, 2]], [[0], [1]], [[3]], [[1]], [[2, 3]], [[4]]]
+
+
+@pytest.mark.parametrize("retrieval_gt, groups", [
+    ([[[1], [10]], [[2, 3]], [[1, 2]]], [[[0], [1]], [[2, 3]], [[0, 2]]]),  # AutoRAG's: arrays of arrays
+    ([[1, 2], [10], [3]], [[[0, 2]], [[1]], [[3]]]),  # flat lists: one group of alternatives each
+    ([3, 10, 1], [[[3]], [[1]], [[0]]]),  # an int64 column: one id each
+])
+def test_integer_ids_in_parquet_read_as_numpy_arrays(tmp_path, retrieval_gt, groups):
+    pd.DataFrame(INT_CORPUS).to_parquet(tmp_path / "c.parquet")
+    pd.DataFrame({"qid": [0, 1, 2], "query": ["a", "b", "c"], "retrieval_gt": retrieval_gt}).to_parquet(
+        tmp_path / "q.parquet")
+    assert type(pd.read_parquet(tmp_path / "q.parquet")["retrieval_gt"][0]).__module__ == "numpy"
+    qa, corpus = load_dataset(qa=tmp_path / "q.parquet", corpus=tmp_path / "c.parquet")
+    assert corpus.doc_ids == ["1", "10", "2", "3"]
+    assert qa.qids == ["0", "1", "2"] and qa.groups == groups
+
+
+def test_a_whole_float_id_is_its_integer_on_both_sides(tmp_path):
+    """pandas turns an integer column with a gap into floats: 3.0 must still be passage 3."""
+    pd.DataFrame({"doc_id": [1.0, 3.0], "contents": ["x", "y"]}).to_parquet(tmp_path / "c.parquet")
+    pd.DataFrame({"qid": ["a", "b"], "query": ["q", "r"], "retrieval_gt": [3, 1]}).to_parquet(tmp_path / "q.parquet")
+    qa, corpus = load_dataset(qa=tmp_path / "q.parquet", corpus=tmp_path / "c.parquet")
+    assert corpus.doc_ids == ["1", "3"] and qa.groups == [[[1]], [[0]]]
+
+
 def test_beir_folder(tmp_path):
     write_jsonl(tmp_path / "corpus.jsonl", [{"_id": "d1", "title": "은행", "text": "예금 보호"},
                                             {"_id": "d2", "title": "", "text": "대출 금리"}])
@@ -97,6 +161,15 @@ def test_beir_folder(tmp_path):
     assert qa.qids == ["q1", "q2"] and qa.groups == [[[0]], [[1]]]
     with pytest.raises(DataError, match="set data.split"):
         load_beir(tmp_path, "dev")
+
+
+def test_beir_folder_with_integer_ids(tmp_path):
+    write_jsonl(tmp_path / "corpus.jsonl", [{"_id": 10, "title": "", "text": "예금"}, {"_id": 2, "text": "금리"}])
+    write_jsonl(tmp_path / "queries.jsonl", [{"_id": 1, "text": "예금"}])
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t2\t1\n1\t10\t1\n")
+    qa, corpus = load_beir(tmp_path)
+    assert corpus.doc_ids == ["10", "2"] and qa.qids == ["1"] and qa.groups == [[[1], [0]]]
 
 
 def test_domain_pattern_must_match_every_qid(tmp_path):
@@ -148,11 +221,6 @@ def test_passages_in_memory_are_checked_as_a_corpus_file_is():
     assert [corpus.metadata_of(i) for i in range(2)] == [{"page": 1}, {"page": 2}]
     with pytest.raises(DataError, match=r"1 duplicate doc_id .*\n  - doc_id 'n1': node 0, node 2"):
         corpus_of(["n1", "n2", "n1"], ["a", "b", "c"], noun="node")
-
-
-def write_json(path, document):
-    path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
-    return path
 
 
 def test_a_llama_index_qa_dataset_is_read_as_qa_and_corpus(tmp_path):

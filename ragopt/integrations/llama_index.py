@@ -62,7 +62,7 @@ class RagoptRetriever(BaseRetriever):
                  callback_manager: CallbackManager | None = None) -> None:
         """k: nodes per query (default: the tuned k); cache_dir: reuse the corpus embeddings,
         tokens and reranker scores of an earlier run (the study's cache/ next to best.yaml)."""
-        if isinstance(corpus, (str, Path, Corpus)):
+        if isinstance(corpus, (str, Corpus)) or hasattr(corpus, "__fspath__"):  # a path: str or os.PathLike
             self._nodes, passages = None, corpus
         else:
             nodes = list(corpus)
