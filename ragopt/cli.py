@@ -18,8 +18,7 @@ from rich.table import Column, Table
 from ragopt.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
-                  rich_markup_mode="markdown",
-                  help="Find the best retrieval pipeline for a QA set and corpus.")
+                  rich_markup_mode=None, help="Find the best retrieval pipeline for a QA set and corpus.")
 console = Console()
 err = Console(stderr=True)
 
@@ -35,9 +34,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print ragopt's version and exit."),
-    debug: bool = typer.Option(False, "--debug", envvar="RAGOPT_DEBUG", metavar="",
+    debug: bool = typer.Option(False, "--debug", envvar="RAGOPT_DEBUG",
                                help="Show the traceback of every error (RAGOPT_DEBUG=1 does the same; worker "
                                "processes inherit it)."),
 ) -> None:
@@ -46,6 +45,7 @@ def main_options(
         os.environ["RAGOPT_DEBUG"] = "1"  # the switch _debug reads, inherited by worker processes
     else:
         os.environ.pop("RAGOPT_DEBUG", None)  # a false value (0, no, false): absent means the same
+    console.soft_wrap = not console.is_terminal  # piped or redirected: each line whole, however long
     ctx.with_resource(_one_line_errors())
     ctx.with_resource(_one_line_warnings())
 
@@ -100,10 +100,35 @@ def _shown(url: str) -> str:
     return shown(url)
 
 
-def _table(*headers: str, **options: Any) -> Table:
-    """A terminal table that wraps long cells at spaces and folds only a word wider than its
-    column: Korean passages, domains and pipelines are never cut short or ended with an ellipsis."""
-    return Table(*(Column(h, overflow="fold") for h in headers), **options)
+class _Table:
+    """A table as a person reads it. In a terminal, drawn to its width, long cells wrapped at
+    spaces and only a word wider than its column folded: Korean passages, domains and pipelines
+    are never cut short or ended with an ellipsis. Piped or redirected, a markdown table with each
+    row on one line, cells whole, to read, paste or hand to another program."""
+
+    def __init__(self, *headers: str, title: str = "", lines: bool = False) -> None:
+        self.headers, self.title, self.lines = headers, title, lines
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def print(self) -> None:
+        if console.is_terminal:
+            table = Table(*(Column(escape(h), overflow="fold") for h in self.headers), title=escape(self.title) or None,
+                          show_lines=self.lines)
+            for row in self.rows:
+                table.add_row(*map(escape, row))
+            console.print(table)
+            return
+        rows = [self.headers, ["---"] * len(self.headers), *self.rows]
+        table = ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in rows]
+        console.out("\n".join([self.title, "", *table, ""] if self.title else ["", *table, ""]), highlight=False)
+
+
+def _markdown_cell(text: str) -> str:
+    """A cell of a markdown table: on one line, its pipes escaped."""
+    return " ".join(text.splitlines()).replace("|", "\\|")
 
 
 def _fail(error: Exception) -> None:
@@ -119,13 +144,13 @@ def optimize_command(
     config: Path = typer.Argument(..., help="The search space, a YAML file (see configs/)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder.",
                                           show_default="<config>-output next to the config"),
-    n_trials: Optional[int] = typer.Option(None, "--n-trials", "-n", help="Total trials, overriding study.n_trials.",
-                                           show_default="study.n_trials"),
-    fresh: bool = typer.Option(False, "--fresh", metavar="",
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", "-n", help="Total trials (at least 1), overriding "
+                                           "study.n_trials.", show_default="study.n_trials"),
+    fresh: bool = typer.Option(False, "--fresh",
                                help="Delete the stored study and the outputs of the previous one (not the cache), "
                                "and start over instead of resuming."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress bars."),
-    per_domain: bool = typer.Option(False, "--per-domain", metavar="",
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    per_domain: bool = typer.Option(False, "--per-domain",
                                     help="Also export each domain's winner to per_domain/ (study.per_domain)."),
     storage: Optional[str] = typer.Option(None, "--storage", envvar="RAGOPT_STORAGE",
                                           help="A database the study lives in, shared by every process given it "
@@ -135,11 +160,13 @@ def optimize_command(
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes on this machine (one GPU each "
                                 "where there are several); more than one shares the study through its storage."),
     worker: bool = typer.Option(False, "--worker", hidden=True, help="Run trials only; another process writes."),
-    yes: bool = typer.Option(False, "--yes", "-y", metavar="",
-                             help="Do not ask before --fresh deletes a shared study."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before --fresh deletes a shared study."),
 ) -> None:
-    """Run (or resume) the study and write trials.csv, per_question.parquet, runs/, qrels.trec,
-    best.yaml, summary.md."""
+    """Run (or resume) a study and write its output folder.
+
+    The folder holds trials.csv, per_question.parquet, runs/, qrels.trec, best.yaml and
+    summary.md. Every model the config names is checked first: those that cannot be loaded on
+    this machine are listed together, before any trial."""
     from ragopt.study import optimize
 
     if quiet:
@@ -163,11 +190,11 @@ def optimize_command(
     pruned += f" ({len(outcome.failures)} failed: see summary.md)" if outcome.failures else ""
     console.print(f"best of {outcome.n_trials} trials{pruned}: {escape(outcome.best_spec.describe())}",
                   highlight=False)
-    table = _table("metric", f"@{k}")
+    table = _Table("metric", f"@{k}")
     for name, value in outcome.best_metrics.items():
         if name.endswith(f"@{k}"):
             table.add_row(name.split("@")[0], f"{value:.4f}")
-    console.print(table)
+    table.print()
     held = [f"held-out {outcome.holdout_value:.4f}"] if outcome.holdout_value is not None else []
     held += [f"k-fold selection {outcome.folds_value:.4f}"] if outcome.folds_value is not None else []
     console.print(f"objective {outcome.best_value:.4f}" + "".join(f"; {h}" for h in held)
@@ -179,9 +206,15 @@ def optimize_command(
 
 @app.command("validate")
 def validate_command(config: Path = typer.Argument(..., help="The YAML file to check.")) -> None:
-    """Check a config and its data without running any model."""
+    """Check a config, its data and its models, loading none.
+
+    Every model that cannot be loaded on this machine (a hub id neither in the local Hugging
+    Face cache nor on the hub, a folder or package that does not exist) is listed with the
+    command that fetches it; exit code 2 when any is missing. Offline (HF_HUB_OFFLINE=1) the hub
+    is not asked."""
     from ragopt.config import corpus_warnings, load_config
     from ragopt.data import load_dataset
+    from ragopt.models import require_available
     from ragopt.space import MAX_GRID, small_space
     from ragopt.splits import study_splits
 
@@ -190,6 +223,7 @@ def validate_command(config: Path = typer.Argument(..., help="The YAML file to c
     study_splits(loaded.study, qa.domains, len(qa))
     for warning in corpus_warnings(config, loaded, len(corpus)):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    require_available(loaded.models())
     pipelines = small_space(loaded, MAX_GRID) if loaded.finite else None
     size = ("continuous ranges" if not loaded.finite else f"more than {MAX_GRID} distinct pipelines"
             if pipelines is None else f"{len(pipelines)} distinct pipelines")
@@ -206,16 +240,40 @@ def query_command(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder.",
                                              show_default="cache/ next to best.yaml"),
 ) -> None:
-    """Print the top-k passages the tuned pipeline finds for each question."""
+    """Print the passages found for each question.
+
+    A question that finds none (a BM25 pipeline: no token in it, or no passage sharing one) gets
+    a line saying which, instead of a table; the exit code stays 0."""
     from ragopt.pipeline import load_pipeline
 
     pipeline = load_pipeline(best, corpus, cache_dir or best.resolve().parent / "cache", progress=True)
     results = pipeline.retrieve(questions, k)
     for question, hits in zip(questions, results):
-        table = _table("rank", "doc_id", "score", "passage", title=escape(question), show_lines=True)
+        if not hits:
+            console.print(_nothing_found(pipeline, question), markup=False, highlight=False)
+            continue
+        table = _Table("rank", "doc_id", "score", "passage", title=question, lines=True)
         for hit in hits:
-            table.add_row(str(hit.rank), escape(hit.doc_id), f"{hit.score:.4f}", escape(hit.contents))
-        console.print(table)
+            table.add_row(str(hit.rank), hit.doc_id, f"{hit.score:.4f}", hit.contents)
+        table.print()
+
+
+def _nothing_found(pipeline: Any, question: str) -> str:
+    """Why a question found no passage: its retriever's tokenizers found no token in it, or no
+    passage holds any of the tokens they found."""
+    from ragopt.data import nfc
+    from ragopt.retrievers.tokenizers import tokenize
+
+    found = {t.label: tokenize(t, [nfc(question)], pipeline.engine.locate)[0]
+             for t in pipeline.spec.retriever.tokenizers()}
+    if not found:  # no BM25 in the pipeline: nothing to say beyond the fact
+        return f"no passage for {question!r}"
+    if not any(found.values()):
+        which = f"the tokenizer {next(iter(found))}" if len(found) == 1 else f"the tokenizers {', '.join(found)}"
+        return (f"no passage for {question!r}: {which} found no token in it, so BM25 has no term to match; ask "
+                "with words")
+    tokens = "; ".join(f"{label} tokens: {', '.join(t) or 'none'}" for label, t in found.items())
+    return f"no passage for {question!r}: no passage shares a term with it ({tokens})"
 
 
 @app.command("compare")
@@ -228,10 +286,12 @@ def compare_command(
     seed: Optional[int] = typer.Option(None, help="Bootstrap and permutation seed.", show_default="the study's"),
     resamples: int = typer.Option(10_000, help="Bootstrap resamples and permutations."),
 ) -> None:
-    """Per-domain winners with intervals, a choice x domain matrix with significance, and the
+    """Compare the study's pipelines per domain, with intervals.
+
+    Per-domain winners with intervals, a choice x domain matrix with significance, and the
     winner against the runners-up; printed and written to OUTPUT/compare/ (CSV and markdown)."""
     from ragopt.compare import BY, Settings, StudyResults
-    from ragopt.summary import write_comparison
+    from ragopt.summary import TIES, write_comparison
 
     if by not in BY:
         raise UserError(f"--by must be one of {list(BY)}; got {by!r}")
@@ -240,51 +300,59 @@ def compare_command(
     settings = Settings(study["confidence"] if confidence is None else confidence, resamples,
                         study["seed"] if seed is None else seed)
     tables = write_comparison(output, results, metric, by, top, settings)  # type: ignore[arg-type]
-    on = "held-out" if results.has_holdout else "selection (no holdout: flattered)"
+    on = "held-out questions" if results.has_holdout else "selection questions (no holdout: flattered)"
     _print_winners(tables["winners"], metric, on)
     _print_matrix(tables[f"matrix-{by}"], by, metric)
     _print_runner_ups(tables["runner_ups"], metric, on)
+    console.print(TIES, highlight=False, soft_wrap=True)
     console.print(f"files in {output / 'compare'}", highlight=False)
 
 
 def _print_runner_ups(frame: Any, metric: str, on: str) -> None:
     from ragopt.summary import difference, interval, verdict
 
-    table = _table("trial", "pipeline", f"{metric} ({on})", "winner minus this", "sig. (Holm)",
-                  title="the winner against the runners-up")
+    table = _Table("trial", "pipeline", f"{metric}, {on}", "winner minus this", "sig. (Holm)",
+                   title="the winner against the runners-up")
     for r in frame.itertuples():
-        table.add_row(str(r.trial), escape(r.pipeline), interval(r.score, r.low, r.high),
+        table.add_row(str(r.trial), _pipeline(r), interval(r.score, r.low, r.high),
                       difference(getattr(r, "difference", None), getattr(r, "difference_low", None),
                                  getattr(r, "difference_high", None)),
                       verdict(getattr(r, "significant", False), getattr(r, "p_holm", None)))
-    console.print(table)
+    table.print()
 
 
 def _print_winners(frame: Any, metric: str, on: str) -> None:
     from ragopt.summary import difference, interval, verdict
 
-    table = _table("domain", "questions (selection / scored)", "pipeline", f"{metric} ({on})",
-                  "margin over runner-up", "sig. (Holm)", title="best pipeline per domain")
+    table = _Table("domain", "questions (selection / scored)", "pipeline", f"{metric}, {on}",
+                   "margin over runner-up", "sig. (Holm)", title="best pipeline per domain")
     for r in frame.itertuples():
-        table.add_row(escape(str(r.domain)), f"{r.questions} / {r.scored_on}" + ("" if r.enough else " (few)"),
-                      escape(r.pipeline), interval(r.score, r.low, r.high),
+        table.add_row(str(r.domain), f"{r.questions} / {r.scored_on}" + ("" if r.enough else " (few)"),
+                      _pipeline(r), interval(r.score, r.low, r.high),
                       difference(getattr(r, "margin", None), getattr(r, "margin_low", None),
                                  getattr(r, "margin_high", None)),
                       verdict(getattr(r, "significant", False), getattr(r, "p_holm", None)))
-    console.print(table)
+    table.print()
+
+
+def _pipeline(row: Any) -> str:
+    """A table row's pipeline, with the pipelines that score alike when the row stands for several."""
+    from ragopt.compare import tie_note
+
+    return row.pipeline + tie_note(getattr(row, "ties", 0), getattr(row, "ties_differ", ""))
 
 
 def _print_matrix(frame: Any, by: str, metric: str) -> None:
+    from ragopt.compare import described
     from ragopt.summary import matrix_cells
 
     domains = list(dict.fromkeys(frame["domain"]))
-    judged = frame["judged_on"].iloc[0] if len(frame) else ""
-    table = _table(by, *map(escape, domains), title=f"{metric}: best trial of each {by} per domain, scored {judged} "
-                  "(★ best, = not significantly worse)")
+    table = _Table(by, *map(str, domains), title=f"{metric}: best trial of each {by} per domain, scored "
+                   f"{described(frame)} (★ best, = not significantly worse)")
     cells = matrix_cells(frame, digits=3)
     for choice in sorted(set(frame["choice"])):
-        table.add_row(escape(choice), *(cells.get((choice, d), "") for d in domains))
-    console.print(table)
+        table.add_row(str(choice), *(cells.get((choice, d), "") for d in domains))
+    table.print()
 
 
 @app.command("report")
@@ -296,8 +364,10 @@ def report_command(
     storage: Optional[str] = typer.Option(None, "--storage", help="The study's database, for its history plots.",
                                           show_default="study.json's, without a password"),
 ) -> None:
-    """One self-contained HTML page (opens offline): trials, per-domain heatmap, metric-vs-k
-    curves, optimization history, parameter importances, quality vs latency, the best config."""
+    """Write an HTML report of the study that opens offline.
+
+    One self-contained page: trials, per-domain heatmap, metric-vs-k curves, optimization
+    history, parameter importances, quality vs latency, the best config."""
     from ragopt.report_data import build_report
 
     written = build_report(output, path or output / "report.html", metric, by, storage)  # type: ignore[arg-type]
@@ -309,18 +379,19 @@ def runs_command(
     output: Path = typer.Argument(..., help="The output folder of `ragopt optimize`."),
     trials: list[int] = typer.Option([], "--trial", "-t", metavar="N", help="A trial to write; repeat for more.",
                                      show_default=False),
-    best: bool = typer.Option(False, "--best", metavar="", help="Also the winning trial (study.json's)."),
+    best: bool = typer.Option(False, "--best", help="Also the winning trial (study.json's)."),
     folder: Optional[Path] = typer.Option(None, "--out", "-o", help="The folder of the TREC files.",
                                           show_default="OUTPUT/runs"),
 ) -> None:
-    """Write trials' stored rankings as TREC runs (trial-N.trec), to re-score them with trec_eval
-    against OUTPUT/qrels.trec."""
+    """Write trials' stored rankings as TREC run files.
+
+    One trial-N.trec per trial, to re-score with trec_eval against OUTPUT/qrels.trec."""
     from ragopt.runs import RUNS, StudyRuns
 
     runs = StudyRuns(output)
     paths = runs.write(trials + ([runs.best] if best else []), folder or output / RUNS)
     for path in paths:
-        console.print(str(path), highlight=False)
+        console.print(str(path), highlight=False, soft_wrap=True)  # a long path stays one line
 
 
 @app.command("import-autorag")
@@ -336,9 +407,10 @@ def import_autorag_command(
                                             "embeddings (OpenAI, Ollama, ...), which ragopt does not call.",
                                             show_default="BAAI/bge-m3, AutoRAG's local model in its Korean samples"),
 ) -> None:
-    """Convert the retrieval part of an AutoRAG config (retrieval nodes, passage_reranker, top_k,
-    strategy.metrics) into a ragopt search space; print what is not mapped and why, which the
-    written file also lists at its top."""
+    """Convert an AutoRAG config into a ragopt search space.
+
+    Its retrieval part (retrieval nodes, passage_reranker, top_k, strategy.metrics) is mapped;
+    what is not mapped is printed with why, and listed at the top of the written file."""
     from ragopt.autorag import convert_file, write
 
     path = output or autorag_config.with_name(f"{autorag_config.stem}-ragopt.yaml")
@@ -363,8 +435,10 @@ def serve_command(
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most questions retrieved together: requests "
                                   "that arrive while one batch runs are answered together in the next."),
 ) -> None:
-    """Answer POST /retrieve over HTTP with the tuned pipeline (GET /health; docs at /docs). The
-    corpus is indexed and the models loaded once, before the first request."""
+    """Serve the tuned pipeline over HTTP (POST /retrieve).
+
+    GET /health; docs at /docs. The corpus is indexed and the models loaded once, before the
+    first request."""
     from ragopt.serve import build, run
 
     api = build(best, corpus, cache_dir or best.resolve().parent / "cache", max_batch)

@@ -4,7 +4,9 @@ per-question values.
 A winner is picked on the selection questions; it is scored, with a bootstrap interval, on the
 held-out questions when the study kept some (otherwise on the same questions, which flatters it,
 and the tables say so). Differences are paired tests over the same questions, Holm-corrected
-within each table or domain, so "significant" means what it says at the chosen level.
+within each table or domain, so "significant" means what it says at the chosen level. Pipelines
+with the same value on every question a table uses are one row (a difference between them is
+zero by construction), led by the one the study's tie rule picks (ragopt.selection.cost).
 
 Example:
     results = StudyResults.load("configs/autorag-ko-output")
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ragopt.errors import StudyError
-from ragopt.selection import ranked
+from ragopt.selection import fingerprint, ranked, tie_groups
 from ragopt.stats import PairedComparison, bootstrap_ci, holm, paired_test
 
 ALL = "(all)"
@@ -128,11 +130,70 @@ def distinct(results: StudyResults) -> np.ndarray:
 
 def _ranked(results: StudyResults, positions: np.ndarray, means: np.ndarray) -> np.ndarray:
     """Positions by mean, best first, equal means ordered as the study orders its winner (the
-    earlier trial; the faster first when the study optimized latency too)."""
+    faster first when the study optimized latency too, then the cheaper by the tie rule, then the
+    earlier trial)."""
     full = np.zeros(len(results.trials))
     full[positions] = means
+    trials = results.trials
     by_speed = results.manifest.get("latency") == "pareto"
-    return ranked(positions, full, results.trials["seconds_per_query"].to_numpy(np.float64) if by_speed else None)
+    return ranked(positions, full, trials["seconds_per_query"].to_numpy(np.float64) if by_speed else None,
+                  trials["cost_rank"].to_numpy(np.int64) if "cost_rank" in trials else None)
+
+
+def ranking(results: StudyResults, metric: str = "objective") -> np.ndarray:
+    """The distinct eligible trials' positions, best first by their mean on the selection
+    questions, equal means ordered as the study orders its winner."""
+    selection, _ = results.sides()
+    candidates = distinct(results)
+    return _ranked(results, candidates, results.values(metric)[selection][:, candidates].mean(axis=0))
+
+
+def alike(values: np.ndarray, order: np.ndarray, questions: np.ndarray) -> list[np.ndarray]:
+    """`order` (positions, best first) in groups of pipelines with the same `values` on every one
+    of `questions`, each led by its best-ranked member."""
+    return tie_groups(order, lambda position: fingerprint(values[questions, position]))
+
+
+def ties(results: StudyResults, group: np.ndarray) -> dict[str, Any]:
+    """A table row's tie columns for the pipelines of `group` (its leader first): how many others
+    score alike (`ties`), their trials (`tied_trials`, space-separated) and the parameters in
+    which they differ (`ties_differ`, e.g. 'retriever bm25/hybrid, b 0.81–0.99, k1 1.16–1.99')."""
+    trials = results.trials.iloc[group]
+    params = sorted((c for c in trials.columns if c.startswith("param.")), key=lambda c: c != "param.retriever")
+    varying = {c: v for c in params if (v := trials[c].dropna()).nunique() > 1}
+    names = [c.removeprefix("param.").split(".", 1)[-1] for c in varying]
+    parts = []
+    for (column, shown), name in zip(varying.items(), names):
+        label = name if names.count(name) == 1 else column.removeprefix("param.")
+        if pd.api.types.is_numeric_dtype(shown) and not pd.api.types.is_bool_dtype(shown):
+            parts.append(f"{label} {_number(shown.min())}–{_number(shown.max())}")
+        else:
+            parts.append(f"{label} {'/'.join(map(str, dict.fromkeys(shown)))}")
+    return {"ties": len(group) - 1, "tied_trials": " ".join(str(t) for t in trials["trial"].iloc[1:]),
+            "ties_differ": ", ".join(parts)}
+
+
+def _number(value: float) -> str:
+    """A parameter value to read: whole numbers whole, others to 3 significant digits."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e6 else f"{value:.3g}"
+
+
+def tie_note(count: Any, differ: Any = "", alike: str = "") -> str:
+    """What a row's pipeline text gets when the row stands for several: ' (and 9 tying
+    pipelines: b 0.81–0.99, k1 1.16–1.99)', or with `alike` (e.g. 'the same curves') ' (and 9
+    pipelines with the same curves: ...)'; nothing for a pipeline alone."""
+    if pd.isna(count) or not int(count):
+        return ""
+    plural = "s" if int(count) > 1 else ""
+    what = f": {differ}" if isinstance(differ, str) and differ else ""
+    return f" (and {int(count)} {f'pipeline{plural} with {alike}' if alike else f'tying pipeline{plural}'}{what})"
+
+
+def winner_ties(results: StudyResults) -> dict[str, Any]:
+    """The tie columns of the overall winner (the first row of `runner_ups` on the objective):
+    the pipelines with its value on every question it is selected and scored on."""
+    selection, evaluation = results.sides()
+    return ties(results, alike(results.values("objective"), ranking(results), selection | evaluation)[0])
 
 
 def _judged_on(results: StudyResults) -> str:
@@ -174,7 +235,8 @@ def winners(results: StudyResults, metric: str = "objective", settings: Settings
             min_questions: int = 1) -> pd.DataFrame:
     """The best pipeline of every domain (and of ALL): selected on the domain's selection
     questions, scored with an interval on its evaluation questions, and its margin over the
-    runner-up there (a paired test, Holm-corrected across the domains)."""
+    runner-up there, the best pipeline that does not score alike on the domain's questions (a
+    paired test, Holm-corrected across the domains); with the tie columns of its pipelines."""
     settings = settings or Settings()
     values = results.values(metric)
     selection, evaluation = results.sides()
@@ -184,12 +246,14 @@ def winners(results: StudyResults, metric: str = "objective", settings: Settings
         chosen_on, scored_on = selection & mask, evaluation & mask
         if not chosen_on.any() or not scored_on.any():
             continue
-        order = _ranked(results, candidates, values[chosen_on][:, candidates].mean(axis=0))
-        best, runner = order[0], order[1] if len(order) > 1 else None
+        groups = alike(values, _ranked(results, candidates, values[chosen_on][:, candidates].mean(axis=0)),
+                       chosen_on | scored_on)
+        best, runner = groups[0][0], groups[1][0] if len(groups) > 1 else None
         score, low, high = _scored(values[scored_on, best], settings)
         row = {"domain": domain, "questions": int(chosen_on.sum()), "enough": int(chosen_on.sum()) >= min_questions,
                "judged_on": _judged_on(results),
                "trial": int(results.trials["trial"].iloc[best]), "pipeline": results.trials["pipeline"].iloc[best],
+               **ties(results, groups[0]),
                "selected": float(values[chosen_on, best].mean()), "score": score, "low": low, "high": high,
                "scored_on": int(scored_on.sum())}
         if runner is not None:
@@ -207,22 +271,24 @@ def winners(results: StudyResults, metric: str = "objective", settings: Settings
 
 def runner_ups(results: StudyResults, metric: str = "objective", top: int = 10,
                settings: Settings | None = None) -> pd.DataFrame:
-    """The overall winner against the next `top` distinct pipelines (by selection score): each
-    one's score and interval on the evaluation questions, the paired difference from the
-    winner with its interval, and the Holm-corrected p-value of the difference."""
+    """The overall winner against the next `top` pipelines that score differently (by selection
+    score): each one's score and interval on the evaluation questions, the paired difference
+    from the winner with its interval, and the Holm-corrected p-value of the difference. A row
+    stands for every pipeline with the same values on the selection and evaluation questions
+    (its tie columns name them), so no runner-up is a twin of the winner or of another row."""
     settings = settings or Settings()
     values = results.values(metric)
     selection, evaluation = results.sides()
-    candidates = distinct(results)
     if top < 1:
         raise StudyError(f"--top must be at least 1; got {top}")
-    order = _ranked(results, candidates, values[selection][:, candidates].mean(axis=0))[: top + 1]
-    best = order[0]
+    groups = alike(values, ranking(results, metric), selection | evaluation)[: top + 1]
+    best = groups[0][0]
     rows = []
-    for position in order:
+    for group in groups:
+        position = group[0]
         score, low, high = _scored(values[evaluation, position], settings)
         row = {"trial": int(results.trials["trial"].iloc[position]), "judged_on": _judged_on(results),
-               "pipeline": results.trials["pipeline"].iloc[position],
+               "pipeline": results.trials["pipeline"].iloc[position], **ties(results, group),
                "selected": float(values[selection, position].mean()), "score": score, "low": low, "high": high}
         if position != best:
             test = _tested(values[evaluation, best], values[evaluation, position], settings)

@@ -3,6 +3,10 @@ what produced it (model revisions or content hashes, tokenizer and library versi
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +42,54 @@ class Exported:
         return settings if self.device is None else {**settings, "device": self.device}
 
 
-def write_best(path: Path, exported: Exported, evaluation: dict[str, Any], provenance: dict[str, Any]) -> None:
+def write_best(path: Path, exported: Exported, evaluation: dict[str, Any], provenance: dict[str, Any],
+               corpus: str | Path | None = None) -> None:
     """Write the pipeline and its search settings and, for the reader, how it scored and what
-    produced it (not needed to load it)."""
+    produced it (not needed to load it), under a header that describes the pipeline and says how
+    to run it on `corpus`, the corpus the study searched. The pipeline keeps every digit of its
+    values (a rounded k1 or b would change every BM25 score, and so the ranking); what is only
+    read is rounded to the digits it has: the scores to 6 significant digits, times to 3."""
     document = {"ragopt_pipeline": SCHEMA_VERSION, "pipeline": exported.spec.model_dump(mode="json"),
-                "engine": exported.engine(),
-                "evaluation": evaluation, "provenance": provenance}
-    header = ("# The best pipeline found by ragopt. Run it with:\n"
-              "#   ragopt query best.yaml --corpus corpus.parquet \"question\"\n"
-              "#   ragopt.load_pipeline(\"best.yaml\", \"corpus.parquet\").retrieve(\"question\")\n")
-    write_text(path, header + yaml.safe_dump(document, allow_unicode=True, sort_keys=False))
+                "engine": exported.engine(), "evaluation": _readable(evaluation), "provenance": provenance}
+    write_text(path, _header(path, exported.spec, evaluation, corpus)
+               + yaml.safe_dump(document, allow_unicode=True, sort_keys=False))
+
+
+def _header(path: Path, spec: PipelineSpec, evaluation: dict[str, Any], corpus: str | Path | None) -> str:
+    """best.yaml's comment: the pipeline in words and the commands that run it from its folder."""
+    trial = f" (trial {evaluation['trial']})" if "trial" in evaluation else ""
+    domain = f" for the {evaluation['domain']} questions" if "domain" in evaluation else ""
+    known = corpus is not None and not str(corpus).startswith("<")  # not a corpus held in memory ("<memory>")
+    shown = _beside(path, corpus) if known else "CORPUS"
+    where = "on the corpus the study searched" if known else "on your corpus file (CORPUS)"
+    return (f"# The best pipeline found by ragopt{domain}: {spec.describe()}{trial}.\n"
+            f"# Run it from this folder {where}:\n"
+            f"#   ragopt query {shlex.quote(path.name)} --corpus {shlex.quote(shown)} \"question\"\n"
+            f"#   ragopt.load_pipeline({json.dumps(path.name, ensure_ascii=False)}, "
+            f"{json.dumps(shown, ensure_ascii=False)}).retrieve(\"question\")\n")
+
+
+def _beside(path: Path, corpus: str | Path) -> str:
+    """`corpus` as seen from `path`'s folder: relative when the two share a folder below the
+    root (an output folder next to the data), else in full."""
+    target, folder = Path(os.path.abspath(corpus)), Path(os.path.abspath(path.parent))
+    try:
+        shared = Path(os.path.commonpath([target, folder]))
+    except ValueError:  # another drive
+        return target.as_posix()
+    return Path(os.path.relpath(target, folder)).as_posix() if shared.parent != shared else target.as_posix()
+
+
+def _readable(value: Any, key: str = "") -> Any:
+    """The evaluation's numbers to the digits they have: times (keys with 'seconds') to 3
+    significant digits, scores to 6."""
+    if isinstance(value, dict):
+        return {k: _readable(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_readable(v, key) for v in value]
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{3 if 'seconds' in key else 6}g}")
+    return value
 
 
 def read_best(path: str | Path) -> PipelineSpec:

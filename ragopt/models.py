@@ -18,7 +18,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Iterable, Literal, TypeVar
 
 from ragopt.errors import ModelError
 
@@ -137,18 +137,86 @@ def _require_hub_id(name: str) -> None:
                          "file), or give a hub id such as BAAI/bge-m3.") from None
 
 
-def _cached_snapshot(repo_id: str, revision: str | None, why: str) -> str:
-    """The snapshot already in the local Hugging Face cache, when the hub cannot be asked."""
-    from huggingface_hub import constants, snapshot_download
+def cached_snapshot(repo_id: str, revision: str | None = None) -> str | None:
+    """The folder of a hub model's snapshot in the local Hugging Face cache, found without asking
+    the hub; None when it is not there."""
+    from huggingface_hub import snapshot_download
 
     try:
         return snapshot_download(repo_id, revision=revision, ignore_patterns=FOREIGN_FORMATS, local_files_only=True)
     except Exception:
+        return None
+
+
+def _cached_snapshot(repo_id: str, revision: str | None, why: str) -> str:
+    """The snapshot already in the local Hugging Face cache, when the hub cannot be asked."""
+    from huggingface_hub import constants
+
+    folder = cached_snapshot(repo_id, revision)
+    if folder is None:
         raise ModelError(f"model {repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
                          f"cannot be downloaded now ({why}). Download it beforehand where there is network "
                          f"(`hf download {repo_id}`, into this cache or one HF_HOME points to), give its files as "
-                         "a local folder (relative to the config file, or absolute), or check the id's spelling."
-                         ) from None
+                         "a local folder (relative to the config file, or absolute), or check the id's spelling.")
+    return folder
+
+
+def unavailable(names: Iterable[str]) -> list[str]:
+    """Why each model of `names` cannot be loaded on this machine now, with the command that
+    fixes it, found in one pass without downloading: a pkg: or local folder that does not exist,
+    a hub id neither in the local Hugging Face cache nor (unless HF_HUB_OFFLINE is set) on the
+    hub. The hub is asked about every uncached id at once: HUB_TIMEOUT seconds at most in all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = list(dict.fromkeys(names))
+    if not names:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(names), 16), thread_name_prefix="ragopt-check") as pool:
+        return [problem for problem in pool.map(_unavailable, names) if problem is not None]
+
+
+def require_available(names: Iterable[str]) -> None:
+    """Stop before anything loads, naming every model of `names` that cannot be loaded here."""
+    from huggingface_hub import constants
+
+    names = list(dict.fromkeys(names))
+    problems = unavailable(names)
+    if problems:
+        raise ModelError(f"{len(problems)} {'model' if len(problems) == 1 else 'models'} of {len(names)} cannot be "
+                         "loaded on this machine:\n" + "".join(f"  - {problem}\n" for problem in problems)
+                         + f"Download hub models where there is network, into the Hugging Face cache "
+                         f"{constants.HF_HUB_CACHE} (or the one HF_HOME points to); or give a local folder (relative "
+                         "to the config file, or absolute) or pkg:<package>/<folder>.")
+
+
+def _unavailable(name: str) -> str | None:
+    """Why the model `name` cannot be loaded here and what to do, or None when it can (a hub id
+    the hub has is downloaded when it first loads)."""
+    try:
+        if local_folder(name) is not None:
+            return None
+        _require_hub_id(name)
+    except ModelError as error:
+        return str(error)
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if cached_snapshot(name) is not None:
+        return None
+    fetch = f"hf download {name}"
+    if constants.HF_HUB_OFFLINE:
+        return f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: {fetch}"
+    try:
+        _model_info(name, None)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        return (f"model {name!r} is not a model on the Hugging Face hub that this machine may read "
+                f"({type(error).__name__}): check the id's spelling (org/name); a private or gated model needs "
+                f"`hf auth login`, then: {fetch}")
+    except Exception as error:
+        reason = " ".join(str(error).split())
+        return (f"model {name!r} is not in the local Hugging Face cache and the hub could not be asked "
+                f"({type(error).__name__}: {reason}); where there is network: {fetch}")
+    return None
 
 
 def _downloaded_snapshot(repo_id: str, info: Any) -> str:

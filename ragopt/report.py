@@ -22,6 +22,7 @@ from plotly.subplots import make_subplots
 
 from ragopt.compare import described
 from ragopt.files import write_text
+from ragopt.selection import TIE_RULE
 
 
 @dataclass
@@ -103,11 +104,15 @@ def render(data: ReportData) -> str:
          "(Holm-corrected).",
          _matrix_figure(data)),
         ("curves", "Metrics at every k of the top pipelines",
-         f"Mean over the questions with {data.confidence:.0%} bootstrap intervals as error bars; one panel per metric.",
+         f"Mean over the questions with {data.confidence:.0%} bootstrap intervals as error bars; one panel per metric. "
+         "Pipelines with the same value of every metric on every question are one curve, named for them all.",
          _curves_figure(data.curves)),
         ("pareto", "Quality vs latency",
-         "Every trial; the red staircase is the Pareto front: no other trial is both faster and better.",
-         _pareto_figure(data.pareto)),
+         "Every trial; the red staircase is the Pareto front: no other trial is both faster and better. The star "
+         "is the exported winner. Of pipelines of exactly equal quality the winner is the cheapest by a fixed rule "
+         f"({TIE_RULE}), not the one that happened to measure faster (unless the study optimized latency too), so "
+         "it can sit just beside the front.",
+         _pareto_figure(data.pareto, data.best_trial)),
         ("history", "Optimization history",
          "The objective of each trial in the order Optuna ran them, and the best so far.",
          _history_figure(data.study)),
@@ -239,7 +244,7 @@ def _curves_figure(curves: pd.DataFrame) -> go.Figure | str:
     ks = [str(k) for k in sorted(curves["k"].unique())]
     colours = qualitative.Plotly
     for index, (trial, lines) in enumerate(curves.groupby("trial", sort=False)):
-        name = f"#{trial} {_label(lines['pipeline'].iloc[0], 90)}"
+        name = f"#{trial} {_label(lines['pipeline'].iloc[0], 160)}"
         for position, metric in enumerate(metrics):
             line = lines[lines["metric"] == metric].sort_values("k")
             figure.add_scatter(
@@ -256,8 +261,9 @@ def _curves_figure(curves: pd.DataFrame) -> go.Figure | str:
     return figure
 
 
-def _pareto_figure(pareto: pd.DataFrame) -> go.Figure | str:
-    """Quality vs milliseconds per query of every trial, the Pareto front as a connected staircase."""
+def _pareto_figure(pareto: pd.DataFrame, best_trial: Optional[int] = None) -> go.Figure | str:
+    """Quality vs milliseconds per query of every trial, the Pareto front as a connected staircase,
+    the exported winner as a star of its own (in the legend too)."""
     if pareto.empty:
         return "No trial has a measured latency."
     table = pareto.assign(ms=pareto["seconds_per_query"] * 1000,
@@ -273,6 +279,12 @@ def _pareto_figure(pareto: pd.DataFrame) -> go.Figure | str:
                        line={"color": "#d62728", "shape": "hv", "width": 2}, marker={"color": "#d62728", "size": 10},
                        text=[f"#{t}" for t in front["trial"]], textposition="top left", customdata=front["hover"],
                        hovertemplate=template)
+    winner = table[table["trial"] == best_trial]
+    if len(winner):
+        figure.add_scatter(x=winner["ms"], y=winner["quality"], mode="markers", name=f"exported winner (trial "
+                           f"{best_trial})", marker={"symbol": "star", "color": "#2ca02c", "size": 18,
+                                                     "line": {"color": "#1a1a1a", "width": 1}},
+                           customdata=winner["hover"], hovertemplate="exported winner: " + template)
     low, high = table["ms"].min(), table["ms"].max()
     if low > 0 and high / low > 20:  # a log axis labelled 1, 2, 5, 10, ... instead of every digit
         ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)

@@ -12,30 +12,38 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ragopt.compare import By, Settings, StudyResults, choice_matrix, distinct
+from ragopt.compare import By, Settings, StudyResults, choice_matrix, ranking, tie_note, ties, winner_ties
 from ragopt.errors import StudyError
+from ragopt.labels import objective_text
 from ragopt.report import ReportData, write_report
+from ragopt.selection import fingerprint, tie_groups
 from ragopt.stats import bootstrap_ci
 
 TOP_CURVES = 5
-"""Distinct pipelines whose metric-vs-k curves are drawn."""
+"""Pipelines with different curves whose metric-vs-k curves are drawn."""
 
 
 def curves(results: StudyResults, top: int, settings: Settings) -> pd.DataFrame:
-    """Every metric at every k of the `top` distinct pipelines (by selection value), with
-    intervals, on the evaluation questions."""
+    """Every metric at every k, with intervals on the evaluation questions, of the `top` best
+    pipelines (by selection value, ranked as the study ranks its winner) whose curves differ: the
+    pipelines with the same values of every metric on every evaluation question are one curve,
+    named for them all."""
     trials = results.trials
     _, evaluation = results.sides()
-    ranked = trials.iloc[distinct(results)].sort_values(["value", "trial"], ascending=[False, True])
     columns = [c for c in results.per_question.columns if "@" in c]
+    frames = results.per_question.groupby("trial", sort=False)
+    keys = {trial: fingerprint(frame[columns].to_numpy(np.float64)[evaluation]) for trial, frame in frames}
+    number = trials["trial"].to_numpy()
     rows = []
-    for row in ranked.head(top).itertuples():
-        frame = results.per_question[results.per_question["trial"] == row.trial]
-        values = frame[columns].to_numpy(np.float64)[evaluation]
+    for group in tie_groups(ranking(results), lambda position: keys[number[position]])[:top]:
+        row = trials.iloc[group[0]]
+        tied = ties(results, group)
+        name = row["pipeline"] + tie_note(tied["ties"], tied["ties_differ"], "the same curves")
+        values = frames.get_group(row["trial"])[columns].to_numpy(np.float64)[evaluation]
         means, lows, highs = bootstrap_ci(values, confidence=settings.confidence, seed=settings.seed)
         for column, mean, low, high in zip(columns, means, lows, highs):
             metric, k = column.split("@")
-            rows.append({"trial": row.trial, "pipeline": row.pipeline, "metric": metric, "k": int(k),
+            rows.append({"trial": int(row["trial"]), "pipeline": name, "metric": metric, "k": int(k),
                          "mean": float(mean), "low": float(low), "high": float(high)})
     return pd.DataFrame(rows)
 
@@ -59,10 +67,12 @@ def _facts(results: StudyResults, best: dict[str, Any]) -> list[tuple[str, str]]
     """The few numbers a reader needs first."""
     manifest, questions = results.manifest, results.questions
     evaluation = best.get("evaluation", {})
+    tied = winner_ties(results)
     facts = [("questions", f"{len(questions)}" + (f" in {questions['domain'].nunique()} domains"
                                                     if "domain" in questions else "")),
-             ("trials", str(len(results.trials))), ("objective", str(manifest["objective"])),
-             ("winner", f"trial {evaluation.get('trial')}: {best['pipeline_text']}")]
+             ("trials", str(len(results.trials))), ("objective", objective_text(manifest["objective"])),
+             ("winner", f"trial {evaluation.get('trial')}: {best['pipeline_text']}"
+                        + tie_note(tied["ties"], tied["ties_differ"]))]
     if "interval" in evaluation:
         low, high = evaluation["interval"]
         facts.append((f"value on {evaluation['questions']} selection questions",

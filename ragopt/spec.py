@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ragopt.labels import model_label
 from ragopt.params import StrictModel
 from ragopt.rerankers import _base as rerankers
 from ragopt.retrievers import _base as retrievers
@@ -30,12 +31,13 @@ class PipelineSpec(StrictModel):
 
     def choices(self) -> dict[str, str]:
         """What this pipeline chose, by kind, for comparing choices across trials: the retriever
-        (its type, a hybrid's parts), the models, the tokenizers and the reranker's model."""
+        (its type, a hybrid's parts), the models, the tokenizers and the reranker's model, each
+        model by the name people know it by (ragopt.labels.model_label)."""
         parts = self.retriever.components() or [self.retriever]
         kinds = [p.kind() for p in parts]
         return {
             "retriever": f"{self.retriever.type}({'+'.join(kinds)})" if self.retriever.components() else kinds[0],
-            "model": " + ".join(" + ".join(p.models()) or p.type for p in parts),
+            "model": " + ".join(" + ".join(map(model_label, p.models())) or p.type for p in parts),
             "tokenizer": " + ".join(t.label for t in self.retriever.tokenizers()) or "none",
-            "reranker": self.reranker.model if self.reranker is not None else "none",
+            "reranker": model_label(self.reranker.model) if self.reranker is not None else "none",
         }

@@ -37,11 +37,11 @@ from ragopt.evaluation import Evaluator
 from ragopt.compare import ALL, Settings, StudyResults, winners
 from ragopt.export import Exported, write_best
 from ragopt.files import atomic_write, safe_name, write_text
-from ragopt.models import device_type
+from ragopt.models import device_type, require_available
 from ragopt.provenance import library_versions
 from ragopt.records import RECORD, TrialRecord, finished, per_question_table, trials_table
 from ragopt.runs import RUNS, RankingStore, write_best_run, write_index
-from ragopt.selection import FoldSelection, best_index, feasible, kfold_selection, pareto_front
+from ragopt.selection import FoldSelection, best_index, cost_ranks, feasible, kfold_selection, pareto_front
 from ragopt.space import enumerate_space, optuna_chooser, small_space, suggest_pipeline
 from ragopt.spec import PipelineSpec
 from ragopt.splits import study_splits
@@ -310,15 +310,20 @@ def optimize(config_path: str | Path, output: str | Path | None = None, n_trials
     process, which writes the outputs)."""
     config_path = Path(config_path)
     config, _ = load_config(config_path)
+    if n_trials is not None and n_trials < 1:
+        raise StudyError(f"n_trials (--n-trials) must be at least 1; got {n_trials}: leave it out to run the "
+                         f"config's study.n_trials ({config.study.n_trials} trials)")
     if workers < 1:
         raise StudyError(f"--workers must be at least 1; got {workers}")
+    qa, corpus = load_dataset(**config.data.model_dump())  # the data, then every model, checked before any file
+    require_available(config.models())
     output = Path(output) if output is not None else default_output(config_path)
     output.mkdir(parents=True, exist_ok=True)
     shared = storage or config.study.storage or (f"sqlite:///{output.resolve() / 'study.db'}" if workers > 1 else None)
     config = config.model_copy(update={"study": config.study.model_copy(update={
         "per_domain": per_domain or config.study.per_domain, "storage": shared})})
     with _only_run(output, storage or config.study.storage):
-        return _optimize(config, config_path, output, n_trials, fresh, progress, workers, write)
+        return _optimize(config, config_path, output, qa, corpus, n_trials, fresh, progress, workers, write)
 
 
 STORAGE_VARIABLE = "RAGOPT_STORAGE"
@@ -381,9 +386,8 @@ def _clear_outputs(output: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | None, fresh: bool,
-              progress: bool, workers: int, write: bool) -> Outcome | None:
-    qa, corpus = load_dataset(**config.data.model_dump())
+def _optimize(config: Config, config_path: Path, output: Path, qa: QASet, corpus: Corpus, n_trials: int | None,
+              fresh: bool, progress: bool, workers: int, write: bool) -> Outcome | None:
     for line in corpus_warnings(config_path, config, len(corpus)):
         warnings.warn(line, UserWarning, stacklevel=2)
     if fresh:
@@ -409,7 +413,7 @@ def _optimize(config: Config, config_path: Path, output: Path, n_trials: int | N
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
         _fail_orphans(study)
-    total = n_trials or config.study.n_trials
+    total = config.study.n_trials if n_trials is None else n_trials
     pipelines = _grid(config, total)
     grid = pipelines is not None
     if pipelines is not None and (created or workers > 1):  # one process queues a grid
@@ -523,7 +527,8 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     per_question = per_question_table(trials, values, objectives, qa, held, folds)
     budget = config.study.latency_budget
     quality, latency = table["value"].to_numpy(), table["seconds_per_query"].to_numpy()
-    front = pareto_front(quality, latency, budget)
+    table["cost_rank"] = cost = cost_ranks([record.pipeline for _, record in trials])  # the tie rule's order
+    front = pareto_front(quality, latency, budget, cost)
     table["pareto"] = front
     if budget is not None:
         table["feasible"] = feasible(latency, budget)
@@ -537,14 +542,14 @@ def _write_outputs(study: optuna.Study, config: Config, config_path: Path, outpu
     atomic_write(output / "per_question.parquet", lambda tmp: per_question.to_parquet(tmp, index=False))
     write_index(output, qa.qids, corpus.doc_ids, {t.number: record.ranking for t, record in trials})
     by_speed = config.study.latency == "pareto"
-    best = best_index(quality, latency, budget, by_speed)  # raises (after the tables) when no trial is within budget
+    best = best_index(quality, latency, budget, by_speed, cost)  # raises (after the tables) when none is in budget
     manifest["best_trial"] = int(table["trial"][best])
     write_text(output / "study.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     write_best_run(output, manifest["best_trial"])
     results = StudyResults(table, per_question, manifest)
 
     objective = np.stack(objectives, axis=1)
-    cv = kfold_selection(objective, folds, latency, budget, by_speed) if folds is not None else None
+    cv = kfold_selection(objective, folds, latency, budget, by_speed, cost) if folds is not None else None
     scoring = _scoring(results, best, objective, cv, settings)
     _export(output / "best.yaml", trials[best], config, engine, scoring, _at_k(values[best], ~held, held))
     if config.study.per_domain:
@@ -620,7 +625,7 @@ def _export(path: Path, trial: tuple[optuna.trial.FrozenTrial, TrialRecord], con
         "trial": frozen.number, "objective": dict(config.optimize), **evaluation, "metrics_at_k": at_k},
         {**engine.provenance(spec.retriever.models() + ([spec.reranker.model] if spec.reranker else []),
                              spec.retriever.tokenizers()),
-         "libraries": library_versions()})
+         "libraries": library_versions()}, corpus=engine.corpus.source)
 
 
 def _export_domains(folder: Path, results: StudyResults, trials: list[tuple[Any, TrialRecord]],

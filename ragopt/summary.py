@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ragopt.compare import By, Settings, StudyResults, choice_matrix, described, runner_ups, winners
+from ragopt.compare import (By, Settings, StudyResults, choice_matrix, described, runner_ups, tie_note, winner_ties,
+                            winners)
 from ragopt.data import Corpus, QASet
 from ragopt.files import atomic_write, write_text
-from ragopt.selection import FoldSelection
+from ragopt.labels import objective_text
+from ragopt.selection import TIE_RULE, FoldSelection
 from ragopt.stats import bootstrap_ci
 
 
@@ -58,14 +60,26 @@ def metric_grid(values: dict[str, np.ndarray], names: list[str], ks: list[int], 
     return table(["metric", *(f"@{k}" for k in ks)], [[n, *(cells[f"{n}@{k}"] for k in ks)] for n in names])
 
 
+TIES = ("A row stands for every pipeline with the same value on each question it is selected and scored on: "
+        "'(and 9 tying pipelines: k1 1.16–1.99)' says how they differ, and the row shows the one the tie rule "
+        f"picks ({TIE_RULE}).")
+"""How the tables' tie rows read, for the pages that show them."""
+
+
+def pipeline_cell(row: Any) -> str:
+    """A table row's pipeline in backticks, with the pipelines that score alike when it has any."""
+    return f"`{row.pipeline}`" + tie_note(getattr(row, "ties", 0), getattr(row, "ties_differ", ""))
+
+
 def winners_markdown(frame: pd.DataFrame) -> str:
-    """The best pipeline per domain, its interval and its margin over the runner-up."""
+    """The best pipeline per domain, its interval and its margin over the runner-up (the best
+    pipeline that scores differently)."""
     rows = []
     for r in frame.itertuples():
         margin = difference(getattr(r, "margin", np.nan), getattr(r, "margin_low", np.nan),
                             getattr(r, "margin_high", np.nan))
         rows.append([str(r.domain), f"{r.questions} / {r.scored_on}" + ("" if r.enough else " (few)"), str(r.trial),
-                     f"`{r.pipeline}`", f"{r.selected:.4f}", interval(r.score, r.low, r.high), margin,
+                     pipeline_cell(r), f"{r.selected:.4f}", interval(r.score, r.low, r.high), margin,
                      verdict(getattr(r, "significant", False), getattr(r, "p_holm", np.nan))])
     return table(["domain", "questions (selection / scored)", "trial", "pipeline", "selected on", "scored",
                   "margin over runner-up", "significant"], rows)
@@ -77,7 +91,7 @@ def runner_ups_markdown(frame: pd.DataFrame) -> str:
     for r in frame.itertuples():
         spread = difference(getattr(r, "difference", np.nan), getattr(r, "difference_low", np.nan),
                             getattr(r, "difference_high", np.nan))
-        rows.append([str(r.trial), f"`{r.pipeline}`", f"{r.selected:.4f}", interval(r.score, r.low, r.high),
+        rows.append([str(r.trial), pipeline_cell(r), f"{r.selected:.4f}", interval(r.score, r.low, r.high),
                      spread, verdict(getattr(r, "significant", False), getattr(r, "p_holm", np.nan))])
     return table(["trial", "pipeline", "selected on", "scored", "winner minus this", "winner significantly better"],
                  rows)
@@ -89,6 +103,15 @@ def matrix_markdown(frame: pd.DataFrame) -> str:
     cells = matrix_cells(frame)
     choices = sorted(set(frame["choice"]))
     return table(["choice", *domains], [[f"`{c}`", *(cells.get((c, d), "") for d in domains)] for c in choices])
+
+
+def _twins(tied: dict[str, Any]) -> list[str]:
+    """The line saying which other pipelines score exactly as the winner does, if any."""
+    if not tied["ties"]:
+        return []
+    others = "1 other pipeline scores" if tied["ties"] == 1 else f"{tied['ties']} other pipelines score"
+    differ = f" (differing in {tied['ties_differ']})" if tied["ties_differ"] else ""
+    return [f"{others} the same on every question{differ}; the tie rule picked this one: {TIE_RULE}.\n"]
 
 
 def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results: StudyResults, best: int,
@@ -105,10 +128,11 @@ def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results:
     lines = [
         f"# ragopt: {title}\n",
         f"{len(qa)} questions ({qa.source}), {len(corpus)} passages ({corpus.source}); {len(trials)} trials; "
-        f"objective {manifest['objective']} (weighted mean, higher is better). Intervals are {level} seeded "
+        f"objective: {objective_text(manifest['objective'])} (higher is better). Intervals are {level} seeded "
         f"bootstrap intervals over questions; differences are paired permutation tests, Holm-corrected.\n",
         f"## Best pipeline (trial {int(row['trial'])})\n",
         f"`{row['pipeline']}`\n",
+        *_twins(winner_ties(results)),
         f"- selected on {scoring['questions']} questions: value "
         + interval(scoring["value"], *scoring["interval"]),
     ]
@@ -141,14 +165,15 @@ def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results:
     top = runner_ups(results, "objective", 5, settings)
     lines.append(f"## The winner against the runners-up\n\nSelected on the selection questions, scored on {scored_on}; "
                  "'winner significantly better' says whether the difference is real at the "
-                 f"{level} level after Holm's correction for the {len(top) - 1} comparisons.\n\n"
+                 f"{level} level after Holm's correction for the {len(top) - 1} comparisons. {TIES}\n\n"
                  + runner_ups_markdown(top))
     if results.groups().keys() - {"(all)"}:
         domains = winners(results, "objective", settings, int(manifest["min_domain_questions"]))
         lines.append("## The best pipeline of each domain\n\nEach domain's winner is chosen on its own selection "
                      f"questions and scored on {scored_on}; '(few)' marks domains with fewer than "
                      f"{manifest['min_domain_questions']} selection questions, too few for a per-domain winner to "
-                     "mean much. `ragopt compare` compares model, tokenizer, retriever and reranker choices per "
+                     "mean much. The runner-up is the best pipeline that scores differently on the domain. "
+                     "`ragopt compare` compares model, tokenizer, retriever and reranker choices per "
                      "domain.\n\n" + winners_markdown(domains))
     if failures:
         lines.append(f"## Failed trials\n\n{len(failures)} trials failed and were left out; the study went on.\n\n"
@@ -160,6 +185,12 @@ def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results:
                  f"encoding included), median later trial {seconds['median'] * 1000:.1f} ms, whole run "
                  f"{seconds['total']:.1f} s.\n")
     write_text(path, "\n".join(lines))
+
+
+def _measured(metric: str, results: StudyResults) -> str:
+    """What a comparison page compares, in words: 'ndcg@10', or the objective and what it is."""
+    weights = results.manifest.get("objective")
+    return metric if metric != "objective" or not weights else f"The objective, {objective_text(weights)}"
 
 
 def write_comparison(output: Path, results: StudyResults, metric: str, by: By, top: int,
@@ -174,8 +205,8 @@ def write_comparison(output: Path, results: StudyResults, metric: str, by: By, t
         atomic_write(folder / f"{name}.{metric}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
     scored_on = "the held-out questions" if results.has_holdout else "the selection questions (which flatters winners)"
     page = [f"# ragopt compare: {metric}, by {by}\n",
-            f"Chosen on the selection questions, scored on {scored_on}; {settings.confidence:.0%} bootstrap intervals; "
-            "paired permutation tests, Holm-corrected.\n",
+            f"{_measured(metric, results)}: chosen on the selection questions, scored on {scored_on}; "
+            f"{settings.confidence:.0%} bootstrap intervals; paired permutation tests, Holm-corrected. {TIES}\n",
             "## Best pipeline per domain\n", winners_markdown(tables["winners"]),
             f"## {by} x domain\n\nThe best trial of each {by} in each domain, chosen on the selection questions and "
             f"scored {described(tables[f'matrix-{by}'])}: ★ the domain's best, = not significantly worse than it.\n",

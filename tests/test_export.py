@@ -237,3 +237,35 @@ def test_serving_on_another_device_type_than_the_trial_warns(tmp_path):
     with pytest.warns(UserWarning, match="was tuned on cuda and runs on cpu here"):
         pipeline = load_pipeline(best, KO_MINI / "corpus.jsonl", device="cpu")
     assert [hit.rank for hit in pipeline.retrieve("예금자 보호")[0]] == [1]  # the one passage with either word
+
+
+BM25_SPEC = {"retriever": {"type": "bm25", "tokenizer": {"type": "kiwi"}, "method": "robertson",
+                           "k1": 1.6591549219979842, "b": 0.8100069383385798}, "top_k": 1}
+
+
+def header(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+
+
+def test_the_header_says_how_to_run_it_on_the_corpus_the_study_searched(tmp_path):
+    spec = PipelineSpec.model_validate(BM25_SPEC)
+    corpus = tmp_path / "ko mini" / "corpus.jsonl"
+    path = tmp_path / "study-output" / "best.yaml"
+    evaluation = {"trial": 33, "value": 0.881944, "seconds_per_query": 0.0002866118124984496,
+                  "metrics_at_k": {"selection": {"f1@1": 0.8680555555555556}}}
+    write_best(path, Exported(spec), evaluation, {}, corpus=corpus)
+    assert header(path) == [
+        "# The best pipeline found by ragopt: bm25[kiwi,robertson,k1=1.66,b=0.81] k=1 (trial 33).",
+        "# Run it from this folder on the corpus the study searched:",
+        "#   ragopt query best.yaml --corpus '../ko mini/corpus.jsonl' \"question\"",
+        "#   ragopt.load_pipeline(\"best.yaml\", \"../ko mini/corpus.jsonl\").retrieve(\"question\")"]
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # the pipeline keeps every digit: a rounded k1 or b would change every BM25 score
+    assert document["pipeline"]["retriever"]["k1"] == 1.6591549219979842
+    assert document["evaluation"]["seconds_per_query"] == 0.000287  # measured to about 3 digits
+    assert document["evaluation"]["metrics_at_k"]["selection"]["f1@1"] == 0.868056
+    assert read_best(path) == spec
+    elsewhere = Path("/nowhere-else-at-all/corpus.parquet")  # no folder in common but the root: named in full
+    write_best(tmp_path / "per_domain" / "law.yaml", Exported(spec), {"trial": 2}, {}, corpus=elsewhere)
+    assert header(tmp_path / "per_domain" / "law.yaml")[2] == (
+        f'#   ragopt query law.yaml --corpus {elsewhere.as_posix()} "question"')

@@ -45,6 +45,13 @@ def config(folder: Path, tiny_bert: Path, study: str) -> Path:
     return write_config(folder / "space.yaml", SPACE.replace("@TINY_BERT@", str(tiny_bert)).replace("@STUDY@", study))
 
 
+def chosen(means: pd.Series, cost_rank: pd.Series) -> int:
+    """The trial the tie rule picks from `means` (indexed by trial): the highest mean, among equal
+    means the cheapest pipeline (lowest cost_rank), then the earliest trial."""
+    frame = pd.DataFrame({"mean": means.round(9), "cost": cost_rank.loc[means.index]}).sort_index()
+    return int(frame.sort_values(["mean", "cost"], ascending=[False, True], kind="stable").index[0])
+
+
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory, tiny_bert):
     path = config(tmp_path_factory.mktemp("holdout"), tiny_bert,
@@ -96,8 +103,8 @@ def test_kfold_selection_by_hand(held_out):
     scores = []
     for fold in range(3):
         train = (folds != HOLDOUT) & (folds != fold)
-        pick = int(np.argmax(wide[train].mean().to_numpy()))
-        scores.append((wide[folds == fold].iloc[:, pick].mean(), (folds == fold).sum()))
+        pick = chosen(wide[train].mean(), trials.set_index("trial")["cost_rank"])
+        scores.append((wide.loc[folds == fold, pick].mean(), (folds == fold).sum()))
     expected = sum(s * n for s, n in scores) / sum(n for _, n in scores)
     evaluation = yaml.safe_load((held_out.output / "best.yaml").read_text())["evaluation"]
     assert evaluation["folds"]["k"] == 3 and sorted(set(folds.tolist())) == [HOLDOUT, 0, 1, 2]
@@ -117,7 +124,7 @@ def test_one_config_per_domain_chosen_on_its_own_questions(held_out):
         means = rows.groupby("trial")["objective"].mean()
         assert evaluation["domain"] == path.stem and evaluation["questions"] == 8
         assert evaluation["value"] == pytest.approx(means.max(), abs=1e-6)
-        assert evaluation["trial"] == int(means.idxmax())
+        assert evaluation["trial"] == chosen(means, trials.set_index("trial")["cost_rank"])
         k = read_best(path).top_k
         domain = rows[rows["trial"] == evaluation["trial"]]
         assert evaluation["metrics_at_k"]["selection"][f"f1@{k}"] == pytest.approx(domain[f"f1@{k}"].mean(), abs=1e-6)
@@ -152,7 +159,8 @@ def test_latency_pareto_front_is_exported(tmp_path, tiny_bert):
     outcome = optimize(config(tmp_path, tiny_bert, "latency: pareto"), progress=False)
     trials = pd.read_csv(outcome.output / "trials.csv")
     assert (trials["seconds_per_query"] > 0).all()
-    front = pareto_front(trials["value"].to_numpy(), trials["seconds_per_query"].to_numpy())
+    front = pareto_front(trials["value"].to_numpy(), trials["seconds_per_query"].to_numpy(),
+                         cost=trials["cost_rank"].to_numpy())
     assert trials["pareto"].tolist() == front.tolist()
     exported = sorted(p.name for p in (outcome.output / "pareto").glob("*.yaml"))
     assert exported == sorted(f"trial-{t}.yaml" for t in trials.loc[front, "trial"])
@@ -234,12 +242,21 @@ def test_report_command_renders_the_study_with_every_plot_visible(held_out):
     assert len(plots["fig-matrix"]["cells"]) == choices * 5  # (all) and four domains
     assert sum("★" in cell for cell in plots["fig-matrix"]["cells"]) == 5
     assert plots["fig-history"]["points"] == len(matrix)
-    assert plots["fig-pareto"]["points"] == len(matrix)
+    assert plots["fig-pareto"]["points"] == len(matrix) + 1  # and the exported winner's star
+    assert f"exported winner (trial {held_out_winner(held_out)})" in plots["fig-pareto"]["legend"]
+    assert len(plots["fig-curves"]["legend"]) == 5
+    page = path.read_text(encoding="utf-8")
+    assert "<dt>objective</dt><dd>mean of f1 and ndcg at each trial&#x27;s k</dd>" in page
     assert len(verdict["pipelines"]) == len(matrix)
+
+
+def held_out_winner(outcome) -> int:
+    return yaml.safe_load((outcome.output / "best.yaml").read_text())["evaluation"]["trial"]
 
 
 def test_summary_gives_every_metric_per_domain_with_intervals_on_held_out_questions(held_out):
     summary = (held_out.output / "summary.md").read_text()
+    assert "objective: mean of f1 and ndcg at each trial's k (higher is better)" in summary
     section = summary.split("### The winner's scores per domain, at k=")[1].split("##")[0]
     assert "each domain's share of the held-out questions" in section
     rows = [line for line in section.splitlines() if line.startswith("| ") and "[" in line]
@@ -319,3 +336,41 @@ def test_a_failing_pipeline_fails_its_trial_and_the_study_goes_on(tmp_path, tiny
     assert outcome.n_trials + len(outcome.failures) == 12
     summary = (outcome.output / "summary.md").read_text()
     assert f"{len(outcome.failures)} trials failed and were left out" in summary
+
+
+def test_of_pipelines_that_score_alike_the_study_exports_the_cheapest(tmp_path, tiny_bert):
+    """Recall@60 over 60 passages is 1 on every question for each pipeline that retrieves them
+    all: the hybrid, tried first, and the dense retriever it fuses. The study exports the cheaper
+    one (no fusion, one retriever less), not the earlier trial, and compare agrees."""
+    path = write_config(tmp_path / "alike.yaml", f"""
+data: {{qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl", domain_column: domain}}
+retrievers:
+  - {{name: hybrid, type: hybrid, retrievers: [dense, bm25], depth: 60}}
+  - {{name: dense, type: dense, model: "{tiny_bert}"}}
+  - {{name: bm25, type: bm25, tokenizer: whitespace}}
+top_k: [60]
+optimize: {{recall: 1.0}}
+study: {{sampler: grid, latency: off}}
+""")
+    outcome = optimize(path, progress=False)
+    trials = pd.read_csv(outcome.output / "trials.csv").set_index("trial")
+    assert trials.loc[0, "choice.retriever"] == "hybrid(dense+bm25)" and trials.loc[0, "value"] == 1.0
+    assert trials.loc[1, "choice.retriever"] == "dense" and trials.loc[1, "value"] == 1.0
+    assert trials.loc[1, "cost_rank"] < trials.loc[0, "cost_rank"]
+    winner = held_out_winner(outcome)
+    assert winner == chosen(trials["value"], trials["cost_rank"]) != 0
+    results = StudyResults.load(outcome.output)
+    top = runner_ups(results)
+    assert top["trial"].iloc[0] == winner and winners(results)["trial"].iloc[0] == winner
+    assert top["ties"].iloc[0] >= 1 and "0" in top["tied_trials"].iloc[0].split()  # the hybrid is in its row
+
+
+def test_best_yaml_says_how_to_run_it_on_the_corpus_the_study_searched(held_out):
+    best = held_out.output / "best.yaml"
+    header = [line for line in best.read_text().splitlines() if line.startswith("#")]
+    corpus = KO_MINI / "corpus.jsonl"  # in another tree than the temp output folder: named in full
+    assert f'#   ragopt query best.yaml --corpus {corpus} "question"' in header
+    trials = pd.read_csv(held_out.output / "trials.csv").set_index("trial")
+    assert header[0] == (f"# The best pipeline found by ragopt: {trials.loc[held_out_winner(held_out), 'pipeline']} "
+                         f"(trial {held_out_winner(held_out)}).")
+    assert "--corpus corpus.parquet" not in best.read_text()

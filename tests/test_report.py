@@ -24,6 +24,8 @@ N_STUDY = 12
 TOP = 4
 IMPORTANCE = ["bm25.k1", "retriever", "top_k"]
 PIPELINE = "hybrid[rrf](bm25[kiwi,k1={k1:.2f}], dense[<bge-m3-ko>]) & 한국어 k={k}"
+WINNER = 7
+"""The exported winner: a trial of the page's (off the front, as one can be among equal qualities)."""
 
 CHECK = """
 window.errors = [];
@@ -147,7 +149,8 @@ def report_data(study: optuna.Study | None) -> ReportData:
         title="autorag-ko.yaml: 30 trials <한국어>", facts=[("questions", "114 (4 domains: 금융, 법률, 의료, tech)"),
                                                           ("objective", "ndcg@10 & recall@10 <weighted>")],
         trials=trials, matrix=_matrix(rng), matrix_by="retriever", metric="ndcg@10", curves=_curves(trials),
-        pareto=_pareto(trials), study=study, best_yaml="pipeline:\n  retriever: <bm25 & kiwi>  # 한국어\n")
+        pareto=_pareto(trials), study=study, best_yaml="pipeline:\n  retriever: <bm25 & kiwi>  # 한국어\n",
+        best_trial=WINNER)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +194,8 @@ def test_every_plot_is_drawn_and_visible(rendered):
     assert len(curves["legend"]) == TOP and all("한국어" in name and "<bge-m3-ko>" in name for name in curves["legend"])
     pareto = plots["fig-pareto"]
     front = int(_pareto(report_data(None).trials)["front"].sum())
-    assert pareto["points"] == N_TRIALS and pareto["lines"] == 1 and front >= 2
+    assert pareto["points"] == N_TRIALS + 1 and pareto["lines"] == 1 and front >= 2  # the winner twice: its star
+    assert pareto["legend"] == ["other trials", "Pareto front", f"exported winner (trial {WINNER})"]
     assert plots["fig-history"]["points"] == N_STUDY and plots["fig-history"]["lines"] == 1
     assert plots["fig-importance"]["bars"] == 3 and sorted(plots["fig-importance"]["yticks"]) == IMPORTANCE
 
@@ -241,6 +245,28 @@ def test_multi_objective_study_plots_the_first_objective():
     assert list(history.data[-1].y) == list(np.maximum.accumulate(qualities))
     importances = _importance_figure(study)
     assert sorted(importances.data[0].y) == IMPORTANCE
+
+
+def test_curves_draw_pipelines_that_score_alike_once():
+    """Three pipelines with the same values on every question are one curve, named for all three;
+    the next curve is the best pipeline that scores differently."""
+    from ragopt.compare import Settings, StudyResults
+    from ragopt.report_data import curves
+
+    rng = np.random.default_rng(1)
+    alike, second, third = ({f"{m}@{k}": rng.random(12) for m in METRICS for k in KS} for _ in range(3))
+    runs = [alike, alike, second, alike, third]
+    value = [0.8, 0.8, 0.7, 0.8, 0.6]
+    trials = pd.DataFrame({"trial": range(5), "value": value, "pipeline": [f"bm25 #{t}" for t in range(5)],
+                           "param.bm25.k1": [1.2, 1.8, 0.9, 1.5, 1.0], "seconds_per_query": 0.001})
+    per_question = pd.concat([pd.DataFrame({"trial": t, "qid": [f"q{i}" for i in range(12)], "split": "selection",
+                                            "fold": -1, "objective": value[t], **runs[t]}) for t in range(5)])
+    drawn = curves(StudyResults(trials, per_question, {}), 2, Settings(resamples=200))
+    assert drawn["trial"].unique().tolist() == [0, 2]
+    names = drawn.drop_duplicates("trial")["pipeline"].tolist()
+    assert names == ["bm25 #0 (and 2 pipelines with the same curves: k1 1.2–1.8)", "bm25 #2"]
+    mrr = drawn[(drawn["trial"] == 2) & (drawn["metric"] == "mrr") & (drawn["k"] == 3)]
+    assert mrr["mean"].tolist() == [pytest.approx(second["mrr@3"].mean())]
 
 
 def test_import_needs_no_torch():

@@ -273,6 +273,7 @@ def test_a_bad_file_stops_the_command_at_start(tmp_path):
 
 def test_without_fastapi_the_command_says_what_to_install(best, monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)
+    monkeypatch.setattr("importlib.metadata.distributions", lambda name: [])  # installed from PyPI (test_cli: others)
     with pytest.raises(UserError, match=r"pip install 'ragopt\[serve\]'"):
         build(best, CORPUS, None)
     result = runner.invoke(cli_app, ["serve", str(best), "--corpus", str(CORPUS)])

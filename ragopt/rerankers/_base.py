@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, S
 import numpy as np
 from pydantic import BeforeValidator, Field
 
+from ragopt.labels import model_label
 from ragopt.params import Chooser, StrictModel, bounded_ints
 from ragopt.ranking import Ranking
 from ragopt.registry import Registry, tagged_union
@@ -34,7 +35,7 @@ class RerankerSpec(StrictModel):
     depth: int = Field(20, ge=1)
 
     def describe(self) -> str:
-        return f"{self.model}@{self.depth}"
+        return f"{model_label(self.model)}@{self.depth}"
 
     def score_settings(self) -> dict[str, Any]:
         """The settings its scores depend on (not the depth, batch size or model name: the model

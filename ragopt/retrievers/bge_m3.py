@@ -14,6 +14,7 @@ from pydantic import Field
 
 from ragopt.cache import cache_key, entry_key
 from ragopt.data import Queries
+from ragopt.labels import model_label
 from ragopt.models import device_type, half_on_gpu, load_model
 from ragopt.params import Chooser, StrictModel, choices
 from ragopt.provenance import versions
@@ -40,7 +41,7 @@ class BGEM3Spec(RetrieverSpec, _BGEM3Settings):
     mode: BGEM3Mode = "dense"
 
     def describe(self) -> str:
-        return f"bge_m3[{self.model},{self.mode}]"
+        return f"bge_m3[{model_label(self.model)},{self.mode}]"
 
     def kind(self) -> str:
         return f"bge_m3:{self.mode}"

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from ragopt.cache import cache_key, entry_key
 from ragopt.data import Queries
+from ragopt.labels import model_label
 from ragopt.models import Located, Precision, device_type, load_model, torch_dtype
 from ragopt.params import Chooser, StrictModel
 from ragopt.provenance import versions
@@ -51,7 +52,7 @@ class DenseSpec(RetrieverSpec, _DenseSettings):
     type: Literal["dense"] = "dense"
 
     def describe(self) -> str:
-        return f"dense[{self.model}]"
+        return f"dense[{model_label(self.model)}]"
 
 
 class DenseConfig(RetrieverEntry, _DenseSettings):
