@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from ragopt.errors import ConfigError
 from ragopt.metrics import METRICS
+from ragopt.models import PACKAGE_SCHEME
 from ragopt.params import PROBLEM, FloatRange, IntRange, Problem, StrictModel, choices, did_you_mean, reject
 from ragopt.rerankers import _base as rerankers
 from ragopt.retrievers import _base as retrievers
@@ -256,11 +257,16 @@ def _line(lines: Lines, path: tuple) -> int | None:
 
 
 def _local_models(base: Path):
-    """Model folders given relative to the config file become absolute; hub ids stay as they are."""
+    """Model folders given relative to the config file become absolute, also a missing one whose
+    name cannot be a hub id (./, ../, more than one /), so that an error names the folder meant;
+    hub ids and pkg: models stay as they are."""
 
     def local(name: str) -> str:
+        if Path(name).is_absolute() or name.startswith(PACKAGE_SCHEME):
+            return name
         candidate = base / name
-        return str(candidate.resolve()) if not Path(name).is_absolute() and candidate.exists() else name
+        folder = candidate.exists() or name.startswith(("./", "../")) or name.count("/") > 1
+        return str(candidate.resolve()) if folder else name
 
     return local
 

@@ -365,3 +365,18 @@ top_k""")
     result = validate(tmp_path, text)
     assert result.exit_code == 0, result.output
     assert result.output.startswith("ok: 48 questions, 60 passages, 3 retrievers, 2 reranker choices")
+
+
+@pytest.mark.parametrize("name", ["./models/mine", "models/ko/mine"])
+def test_a_missing_relative_folder_is_named_beside_the_config(tmp_path, offline_hub, monkeypatch, name):
+    """A relative model path that cannot be a hub id (./, ../, or more than one /) is the config's
+    folder's, found or not: the error names that folder, not one under the current directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    config = write_config(tmp_path / "configs" / "c.yaml", BLOCK.replace("top_k", f"""\
+  - {{name: local, type: dense, model: "{name}"}}
+top_k"""))
+    result = runner.invoke(app, ["validate", str(config)])
+    folder = (tmp_path / "configs" / name).resolve()
+    assert result.exit_code == 2
+    assert f"  - model '{folder}': there is no folder {folder}," in result.output
