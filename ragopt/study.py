@@ -122,9 +122,22 @@ def driver_url(url: str) -> str:
     return "postgresql+psycopg:" + url.removeprefix("postgresql:") if url.startswith("postgresql:") else url
 
 
+MIN_GRACE_SECONDS = 60
+"""The least time a trial's worker may be silent before the trial is failed and queued again: a
+live worker's heartbeats can come seconds late on a loaded machine, and failing its trial then
+runs the pipeline twice."""
+
+
+def grace_seconds(heartbeat: float) -> int:
+    """How long a trial's worker may send no heartbeat before its trial counts as stale: three
+    intervals, and at least MIN_GRACE_SECONDS."""
+    return int(max(3 * heartbeat, MIN_GRACE_SECONDS))
+
+
 def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL; a shared (RDB) one sends heartbeats, so that a trial whose
-    worker died is failed after three silent intervals and retried with the same parameters.
+    worker died is failed after three silent intervals (at least a minute) and retried with the
+    same parameters.
     Workers that start together may race to create the database's tables: they try again."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
@@ -132,7 +145,7 @@ def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
         raise StudyError(f"study.storage {shown(url)!r}: give a sqlite:///, postgresql:// or mysql:// URL")
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
     if url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server fails in seconds, not minutes
+        kwargs["connect_args"] = {"connect_timeout": 30}  # an unreachable server fails in seconds, not minutes
     connect = driver_url(url)
     for attempt in range(5):
         try:
@@ -140,7 +153,7 @@ def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     connect, engine_kwargs=kwargs, heartbeat_interval=int(heartbeat),
-                    grace_period=int(max(3 * heartbeat, 5)),
+                    grace_period=grace_seconds(heartbeat),
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
         except (IntegrityError, OperationalError, ProgrammingError) as error:
             if attempt == 4 or (not isinstance(error, IntegrityError) and not any(
@@ -207,7 +220,7 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
     elif attrs.get("format") != STUDY_FORMAT:
         raise StudyError(f"study {name!r} in {shown(url)} was made by another version of ragopt, whose trials were "
                          "scored under other conventions. Rerun with --fresh to start over, or give another --output.")
-    elif attrs["space"] != fingerprint:
+    elif attrs.get("space") != fingerprint:
         raise StudyError(f"study {name!r} in {shown(url)} was started with a different data set or search space. "
                          f"Rerun with --fresh to start over, or give another --output.")
     elif changed := _differences(attrs.get("provenance", {}), provenance):
@@ -221,15 +234,21 @@ def _open_study(config: Config, output: Path, name: str, fresh: bool, fingerprin
     return working, durable, True
 
 
+STUDY_ATTRS = ("format", "space", "provenance")
+"""The user attributes the process that creates a study writes, one at a time, before any trial."""
+JOIN_SECONDS = 300.0
+"""How long a worker that joins a study another one is creating waits for all of STUDY_ATTRS."""
+
+
 def _attrs_of(study: optuna.Study, created: bool) -> dict[str, Any]:
     """The study's ragopt attributes; a worker that joins a study another one is creating waits
-    (up to a minute) for them to be written."""
-    for _ in range(120):
+    for all of them to be written, however slowly a loaded machine runs the creator."""
+    deadline = time.monotonic() + JOIN_SECONDS
+    while True:
         attrs = study.user_attrs
-        if created or "format" in attrs or study.trials:
+        if created or all(name in attrs for name in STUDY_ATTRS) or study.trials or time.monotonic() > deadline:
             return attrs
         time.sleep(0.5)
-    return study.user_attrs
 
 
 def _latency_rows(qa: QASet, seed: int) -> np.ndarray:

@@ -44,7 +44,7 @@ def inspect(browser: str, page: Path, script: str, png: Path) -> dict[str, Any]:
     checked = png.parent / f"checked-{page.name}"
     checked.write_text(text.replace("</body>", f"<script>{script}</script>\n</body>"), encoding="utf-8")
     result = subprocess.run([browser, *FLAGS, f"--user-data-dir={png.parent / 'profile'}", f"--screenshot={png}",
-                             "--dump-dom", checked.as_uri()], capture_output=True, text=True, timeout=120)
+                             "--dump-dom", checked.as_uri()], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     found = re.search(r'<pre id="verdict"[^>]*>(.*?)</pre>', result.stdout, re.S)
     assert found, f"the check script wrote no verdict; the page ends with: {result.stdout[-1000:]}"

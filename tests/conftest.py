@@ -1,21 +1,50 @@
 """Shared fixtures: the bundled example data, the real autorag-ko set beside the repository, and
-tiny random-weight models built in a temp folder so the real loading code runs offline."""
+tiny random-weight models built once per test run, in a temp folder every pytest-xdist worker
+reads, so the real loading code runs offline."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
-pytest_plugins = ["postgres"]  # the postgres_server / postgres_url fixtures, one server per session
+pytest_plugins = ["postgres"]  # the postgres_server / postgres_url fixtures, one server per test process
 
 os.environ.setdefault("NUMBA_DISABLE_JIT", "1")  # ranx (test_fusion) as plain Python: no half minute of JIT
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each worker's native thread pools (torch's OpenMP, BLAS, the tokenizers'
+    Rayon) get its share of the cores: every worker starting one thread per core oversubscribes
+    the machine, and the spinning threads cost as much CPU time again. Set before anything imports
+    them (the worker processes the tests start inherit it too)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+
+
+_share_the_cores()
 
 ROOT = Path(__file__).resolve().parent.parent
 KO_MINI = ROOT / "examples" / "ko-mini"
 AUTORAG_KO = ROOT.parent / "shared" / "data" / "autorag-ko"
+
+FIRST = ("test_workers.py", "test_honest.py", "test_study.py", "test_autorag_ko.py", "test_autorag_import.py")
+"""The files whose tests take longest (--durations), started first: pytest-xdist hands out whole
+files in collection order (--dist loadfile --no-loadscope-reorder), and a long one started last
+keeps the other workers waiting for it at the end."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))
 
 
 def example_texts() -> list[str]:
@@ -68,28 +97,51 @@ def _save_tiny(folder: Path, model_class, config_class, tokenizer, seed: int = 0
     return folder
 
 
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temp folder of this test run that every pytest-xdist worker sees: their base temp
+    folders (popen-gw0, popen-gw1...) sit side by side in the run's; alone, the run's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `build` fills, built by the first test process of the run that asks for it and
+    read by the others: a lock for the build, a marker file for a complete one (a build that
+    failed half way is started again)."""
+    folder = run_folder(tmp_path_factory) / "built" / name
+    folder.parent.mkdir(exist_ok=True)
+    with FileLock(folder.parent / f"{name}.lock"):
+        if not (folder.parent / f"{name}.done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder.parent / f"{name}.done").touch()
+    return folder
+
+
+def _bert_tokenizer():
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(tokenizer_object=_train_tokenizer("wordpiece"), unk_token="[UNK]", pad_token="[PAD]",
+                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", strip_accents=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A BERT bi-encoder (sentence-transformers adds mean pooling when it finds no modules.json)."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
-    tokenizer = BertTokenizerFast(tokenizer_object=_train_tokenizer("wordpiece"), unk_token="[UNK]",
-                                  pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                  strip_accents=False)
-    return _save_tiny(tmp_path_factory.mktemp("tiny-bert"), BertModel, BertConfig, tokenizer,
-                      max_position_embeddings=256)
+    return built_once(tmp_path_factory, "tiny-bert", lambda folder: _save_tiny(
+        folder, BertModel, BertConfig, _bert_tokenizer(), max_position_embeddings=256))
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_query_tower(tmp_path_factory) -> Path:
     """A second BERT of the same width with other weights: the query tower of an asymmetric pair."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
-    tokenizer = BertTokenizerFast(tokenizer_object=_train_tokenizer("wordpiece"), unk_token="[UNK]",
-                                  pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                  strip_accents=False)
-    return _save_tiny(tmp_path_factory.mktemp("tiny-bert-q"), BertModel, BertConfig, tokenizer, seed=1,
-                      max_position_embeddings=256)
+    return built_once(tmp_path_factory, "tiny-bert-q", lambda folder: _save_tiny(
+        folder, BertModel, BertConfig, _bert_tokenizer(), seed=1, max_position_embeddings=256))
 
 
 def _xlmr_tokenizer():
@@ -105,14 +157,18 @@ def _xlmr_ids(tokenizer) -> dict:
             "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
 
 
+def _save_xlmr(folder: Path, model_class, config_class, seed: int = 0, **config) -> Path:
+    tokenizer = _xlmr_tokenizer()
+    return _save_tiny(folder, model_class, config_class, tokenizer, seed=seed, **config, **_xlmr_ids(tokenizer))
+
+
 @pytest.fixture(scope="session")
 def tiny_xlmr_reranker(tmp_path_factory) -> Path:
     """An XLM-RoBERTa cross-encoder with one relevance logit, the architecture of bge-reranker-v2-m3."""
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    tokenizer = _xlmr_tokenizer()
-    return _save_tiny(tmp_path_factory.mktemp("tiny-xlmr"), XLMRobertaForSequenceClassification, XLMRobertaConfig,
-                      tokenizer, num_labels=1, initializer_range=0.3, **_xlmr_ids(tokenizer))
+    return built_once(tmp_path_factory, "tiny-xlmr", lambda folder: _save_xlmr(
+        folder, XLMRobertaForSequenceClassification, XLMRobertaConfig, num_labels=1, initializer_range=0.3))
 
 
 @pytest.fixture(scope="session")
@@ -120,9 +176,8 @@ def tiny_xlmr_two_labels(tmp_path_factory) -> Path:
     """An XLM-RoBERTa cross-encoder with two output labels (not relevant, relevant)."""
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    tokenizer = _xlmr_tokenizer()
-    return _save_tiny(tmp_path_factory.mktemp("tiny-xlmr-2"), XLMRobertaForSequenceClassification, XLMRobertaConfig,
-                      tokenizer, seed=2, num_labels=2, initializer_range=0.3, **_xlmr_ids(tokenizer))
+    return built_once(tmp_path_factory, "tiny-xlmr-2", lambda folder: _save_xlmr(
+        folder, XLMRobertaForSequenceClassification, XLMRobertaConfig, seed=2, num_labels=2, initializer_range=0.3))
 
 
 @pytest.fixture(scope="session")
@@ -130,9 +185,8 @@ def tiny_roberta(tmp_path_factory) -> Path:
     """A RoBERTa encoder (position ids counted from padding_idx + 1, like XLM-R)."""
     from transformers import RobertaConfig, RobertaModel
 
-    tokenizer = _xlmr_tokenizer()
-    return _save_tiny(tmp_path_factory.mktemp("tiny-roberta"), RobertaModel, RobertaConfig, tokenizer, seed=3,
-                      **_xlmr_ids(tokenizer))
+    return built_once(tmp_path_factory, "tiny-roberta",
+                      lambda folder: _save_xlmr(folder, RobertaModel, RobertaConfig, seed=3))
 
 
 def _decoder_tokenizer():
@@ -142,16 +196,20 @@ def _decoder_tokenizer():
                                    unk_token="<unk>", pad_token="<pad>")
 
 
+def _save_decoder(folder: Path, model_class, config_class, seed: int, **config) -> Path:
+    tokenizer = _decoder_tokenizer()
+    return _save_tiny(folder, model_class, config_class, tokenizer, seed=seed, num_key_value_heads=1, head_dim=16,
+                      pad_token_id=tokenizer.pad_token_id, **config)
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen3(tmp_path_factory) -> Path:
     """A Qwen3 decoder, the architecture of Qwen3-Embedding: causal attention, grouped-query
     attention (one key/value head for two query heads)."""
     from transformers import Qwen3Config, Qwen3Model
 
-    tokenizer = _decoder_tokenizer()
-    return _save_tiny(tmp_path_factory.mktemp("tiny-qwen3"), Qwen3Model, Qwen3Config, tokenizer, seed=4,
-                      num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-                      pad_token_id=tokenizer.pad_token_id)
+    return built_once(tmp_path_factory, "tiny-qwen3", lambda folder: _save_decoder(
+        folder, Qwen3Model, Qwen3Config, seed=4, max_position_embeddings=512))
 
 
 @pytest.fixture(scope="session")
@@ -159,38 +217,37 @@ def tiny_mistral(tmp_path_factory) -> Path:
     """A Mistral decoder (the base of e5-mistral-style embedders) with an 8-token sliding window."""
     from transformers import MistralConfig, MistralModel
 
-    tokenizer = _decoder_tokenizer()
-    return _save_tiny(tmp_path_factory.mktemp("tiny-mistral"), MistralModel, MistralConfig, tokenizer, seed=5,
-                      num_key_value_heads=1, head_dim=16, sliding_window=8, max_position_embeddings=512,
-                      pad_token_id=tokenizer.pad_token_id)
+    return built_once(tmp_path_factory, "tiny-mistral", lambda folder: _save_decoder(
+        folder, MistralModel, MistralConfig, seed=5, sliding_window=8, max_position_embeddings=512))
 
 
 @pytest.fixture(scope="session")
 def tiny_bge_m3(tmp_path_factory) -> Path:
     """BGE-M3's layout: an XLM-RoBERTa encoder plus the ColBERT and sparse heads as
     colbert_linear.pt and sparse_linear.pt beside it."""
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+    def build(folder: Path) -> None:
+        import torch
+        from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    tokenizer = _xlmr_tokenizer()
-    folder = _save_tiny(tmp_path_factory.mktemp("tiny-bge-m3"), XLMRobertaModel, XLMRobertaConfig, tokenizer,
-                        **_xlmr_ids(tokenizer))
-    torch.save(torch.nn.Linear(32, 32).state_dict(), folder / "colbert_linear.pt")
-    torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
-    return folder
+        _save_xlmr(folder, XLMRobertaModel, XLMRobertaConfig)
+        torch.save(torch.nn.Linear(32, 32).state_dict(), folder / "colbert_linear.pt")
+        torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
+
+    return built_once(tmp_path_factory, "tiny-bge-m3", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma_reranker(tmp_path_factory) -> Path:
     """A Gemma decoder, the architecture of bge-reranker-v2-gemma (FlagLLMReranker)."""
-    from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
+    from transformers import GemmaConfig, GemmaForCausalLM
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_train_tokenizer("unigram"), bos_token="<s>",
-                                        eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-    return _save_tiny(tmp_path_factory.mktemp("tiny-gemma"), GemmaForCausalLM, GemmaConfig, tokenizer,
-                      num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
-                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
+    def build(folder: Path) -> None:
+        tokenizer = _decoder_tokenizer()
+        _save_tiny(folder, GemmaForCausalLM, GemmaConfig, tokenizer, num_key_value_heads=1, head_dim=16,
+                   max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+    return built_once(tmp_path_factory, "tiny-gemma", build)
 
 
 @pytest.fixture(scope="session")

@@ -9,18 +9,24 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
+from sqlalchemy import DateTime, bindparam, text
 
 from conftest import write_config
+from ragopt import study as study_module
+from ragopt.config import load_config
 from ragopt.errors import StudyError
 from ragopt.study import GRID as QUEUED
-from ragopt.study import ORPHAN_SECONDS, SKIPPED, driver_url, optimize, shown
+from ragopt.study import ORPHAN_SECONDS, SKIPPED, STUDY_FORMAT, driver_url, grace_seconds, optimize, shown
 
 GRID = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
@@ -55,6 +61,31 @@ def states(storage: str, name: str) -> Counter:
     """Trials by state, leaving out those a worker stopped before they began (the queue was empty)."""
     trials = load(storage, name).trials
     return Counter(t.state.name for t in trials if SKIPPED not in t.user_attrs)
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 300.0) -> None:
+    """Poll until `condition` holds, however loaded the machine; fail after `limit` seconds, saying what never came."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {limit:.0f} s for {what}")
+        time.sleep(0.05)
+
+
+def heartbeat_of(storage: str, trial_id: int) -> datetime | None:
+    """A trial's last heartbeat as its storage holds it (Optuna's trial_heartbeats table); None before the first."""
+    query = text("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = :trial").columns(heartbeat=DateTime)
+    with opened(storage).engine.connect() as connection:
+        return connection.execute(query, {"trial": trial_id}).scalar()
+
+
+def silence(storage: str, trial_id: int, seconds: float) -> None:
+    """Move a trial's last heartbeat `seconds` back: as if its worker had been silent that much longer."""
+    update = text("UPDATE trial_heartbeats SET heartbeat = :moved WHERE trial_id = :trial").bindparams(
+        bindparam("moved", type_=DateTime))
+    with opened(storage).engine.begin() as connection:
+        connection.execute(update, {"moved": heartbeat_of(storage, trial_id) - timedelta(seconds=seconds),
+                                    "trial": trial_id})
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +126,15 @@ def test_the_total_number_of_trials_holds_across_workers(tmp_path, postgres_url)
                                                               "k1: {low: 0.5, high: 2.0}, b: {low: 0.3, high: 1.0}")
                           .replace("sampler: grid", "sampler: tpe, n_trials: 30"))
     storage = postgres_url
-    processes = [worker(config, storage, "--worker") for _ in range(2)]
+    processes = [worker(config, storage, "--worker") for _ in range(2)]  # one creates the study, one joins it
     for process in processes:
-        assert process.wait(timeout=300) == 0, process.stderr.read()
+        errors = process.communicate(timeout=600)[1]
+        assert process.returncode == 0, errors
     assert states(storage, "tpe")["COMPLETE"] == 30
 
 
 SLOW = """
 import os
-import signal
 import time
 import ragopt.evaluation
 
@@ -111,19 +142,17 @@ evaluate = ragopt.evaluation.Evaluator.evaluate
 begun = []
 
 
-def slow(self, spec):
+def stopping(self, spec):
     begun.append(spec)
-    time.sleep(1.5)  # the trial's heartbeats (every second) have begun
-    if len(begun) == 3:
-        open(os.environ["KILL_ME"], "w").close()  # two trials done, the third under way: kill now
-    time.sleep(1.0)
+    if len(begun) == 3:  # two trials done, the third under way: say so, and never finish it
+        open(os.environ["KILL_ME"], "w").close()
+        time.sleep(600)
     return evaluate(self, spec)
 
 
-ragopt.evaluation.Evaluator.evaluate = slow
+ragopt.evaluation.Evaluator.evaluate = stopping
 """
-"""A sitecustomize for the worker to be killed: trials take 2.5 s, and the third says when it is
-half done."""
+"""A sitecustomize for the worker to be killed: its third trial says when it has begun, and lasts."""
 
 
 def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, postgres_url):
@@ -135,19 +164,61 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, postgres_url)
     process = subprocess.Popen([sys.executable, "-m", "ragopt", "optimize", str(config), "--storage", storage,
                                 "--quiet", "--worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 240
-        while not marker.exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), f"the worker never began its third trial: {process.communicate(timeout=10)[1]!r}"
+        wait_for(lambda: marker.exists() or process.poll() is not None, "the worker to begin its third trial")
+        assert marker.exists(), f"the worker ended before its third trial: {process.communicate(timeout=300)[1]!r}"
+        (trial,) = load(storage).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        wait_for(lambda: heartbeat_of(storage, trial._trial_id) is not None, "the third trial's first heartbeat")
     finally:
         process.kill()  # SIGKILL: no cleanup, no last heartbeat
-        process.communicate(timeout=60)
+        process.communicate(timeout=300)
     assert states(storage, "grid") == Counter({"COMPLETE": 2, "RUNNING": 1, "WAITING": 13})
-    time.sleep(5.5)  # the grace period (at least 5 s) has passed: the trial is stale
+    silence(storage, trial._trial_id, grace_seconds(1) + 1)  # its worker silent past the grace period: stale
     outcome = optimize(config, tmp_path / "out", storage=storage, progress=False)
     assert states(storage, "grid") == Counter({"COMPLETE": 16, "FAIL": 1}) and outcome.n_trials == 16
     study = load(storage)
     assert len({tuple(sorted(t.params.items())) for t in study.trials if t.state.name == "COMPLETE"}) == 16
+    (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
+    assert failed.number == trial.number and [t.params for t in study.trials if t.state.name == "COMPLETE"].count(
+        failed.params) == 1  # the killed trial's pipeline ran again, once
+
+
+def test_a_worker_whose_heartbeats_come_late_keeps_its_trial(tmp_path):
+    """A trial is failed and queued again only once its worker has been silent for three heartbeat
+    intervals and at least a minute: a live worker's heartbeats can be seconds late on a loaded machine."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage")  # trials asked outside Study.optimize
+        study = optuna.create_study(study_name="late", storage=study_module._storage(url, heartbeat=1))
+        trial = study.ask({"k1": optuna.distributions.FloatDistribution(0.5, 2.0)})
+        study._storage.record_heartbeat(trial._trial_id)
+        silence(url, trial._trial_id, 10)  # ten intervals late, well within the grace period
+        optuna.storages.fail_stale_trials(study)
+        assert [t.state.name for t in study.trials] == ["RUNNING"]
+        silence(url, trial._trial_id, grace_seconds(1))  # now silent longer than the grace period
+        optuna.storages.fail_stale_trials(study)
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert study.trials[1].params == study.trials[0].params == trial.params
+    assert (grace_seconds(1), grace_seconds(30), grace_seconds(60)) == (60, 90, 180)
+
+
+def test_a_worker_joining_a_study_still_being_created_waits_for_all_of_it(tmp_path, monkeypatch):
+    """A worker that joins a study while the worker creating it has stored only some of its
+    attributes waits for the rest, however slowly the creator writes them."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    config, _ = load_config(write_config(tmp_path / "grid.yaml", SMALL_GRID))
+    config = config.model_copy(update={"study": config.study.model_copy(update={"storage": url})})
+    creating = optuna.create_study(study_name="grid", storage=url)
+    creating.set_user_attr("format", STUDY_FORMAT)  # the creator has come this far
+
+    def creator_goes_on(seconds: float) -> None:
+        creating.set_user_attr("space", "the space")
+        creating.set_user_attr("provenance", {"models": {}})
+
+    monkeypatch.setattr(study_module, "time", SimpleNamespace(sleep=creator_goes_on, monotonic=time.monotonic))
+    durable, _, created = study_module._open_study(config, tmp_path, "grid", False, "the space", {"models": {}})
+    assert not created and durable.user_attrs == {"format": STUDY_FORMAT, "space": "the space",
+                                                  "provenance": {"models": {}}}
 
 
 def all_but_the_last(tmp_path: Path, monkeypatch) -> tuple[Path, str, list[dict]]:
@@ -229,35 +300,35 @@ def test_a_storage_password_is_never_printed_or_written(tmp_path, postgres_url):
 
 WAIT = """
 import os
-import signal
 import time
 import ragopt.evaluation
 
 
 def waiting(self, spec):
-    open(os.environ["BEGUN"], "w").close()
-    time.sleep(60)
+    open(os.path.join(os.environ["BEGUN"], str(os.getpid())), "w").close()
+    time.sleep(600)  # a trial that lasts until Ctrl-C
 
 
 ragopt.evaluation.Evaluator.evaluate = waiting
 """
-"""A sitecustomize whose trials never finish in time: Ctrl-C lands before any has."""
+"""A sitecustomize whose trials never finish in time: each process says when its first has begun."""
 
 
 def test_ctrl_c_with_workers_before_any_trial_finished_is_one_line(tmp_path):
     config = write_config(tmp_path / "grid.yaml", SMALL_GRID)
     (tmp_path / "wait").mkdir()
     (tmp_path / "wait" / "sitecustomize.py").write_text(WAIT)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "wait"), "BEGUN": str(tmp_path / "begun")}
+    begun = tmp_path / "begun"
+    begun.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "wait"), "BEGUN": str(begun)}
     process = subprocess.Popen([sys.executable, "-m", "ragopt", "optimize", str(config), "-w", "2", "-q"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while not (tmp_path / "begun").exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.0)  # the other worker has started too
+        wait_for(lambda: len(list(begun.iterdir())) == 2 or process.poll() is not None,
+                 "both worker processes to begin a trial")
+        assert len(list(begun.iterdir())) == 2, process.communicate(timeout=300)[1]
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
-        out, errors = process.communicate(timeout=60)
+        out, errors = process.communicate(timeout=300)
     finally:
         process.kill()
     assert process.returncode == 130 and "Traceback" not in errors, errors
