@@ -4,7 +4,6 @@ traceback; texts longer than a model takes are counted in one warning."""
 
 import json
 import socket
-import time
 import warnings
 
 import pandas as pd
@@ -194,11 +193,12 @@ def empty_hub(tmp_path, monkeypatch):
 
 
 def test_a_model_id_that_is_not_cached_fails_at_once_offline(empty_hub, monkeypatch):
+    from huggingface_hub import HfApi
+
     monkeypatch.setattr(empty_hub, "HF_HUB_OFFLINE", True)
-    started = time.perf_counter()
+    monkeypatch.setattr(HfApi, "model_info", lambda *args, **kwargs: pytest.fail("offline, the hub was asked"))
     with pytest.raises(ModelError) as error:
         Locator()("nobody/no-such-model")
-    assert time.perf_counter() - started < 1
     assert str(error.value) == (
         f"model 'nobody/no-such-model' is not in the local Hugging Face cache ({empty_hub.HF_HUB_CACHE}) and cannot "
         "be downloaded now (HF_HUB_OFFLINE is set). Download it beforehand where there is network (`hf download "
@@ -216,11 +216,9 @@ def test_a_hub_that_never_answers_costs_hub_timeout_not_minutes(empty_hub, monke
         silent.listen()
         monkeypatch.setattr(empty_hub, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
         monkeypatch.setattr(models, "HUB_TIMEOUT", 1.0)
-        started = time.perf_counter()
         with pytest.raises(ModelError, match=r"cannot be downloaded now \(the hub could not be asked: TimeoutError: "
                                              r"no answer within 1 s\)\. Download it beforehand"):
-            Locator()("nobody/no-such-model")
-        assert time.perf_counter() - started < 3
+            Locator()("nobody/no-such-model")  # returns: the timeout, not the silent server, ended the wait
 
 
 def test_a_path_with_a_typo_is_not_sent_to_the_hub(empty_hub, tmp_path):
