@@ -10,23 +10,37 @@ Comparisons: the best of 301 pipelines against the 300 others on 114 questions, 
 permutation_test (samples, vectorized) and bootstrap per comparison against one paired_tests call.
 The scores are synthetic (the rank of each question's one relevant passage drawn per trial), with
 the ties and zeros of real ones.
+Big: one interval and one paired test on 10,000 questions with 10,000 resamples, seconds and peak
+memory (tracemalloc, a second run) of ragopt.stats as it was before it resampled in blocks (read
+from git, commit UNBLOCKED) and as it is, and whether their numbers are the same bit for bit.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+import tracemalloc
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from scipy import stats
+from threadpoolctl import threadpool_info
 
+from ragopt import stats as blocked
 from ragopt.stats import bootstrap_ci, paired_tests
 
 SUBSETS = {"all": 114, "law": 37, "public": 29, "commerce": 26, "finance": 22}
 KS = (1, 3, 5, 10)
 RESAMPLES = 10_000
 SCIPY_BATCH = 20  # resamples per scipy batch: 10 and 20 were fastest of 10 to 500 here (560 columns), memory small
+UNBLOCKED = "901fa73"  # the last commit whose ragopt/stats.py drew the whole (resamples x questions) matrices
+BIG = 10_000  # questions of the big case
 
 
 def metric_columns(rank: np.ndarray) -> np.ndarray:
@@ -104,11 +118,57 @@ def bench_comparisons(n_others: int = 300, n: int = 114) -> None:
     print(f"intervals: max |bound diff| {np.abs(np.r_[low - scipy_low, high - scipy_high]).max():.1e} (same resamples)")
 
 
+def unblocked_stats() -> ModuleType:
+    """ragopt/stats.py of commit UNBLOCKED, imported from a temporary file."""
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run(["git", "show", f"{UNBLOCKED}:ragopt/stats.py"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "ragopt_stats_unblocked.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location("ragopt_stats_unblocked", path)
+        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
+        spec.loader.exec_module(module)
+    return module
+
+
+def measured(function, *args, **kwargs):
+    """(seconds, peak traced bytes, result): timed alone, then run again under tracemalloc."""
+    seconds, result = timed(function, *args, **kwargs)
+    tracemalloc.start()
+    try:
+        function(*args, **kwargs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return seconds, peak, result
+
+
+def bench_big() -> None:
+    blas = next((lib for lib in threadpool_info() if "numpy" in lib["filepath"]), {})  # the BLAS of numpy's @
+    print(f"\nbig: {BIG} questions, {RESAMPLES} resamples; before ({UNBLOCKED}) and after resampling in blocks "
+          f"(BLAS {blas.get('internal_api', '?')} {blas.get('version', '')}, {blas.get('num_threads', '?')} threads)")
+    ndcg10 = scores(BIG, 2, seed=11).reshape(BIG, 2, 28)[:, :, 7 * KS.index(10) + 2]
+    a, b = ndcg10[:, 0], ndcg10[:, 1]
+    unblocked = unblocked_stats()
+    print(f"{'call':<28}{'before s':>10}{'after s':>10}{'ratio':>8}{'before MiB':>12}{'after MiB':>11}{'ratio':>8}"
+          f"{'same numbers':>14}")
+    for name, call in (("bootstrap_ci (one column)", "bootstrap_ci"), ("paired_test", "paired_test")):
+        args = (a,) if call == "bootstrap_ci" else (a, b)
+        old_s, old_peak, old = measured(getattr(unblocked, call), *args, n_resamples=RESAMPLES, seed=0)
+        new_s, new_peak, new = measured(getattr(blocked, call), *args, n_resamples=RESAMPLES, seed=0)
+        same = np.array_equal(np.array(old, dtype=float), np.array(new, dtype=float)) if call == "bootstrap_ci" \
+            else old.__dict__ == new.__dict__
+        print(f"{name:<28}{old_s:>10.2f}{new_s:>10.2f}{old_s / new_s:>8.2f}{old_peak / 2**20:>12.0f}"
+              f"{new_peak / 2**20:>11.0f}{old_peak / new_peak:>8.1f}{str(same):>14}")
+
+
 def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}, "
           f"scipy {__import__('scipy').__version__}")
     bench_intervals()
     bench_comparisons()
+    bench_big()
 
 
 if __name__ == "__main__":

@@ -24,19 +24,30 @@ gathers a columns x resamples x questions array, 30 to 44 s for a study's interv
 metric@k on autorag-ko's five question subsets), and permutation_test takes one comparison a call,
 about 14 s for 300; here a matrix product per block of distinct columns gives the same intervals
 (scipy.stats.bootstrap draws the same resamples for the same seed) in about 2 s and the 300
-comparisons in 0.1 to 0.2 s. Memory: the (n_resamples x questions) resample counts and 32 MiB blocks.
-tests/test_stats.py checks both against scipy.
+comparisons in 0.1 to 0.2 s. tests/test_stats.py checks both against scipy.
+
+Memory: the resample counts and sign patterns are drawn a block of resamples at a time (_DRAW_BYTES), each
+block used and dropped, so that a test on 10,000 questions with 10,000 resamples holds 48 MiB instead of
+1.5 GiB. Intervals of more columns than one block of _BLOCK_BYTES of resampled means read the counts once per
+block of columns, so they keep them, one byte a count (95 MiB at 10,000 x 10,000). numpy's generators continue one
+stream from call to call, so the blocks hold the numbers one draw of all resamples gives, and the results are
+those of the whole matrices bit for bit (tests/test_stats.py) wherever the BLAS rounds a product's element
+whatever rows come with it: OpenBLAS does with 1, 2 or 4 threads at 10,000 resamples; with 3, 8 or 16 it rounds
+the last rows of each thread's share otherwise, and a few resampled means may differ in their last bit (as they
+already differ between those thread counts).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 _BLOCK_BYTES = 32 * 2**20  # resampled means held at once, per block of columns
-_ROWS = 1024  # resamples drawn per call (even, so the draws equal one call for all of them)
+_DRAW_BYTES = 16 * 2**20  # resample counts or sign patterns (float64) held at once, per block of resamples
+_ROW_ALIGN = 64  # resamples per block are a multiple of this, so that blocks split BLAS's row tiles nowhere
 
 
 @dataclass(frozen=True)
@@ -61,11 +72,16 @@ def bootstrap_ci(values: ArrayLike, *, confidence: float = 0.95, n_resamples: in
     lows, highs = means.copy(), means.copy()
     if not constant.all():
         distinct, inverse = np.unique(x[:, ~constant], axis=1, return_inverse=True)  # equal columns: one interval
-        counts = _resample_counts(len(x), n_resamples, seed)
         bounds = np.empty((2, distinct.shape[1]))
         step = max(1, _BLOCK_BYTES // (8 * n_resamples))
+        counts = _drawn(_counts, len(x), _row_blocks(len(x), n_resamples), seed)
+        if distinct.shape[1] > step:  # read once per block of columns: kept, in the smallest integer type (uint8)
+            counts = [(rows, block.astype(np.min_scalar_type(block.max()))) for rows, block in counts]
         for start in range(0, distinct.shape[1], step):
-            resampled = distinct[:, start:start + step].T @ counts.T / len(x)
+            columns = distinct[:, start:start + step].T
+            resampled = np.empty((columns.shape[0], n_resamples))
+            for rows, block in counts:
+                resampled[:, rows] = columns @ block.astype(np.float64).T / len(x)
             bounds[:, start:start + step] = _percentiles(resampled, confidence)
         lows[~constant], highs[~constant] = bounds[:, inverse.ravel()]
     return means.reshape(shape), lows.reshape(shape), highs.reshape(shape)
@@ -145,15 +161,36 @@ def _check_resampling(confidence: float, n_resamples: int) -> None:
         raise ValueError(f"n_resamples must be a positive integer (e.g. 10_000), got {n_resamples}")
 
 
-def _resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """(n_resamples x n) times each question is drawn in each resample, from rng.integers(0, n, (n_resamples, n))."""
+def _row_blocks(n: int, n_resamples: int) -> list[slice]:
+    """Blocks of resamples of about _DRAW_BYTES of float64 draws of n questions each, in multiples of _ROW_ALIGN; a
+    last block under half that size joins the one before, so that no block's product is a matrix-vector one or
+    small enough for BLAS to take another code path, with other roundings, than for the whole matrix."""
+    size = max(_ROW_ALIGN, _DRAW_BYTES // (8 * n) // _ROW_ALIGN * _ROW_ALIGN)
+    starts = list(range(0, n_resamples, size))
+    if len(starts) > 1 and n_resamples - starts[-1] < size // 2:
+        starts.pop()
+    return [slice(start, stop) for start, stop in zip(starts, starts[1:] + [n_resamples])]
+
+
+def _drawn(draw: Callable[[np.random.Generator, int, int], np.ndarray], n: int, blocks: list[slice], seed: int
+           ) -> Iterator[tuple[slice, np.ndarray]]:
+    """Each block's rows of the (n_resamples x n) matrix `draw` makes from default_rng(seed), drawn one block at a
+    time: the numbers of one draw of all rows, as numpy's generators continue the same stream from call to call."""
     rng = np.random.default_rng(seed)
-    counts = np.empty((n_resamples, n))
-    for start in range(0, n_resamples, _ROWS):
-        rows = min(_ROWS, n_resamples - start)
-        drawn = rng.integers(0, n, (rows, n)) + n * np.arange(rows)[:, None]
-        counts[start:start + rows] = np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n)
-    return counts
+    for rows in blocks:
+        yield rows, draw(rng, rows.stop - rows.start, n)
+
+
+def _counts(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """(rows x n) times each question is drawn in each of `rows` resamples, from rng.integers(0, n, (rows, n))."""
+    drawn = rng.integers(0, n, (rows, n))
+    drawn += n * np.arange(rows)[:, None]
+    return np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n)
+
+
+def _signs(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """(rows x n) random signs, +1 or -1, from rng.integers(0, 2, (rows, n))."""
+    return 1.0 - 2.0 * rng.integers(0, 2, (rows, n))
 
 
 def _percentiles(resampled: np.ndarray, confidence: float) -> np.ndarray:
@@ -169,27 +206,32 @@ def _percentiles(resampled: np.ndarray, confidence: float) -> np.ndarray:
 
 
 def _sign_flip_p_values(differences: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """Two-sided sign-flip p-value of each column's mean being 0: exact when 2**n <= n_resamples, else Monte Carlo."""
+    """Two-sided sign-flip p-value of each column's mean being 0: exact when 2**n <= n_resamples, else Monte Carlo.
+    Each block of sign patterns is read once for every block of columns, counting the patterns on each side."""
     n = len(differences)
     p_values = np.ones(differences.shape[1])
     tested = np.flatnonzero(np.any(differences != 0, axis=0))
     if not tested.size:
         return p_values
     if 2**n <= n_resamples:
-        signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
-        extra = 0
+        n_signs, extra = 2**n, 0
+        signs = [(slice(0, n_signs), 1.0 - 2.0 * ((np.arange(n_signs)[:, None] >> np.arange(n)) & 1))]
     else:
-        signs = 1.0 - 2.0 * np.random.default_rng(seed).integers(0, 2, (n_resamples, n))
-        extra = 1
-    step = max(1, _BLOCK_BYTES // (8 * len(signs)))
-    for start in range(0, tested.size, step):
-        columns = tested[start:start + step]
-        d = differences[:, columns]
-        observed = d.mean(axis=0)
-        null = signs @ d / n
-        # sign patterns whose means are equal in exact arithmetic may differ by rounding (at most ~n * eps * mean|d|)
-        tie = 4 * n * np.finfo(np.float64).eps * np.abs(d).mean(axis=0)
-        low = (np.count_nonzero(null <= observed + tie, axis=0) + extra) / (len(signs) + extra)
-        high = (np.count_nonzero(null >= observed - tie, axis=0) + extra) / (len(signs) + extra)
-        p_values[columns] = np.minimum(1.0, 2 * np.minimum(low, high))
+        n_signs, extra = n_resamples, 1
+        signs = _drawn(_signs, n, _row_blocks(n, n_resamples), seed)
+    step = max(1, _BLOCK_BYTES // (8 * n_signs))
+    groups = [tested[start:start + step] for start in range(0, tested.size, step)]
+    columns = [differences[:, group] for group in groups]
+    observed = [d.mean(axis=0) for d in columns]
+    # sign patterns whose means are equal in exact arithmetic may differ by rounding (at most ~n * eps * mean|d|)
+    ties = [4 * n * np.finfo(np.float64).eps * np.abs(d).mean(axis=0) for d in columns]
+    lows, highs = np.zeros(differences.shape[1], dtype=np.int64), np.zeros(differences.shape[1], dtype=np.int64)
+    for _, block in signs:
+        for group, d, mean, tie in zip(groups, columns, observed, ties):
+            null = block @ d / n
+            lows[group] += np.count_nonzero(null <= mean + tie, axis=0)
+            highs[group] += np.count_nonzero(null >= mean - tie, axis=0)
+    low = (lows[tested] + extra) / (n_signs + extra)
+    high = (highs[tested] + extra) / (n_signs + extra)
+    p_values[tested] = np.minimum(1.0, 2 * np.minimum(low, high))
     return p_values

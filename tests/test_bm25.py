@@ -150,7 +150,9 @@ def test_grouped_scoring_gives_the_sparse_product_bit_for_bit(ko_mini, monkeypat
 def test_token_ids_stream_in_batches(monkeypatch):
     monkeypatch.setattr(bm25, "ID_BATCH", 2)
     arrays = _token_arrays(iter([["a", "b", "a"], [], ["c"], ["b", "d", "d", "e"]]))
-    assert arrays["vocab"].tolist() == ["a", "b", "c", "d", "e"]
+    vocabulary = bm25.Vocabulary.of_arrays(arrays)
+    assert [vocabulary[i] for i in range(len(vocabulary))] == ["a", "b", "c", "d", "e"]
+    assert arrays["terms"].tobytes() == b"abcde" and arrays["term_offsets"].tolist() == [0, 1, 2, 3, 4, 5]
     assert arrays["ids"].dtype == np.int32 and arrays["ids"].tolist() == [0, 1, 0, 2, 1, 3, 3, 4]
     assert arrays["offsets"].tolist() == [0, 3, 3, 4, 8]
 
@@ -169,3 +171,29 @@ def test_a_search_holds_one_block_of_scores_at_a_time(ko_mini, monkeypatch):
     np.testing.assert_array_equal(blocks.ids, whole.ids)
     np.testing.assert_array_equal(blocks.scores, whole.scores)
     np.testing.assert_array_equal(blocks.stats.std, whole.stats.std)
+
+
+def test_a_long_token_costs_its_own_bytes_in_memory_and_in_the_cache(tmp_path):
+    """20,000 terms and one 5,000-character token: a numpy unicode array gave every term the long
+    one's width (<U5000, 400 MB in memory and in the cache); one UTF-8 buffer holds what the text
+    holds. Scores stay bm25s's, the long token included."""
+    long_token = "가" * 5000
+    terms = [f"t{i}" for i in range(20_000)]
+    corpus_tokens = [terms[:10_000], terms[10_000:] + [long_token], ["t1", long_token, long_token, "t3"]]
+    arrays = _token_arrays(iter(corpus_tokens))
+    assert sum(a.nbytes for a in arrays.values()) < 1 << 20
+    # the terms' UTF-8 bytes (t0..t19999: 108,890; the long token: 15,000), 8 bytes per term's offset
+    assert arrays["terms"].nbytes == 123_890 and arrays["term_offsets"].nbytes == 8 * 20_002
+    Cache(tmp_path).arrays("tokens", "corpus", lambda: arrays)
+    assert (tmp_path / "tokens" / "corpus.npz").stat().st_size < 1 << 20
+    stored = Cache(tmp_path).arrays("tokens", "corpus", lambda: pytest.fail("computed again"))
+    vocabulary = bm25.Vocabulary.of_arrays(stored)
+    assert len(vocabulary) == 20_001 and vocabulary[0] == "t0" and vocabulary[20_000] == long_token
+    index = TermIndex.build(stored)
+    query_tokens = [[long_token], ["t1", "t3", "zzqx", long_token], ["가" * 4999]]
+    queries = index.query_matrix(_token_arrays(iter(query_tokens)))
+    assert queries.indices.tolist() == [20_000, 1, 3, 20_000] and queries[2].nnz == 0
+    ours = index.scores(queries, index.weights("lucene", 1.5, 0.75, 0.5, index.idf("lucene")))[0]
+    reference = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    reference.index(corpus_tokens, show_progress=False)
+    np.testing.assert_allclose(ours, np.stack([reference.get_scores(q) for q in query_tokens]), rtol=1e-4, atol=1e-5)

@@ -111,9 +111,52 @@ class BM25Config(RetrieverEntry):
                                                      if t.type == "huggingface" else t for t in self.tokenizer]})
 
 
+@dataclass(frozen=True, eq=False)
+class Vocabulary:
+    """Terms as one UTF-8 buffer and each term's (start, end) in it, so that memory and cache bytes
+    grow with the text (a numpy unicode array gives every term the longest one's width: 20,000
+    terms and one 5,000-character token took 400 MB). Stored as two plain arrays, read without pickle."""
+
+    text: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, terms: Iterable[str]) -> "Vocabulary":
+        encoded = [term.encode() for term in terms]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.array([len(e) for e in encoded], dtype=np.int64), out=offsets[1:])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+
+    @classmethod
+    def of_arrays(cls, arrays: dict[str, np.ndarray]) -> "Vocabulary":
+        return cls(arrays["terms"], arrays["term_offsets"])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"terms": self.text, "term_offsets": self.offsets}
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, term_id: int) -> str:
+        return self.text[self.offsets[term_id]:self.offsets[term_id + 1]].tobytes().decode()
+
+    def _encoded(self) -> list[bytes]:
+        text, bounds = self.text.tobytes(), self.offsets.tolist()
+        return [text[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+    @cached_property
+    def _ids(self) -> dict[bytes, int]:
+        """Term id by the term's UTF-8 bytes, built at the first lookup."""
+        return {term: i for i, term in enumerate(self._encoded())}
+
+    def lookup(self, other: "Vocabulary") -> np.ndarray:
+        """The id here of each of `other`'s terms, -1 for a term not here."""
+        return np.array([self._ids.get(term, -1) for term in other._encoded()], dtype=np.int64)
+
+
 def _token_arrays(tokens: Iterable[list[str]]) -> dict[str, np.ndarray]:
-    """(vocab, flat int32 ids, offsets) of a stream of token lists, consumed one text at a time:
-    a corpus's tokens never exist as Python strings all at once."""
+    """Flat int32 ids, their offsets per text and the vocabulary's arrays of a stream of token
+    lists, consumed one text at a time: a corpus's tokens never exist as Python strings all at once."""
     vocab: dict[str, int] = {}
     lengths: list[int] = []
     parts: list[np.ndarray] = []
@@ -127,7 +170,7 @@ def _token_arrays(tokens: Iterable[list[str]]) -> dict[str, np.ndarray]:
     parts.append(np.array(pending, dtype=np.int32))
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return {"vocab": np.array(list(vocab), dtype=str), "ids": np.concatenate(parts), "offsets": offsets}
+    return {"ids": np.concatenate(parts), "offsets": offsets, **Vocabulary.of(vocab).arrays()}
 
 
 def tokens_of(tokenizer: Any, texts: list[str], texts_key: str, context: Context, progress: bool = False,
@@ -149,16 +192,16 @@ class TermIndex:
     cache (on 1M passages whole rows made scoring 2.5 times slower)."""
 
     tiles: list[sp.csr_matrix]
-    vocab: dict[str, int]
+    vocab: Vocabulary
 
     @classmethod
     def build(cls, arrays: dict[str, np.ndarray]) -> "TermIndex":
-        ids, offsets = arrays["ids"], arrays["offsets"]
-        n_docs, shape = len(offsets) - 1, (len(offsets) - 1, len(arrays["vocab"]))
+        ids, offsets, vocab = arrays["ids"], arrays["offsets"], Vocabulary.of_arrays(arrays)
+        n_docs, shape = len(offsets) - 1, (len(offsets) - 1, len(vocab))
         by_doc = sp.csr_matrix((np.ones(len(ids), dtype=np.float32), ids, offsets), shape=shape)
         by_doc.sum_duplicates()
         tiles = [by_doc[first:first + DOC_TILE].T.tocsr() for first in range(0, max(1, n_docs), DOC_TILE)]
-        return cls(tiles, {t: i for i, t in enumerate(arrays["vocab"].tolist())})
+        return cls(tiles, vocab)
 
     @property
     def n_docs(self) -> int:
@@ -186,7 +229,7 @@ class TermIndex:
 
     def query_matrix(self, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
         """Query term counts over the corpus vocabulary; unseen terms score nothing and are dropped."""
-        to_corpus = np.array([self.vocab.get(t, -1) for t in arrays["vocab"].tolist()], dtype=np.int64)
+        to_corpus = self.vocab.lookup(Vocabulary.of_arrays(arrays))
         ids, offsets = to_corpus[arrays["ids"]] if len(arrays["ids"]) else arrays["ids"], arrays["offsets"]
         rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
         keep = ids >= 0
