@@ -92,7 +92,7 @@ def test_an_unknown_key_with_no_close_name_says_to_remove_it(tmp_path):
     (("k1: 1.2", "k1: {low: 1, high: x}"), "c.yaml:8: retrievers[0].k1.high: Input should be a valid number"),
     (("    type: bm25", "    type: bm52"),
      "c.yaml:6: retrievers[0].type: unknown type 'bm52' (did you mean 'bm25'?); use one of bm25, dense, bge_m3, "
-     "hybrid"),
+     "multi_vector, hybrid"),
     (("    type: bm25\n", ""), "c.yaml:5: retrievers[0]: no type given; add type: with one of bm25, dense"),
     (("tokenizer: whitespace", "tokenizer: [kiwii]"),
      "c.yaml:7: retrievers[0].tokenizer[0]: unknown type 'kiwii' (did you mean 'kiwi'?); use one of kiwi, mecab, "
@@ -184,7 +184,7 @@ def test_trust_remote_code_exists_where_models_load_and_is_off_unless_asked(tmp_
 
     entries = [*retrievers.REGISTRY.entries(), *rerankers.REGISTRY.entries()]
     loading = [entry for entry in entries if "model" in entry.model_fields]
-    assert len(loading) == 5  # dense, bge_m3 and the three rerankers
+    assert len(loading) == 7  # dense, bge_m3, multi_vector and the four rerankers
     assert all(entry.model_fields["trust_remote_code"].default is False for entry in loading)
     dense = "  - {name: d, type: dense, model: x}\ntop_k"
     off, _ = load_config(write_config(tmp_path / "off.yaml", BLOCK.replace("top_k", dense)))

@@ -101,10 +101,11 @@ def exact_search(queries: np.ndarray, corpus: np.ndarray, depth: int, device: st
 
 
 def colbert_search(q_vectors: np.ndarray, q_offsets: np.ndarray, d_vectors: np.ndarray, d_offsets: np.ndarray,
-                   depth: int, device: str) -> Ranking:
-    """Late interaction in float32 (BGEM3FlagModel.colbert_score's sum over query tokens of each
-    one's best passage-token match, over the query's length) over the whole corpus, in blocks
-    of passages and of queries."""
+                   depth: int, device: str, mean: bool = True) -> Ranking:
+    """Late interaction in float32 over the whole corpus, in blocks of passages and of queries:
+    the sum over query tokens of each one's best passage-token match (MaxSim, PyLate's and
+    sentence-transformers' multi-vector score), over the query's length when `mean`
+    (BGEM3FlagModel.colbert_score)."""
     n_queries, n_docs = len(q_offsets) - 1, len(d_offsets) - 1
     q_lengths = np.diff(q_offsets)
     budget = max(1, ranking.SCORE_BLOCK // TOKEN_CHUNK)  # query tokens per block
@@ -115,19 +116,21 @@ def colbert_search(q_vectors: np.ndarray, q_offsets: np.ndarray, d_vectors: np.n
             last_query += 1
         last_query = min(last_query, n_queries)
         parts.append(_colbert_block(q_vectors[q_offsets[first_query]:q_offsets[last_query]],
-                                    q_lengths[first_query:last_query], d_vectors, d_offsets, n_docs, depth, device))
+                                    q_lengths[first_query:last_query], d_vectors, d_offsets, n_docs, depth, device,
+                                    mean))
         first_query = last_query
     return Ranking.concat(parts)
 
 
 def _colbert_block(q_vectors: np.ndarray, q_lengths: np.ndarray, d_vectors: np.ndarray, d_offsets: np.ndarray,
-                   n_docs: int, depth: int, device: str) -> Ranking:
+                   n_docs: int, depth: int, device: str, mean: bool) -> Ranking:
     n_queries, longest = len(q_lengths), int(q_lengths.max(initial=1))
     q = torch.from_numpy(np.ascontiguousarray(q_vectors, dtype=np.float32)).to(device)
     # each query token's slot in a (queries x longest) grid: per-query sums without atomic adds
     slots = np.concatenate([i * longest + np.arange(n) for i, n in enumerate(q_lengths)]) if n_queries else []
     slots = torch.as_tensor(np.asarray(slots, dtype=np.int64), device=device)
-    lengths = torch.from_numpy(q_lengths.astype(np.float32)).to(device).clamp(min=1)
+    divisors = q_lengths if mean else np.ones_like(q_lengths)
+    lengths = torch.from_numpy(divisors.astype(np.float32)).to(device).clamp(min=1)
     best = RunningTopK(n_queries, depth, device)
     first = 0
     while first < n_docs:
