@@ -30,7 +30,7 @@ FOREIGN_FORMATS = ["onnx/*", "openvino/*", "*.onnx", "*.onnx_data", "*.h5", "*.m
 """Files of a hub snapshot no PyTorch loader reads, never downloaded."""
 
 MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model", ".py", ".tiktoken", ".vocab", ".spm",
-               ".yaml", ".yml")
+               ".yaml", ".yml", ".jinja")
 """A local folder's weight, config, tokenizer and remote-code files: what its content hash covers."""
 
 HUB_TIMEOUT = 5.0

@@ -63,6 +63,17 @@ def test_a_file_rewritten_in_place_with_its_old_size_and_time_is_hashed_again(ti
     assert folder_digest(str(model), memo) != before
 
 
+def test_a_chat_template_is_part_of_a_folder_identity(tiny_bert, tmp_path):
+    """transformers 5 saves a chat template as chat_template.jinja: a causal LM reranker's prompt,
+    so editing it must change the folder's identity (and the scores cached under it)."""
+    model = tmp_path / "m"
+    shutil.copytree(tiny_bert, model)
+    (model / "chat_template.jinja").write_text("<Query>: {{ query }}")
+    before = folder_digest(str(model))
+    (model / "chat_template.jinja").write_text("<Instruct>: ...\n<Query>: {{ query }}")
+    assert folder_digest(str(model)) != before
+
+
 def fake_hub(tmp_path, monkeypatch, model, commits):
     """A Hugging Face cache holding `model` as snapshots of the given commits of org/tiny, offline."""
     import huggingface_hub.constants as constants
