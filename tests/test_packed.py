@@ -123,3 +123,17 @@ def test_packs_are_consecutive_texts_within_the_token_budget():
     assert [(first, counts.tolist()) for first, counts, _ in packs] == [
         (0, [3]), (1, [5, 2]), (3, [9]), (4, [1, 4]), (6, [4])]
     assert np.array_equal(np.concatenate([ids for _, _, ids in packs]), np.arange(ends[-1]))
+
+
+def test_no_forward_looks_for_packed_sequences_in_the_position_ids(monkeypatch, tiny_bge_m3):
+    """Packed attention keeps each text apart itself: transformers (>= 5.24) must not also search
+    the position ids for packed sequences, whose `.all()` on a GPU tensor waits for the GPU once
+    per pack (it did while ragopt registered a mask function for its attention)."""
+    import transformers.masking_utils as masking
+
+    monkeypatch.setattr(masking, "find_packed_sequence_indices",
+                        lambda *args, **kwargs: pytest.fail("a forward looked for packed sequences"))
+    model = SentenceTransformer(str(tiny_bge_m3), device="cpu")
+    texts = example_texts()[:40]
+    np.testing.assert_allclose(packed.encode(model, texts, None, 2, True).numpy(),
+                               model.encode(texts, batch_size=2, normalize_embeddings=True), atol=2e-6)

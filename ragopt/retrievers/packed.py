@@ -248,14 +248,15 @@ def _varlen_kernel() -> Any:
 
 @functools.cache
 def _register_attention() -> bool:
-    """Make ATTENTION a transformers attention implementation (transformers >= 5), once."""
+    """Make ATTENTION a transformers attention implementation (transformers >= 5), once. It has
+    no mask function: transformers then builds no mask for it, whereas with one (even one that
+    returns None) transformers >= 5.24 first searches every forward's position ids for packed
+    sequences, a `.all()` on a GPU tensor that waits for the GPU once per pack."""
     try:
         from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
     except ImportError:
         return False
     AttentionInterface.register(ATTENTION, _packed_attention)
-    AttentionMaskInterface.register(ATTENTION, lambda *args, **kwargs: None)
     return True
 
 
