@@ -4,6 +4,12 @@ real architectures' configs (throughput does not depend on the weights; no hub i
     python bench/bench_models.py throughput                 # CPU here: a few passages per model
     python bench/bench_models.py throughput --passages 720 --pairs 5700    # the whole set (GPU)
     python bench/bench_models.py study                      # 5 dense x 3 rerankers on autorag-ko
+    python bench/bench_models.py study --pruners none       # without pruning only
+    python bench/bench_models.py throughput --work DIR      # keep the stand-ins (bench_encode_variants.py)
+
+The study prints where its time goes: each stage's calls, items and seconds (its own, its callees'
+excluded), reranker scoring and query encoding split by whether a latency probe asked for them.
+Every run prints the machine and the library versions it ran with, and --json writes them too.
 
 Stand-ins: XLM-RoBERTa large (bge-m3, BGE-m3-ko, KoE5, snowflake-arctic-embed-l-v2.0-ko,
 multilingual-e5-large-instruct and the three rerankers all share it, 568M parameters) and MiniLM-L6
@@ -16,10 +22,16 @@ GPU's dense bf16 peak (H100 SXM: 989 TFLOP/s) and with a measured bf16 matrix pr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import os
+import platform
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +42,7 @@ from ragopt import load_dataset, optimize
 from ragopt.data import Corpus
 from ragopt.engine import Engine
 from ragopt.models import Locator, pick_device
+from ragopt.provenance import library_versions
 from ragopt.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
 from ragopt.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
 from ragopt.retrievers.bge_m3 import BGEM3Spec
@@ -42,7 +55,32 @@ ARCHITECTURES = {
                    "intermediate_size": 4096, "vocab_size": 250002, "max_position_embeddings": 8194},
     "minilm-l6": {"family": "bert", "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
                   "intermediate_size": 1536, "vocab_size": 30522, "max_position_embeddings": 512},
+    # two small layers: bench/device_check.sh --cpu-smoke runs every code path with it on a CPU
+    "tiny-xlmr": {"family": "xlmr", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "intermediate_size": 128, "vocab_size": 250002, "max_position_embeddings": 514},
 }
+REAL_ARCHITECTURES = ["xlmr-large", "minilm-l6"]
+
+
+def environment(device: str) -> dict[str, Any]:
+    """The machine and the library versions a figure was measured with."""
+    info: dict[str, Any] = {"device": device, "cpu": _cpu_name(), "cores": os.cpu_count(),
+                            "torch_cuda": torch.version.cuda, "libraries": library_versions()}
+    if device.startswith("cuda"):
+        properties = torch.cuda.get_device_properties(device)
+        info.update(gpu=properties.name, multiprocessors=properties.multi_processor_count,
+                    gpu_memory_gib=round(properties.total_memory / 2 ** 30, 1),
+                    capability=".".join(map(str, torch.cuda.get_device_capability(device))),
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def train_tokenizer(family: str, texts: list[str]):
@@ -181,6 +219,93 @@ def _row(arch: str, task: str, device: str, items: int, tokens: int, seconds: fl
             "of_measured_matmul": round(flops / matmul, 3) if matmul == matmul else None}
 
 
+class Stages:
+    """Seconds per stage of a run: methods and functions wrapped in place, each call timed, its
+    callees' time taken out of its own (so the stages add up to the time they cover). A stage
+    reached inside a latency probe is reported under its own name plus ' [latency probe]'."""
+
+    PROBE = "latency probes (Engine._timed)"
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.items: dict[str, int] = {}
+        self._stack: list[list[Any]] = []
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, owner: Any, name: str, label: str, count: Callable[..., int] | None = None) -> None:
+        """Time owner.name under `label`; count(*args, **kwargs) gives the items of a call."""
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            inside_probe = any(frame[0] == self.PROBE for frame in self._stack)
+            key = f"{label} [latency probe]" if inside_probe and label != self.PROBE else label
+            frame = [label, 0.0]
+            self._stack.append(frame)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                self._stack.pop()
+                if self._stack:
+                    self._stack[-1][1] += elapsed
+                self.seconds[key] = self.seconds.get(key, 0.0) + elapsed - frame[1]
+                self.calls[key] = self.calls.get(key, 0) + 1
+                if count is not None:
+                    self.items[key] = self.items.get(key, 0) + count(*args, **kwargs)
+
+        setattr(owner, name, timed)
+        self._undo.append((owner, name, original))
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()
+
+    def table(self, total: float) -> pd.DataFrame:
+        rows = [{"stage": key, "calls": self.calls[key], "items": self.items.get(key, ""),
+                 "seconds": round(seconds, 2), "share": f"{seconds / total:.1%}"}
+                for key, seconds in sorted(self.seconds.items(), key=lambda item: -item[1])]
+        rest = total - sum(self.seconds.values())
+        rows.append({"stage": "everything else (Optuna, scoring trials, fusion, Python)", "calls": "", "items": "",
+                     "seconds": round(rest, 2), "share": f"{rest / total:.1%}"})
+        return pd.DataFrame(rows)
+
+
+@contextlib.contextmanager
+def study_stages() -> Iterator[Stages]:
+    """The stages of optimize() worth telling apart, timed while the block runs."""
+    from ragopt import evaluation, study
+    from ragopt.models import Locator
+    from ragopt.rerankers._base import PairScorer
+    from ragopt.rerankers.cross_encoder import CrossEncoderScorer
+    from ragopt.rerankers.flag_reranker import FlagScorer
+    from ragopt.retrievers import bm25, dense
+
+    stages = Stages()
+    stages.wrap(Locator, "_locate", "model folder content hashes")
+    stages.wrap(dense, "load_sentence_transformer", "load encoders")
+    stages.wrap(FlagScorer, "__init__", "load FlagRerankers")
+    stages.wrap(CrossEncoderScorer, "__init__", "load CrossEncoders")
+    stages.wrap(dense.DenseRetriever, "embed", "dense encoding (texts)", lambda self, texts, *a, **k: len(texts))
+    stages.wrap(dense.DenseRetriever, "search", "dense search (exact scan)")
+    stages.wrap(bm25.BM25Retriever, "__init__", "BM25 index")
+    stages.wrap(bm25.BM25Retriever, "search", "BM25 search")
+    stages.wrap(PairScorer, "score", "reranker scoring (pairs)", lambda self, pairs: len(pairs))
+    stages.wrap(Engine, "rerank", "reranking (cache look-ups, ordering)")
+    stages.wrap(Engine, "_timed", Stages.PROBE)
+    stages.wrap(evaluation.Evaluator, "evaluate", "trial evaluation (metrics)")
+    stages.wrap(evaluation.Evaluator, "evaluate_pruned", "trial evaluation (metrics, pruned)")
+    stages.wrap(study, "_warm_up", "warm-up (index and encode every retriever)")
+    stages.wrap(study, "_write_outputs", "writing the outputs (tables, statistics, best.yaml)")
+    try:
+        yield stages
+    finally:
+        stages.restore()
+
+
 def study(args: argparse.Namespace, work: Path) -> list[dict]:
     """The autorag-ko space with 5 dense models and 3 rerankers, without and with pruning."""
     qa, corpus = load_dataset(args.data / "qa.parquet", args.data / "corpus.parquet")
@@ -205,9 +330,9 @@ def study(args: argparse.Namespace, work: Path) -> list[dict]:
                            "query_prefix": query_prefix, "passage_prefix": passage_prefix, "batch_size": 32})
     rerankers = ["none"] + [
         {"name": name, "type": "cross_encoder" if name == "ko-reranker" else "flag_reranker", "model": str(work / name),
-         "max_length": 512, "depth": [10, 20, 50], "batch_size": 64} for name in reranker_names]
+         "max_length": min(512, max_length), "depth": [10, 20, 50], "batch_size": 64} for name in reranker_names]
     rows = []
-    for pruner in ("none", "wilcoxon"):
+    for pruner in args.pruners:
         config = {"data": {"qa": str(args.data / "qa.parquet"), "corpus": str(args.data / "corpus.parquet")},
                   "retrievers": retrievers, "rerankers": rerankers, "top_k": [1, 3, 5, 10],
                   "optimize": {"f1": 1.0, "ndcg": 1.0}, "device": args.device,
@@ -215,15 +340,21 @@ def study(args: argparse.Namespace, work: Path) -> list[dict]:
         path = work / f"study-{pruner}.yaml"
         path.write_text(yaml.safe_dump(config))
         start = time.perf_counter()
-        outcome = optimize(path, output=work / f"out-{pruner}", progress=False)
-        total = time.perf_counter() - start
+        with study_stages() as stages:
+            try:
+                outcome = optimize(path, output=work / f"out-{pruner}", progress=False)
+            finally:  # also when a time limit interrupts it (SIGINT): where the time went so far
+                total = time.perf_counter() - start
+                table = stages.table(total)
+                print(f"pruner {pruner}: {total:.1f} s by stage\n{table.to_string(index=False)}", flush=True)
         trials = pd.read_csv(outcome.output / "trials.csv")
         cached = trials.loc[trials["reused"] | ~trials["pipeline"].str.contains(" > "), "seconds_per_query"] * len(qa)
         rows.append({"pruner": pruner, "trials": args.trials, "completed": outcome.n_trials,
                      "pruned": outcome.n_pruned, "total_s": round(total, 1),
                      "median_cached_trial_ms": round(1000 * float(np.median(cached)), 2),
-                     "best": round(outcome.best_value, 4), "best_pipeline": outcome.best_spec.describe()})
-        print(json.dumps(rows[-1]), flush=True)
+                     "best": round(outcome.best_value, 4), "best_pipeline": outcome.best_spec.describe(),
+                     "stages": table.to_dict(orient="records")})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "stages"}), flush=True)
     return rows
 
 
@@ -231,23 +362,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["throughput", "study"])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES))
+    parser.add_argument("--archs", nargs="+", choices=list(ARCHITECTURES), default=REAL_ARCHITECTURES)
     parser.add_argument("--passages", type=int, default=16, help="passages to encode (720: the whole corpus)")
     parser.add_argument("--pairs", type=int, default=32, help="query-passage pairs to rerank (5700 = 114 x 50)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--study-arch", choices=list(ARCHITECTURES), default="xlmr-large")
+    parser.add_argument("--pruners", nargs="+", choices=["none", "wilcoxon"], default=["none", "wilcoxon"])
+    parser.add_argument("--work", type=Path, help="build the stand-ins here and keep them (default: a temp folder)")
     parser.add_argument("--data", type=lambda p: Path(p).resolve(), default=DATA,
                         help="folder with AutoRAG's qa.parquet and corpus.parquet")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        rows = (throughput if args.what == "throughput" else study)(args, Path(folder))
-    table = pd.DataFrame(rows)
+    setting = environment(pick_device(args.device))
+    print(json.dumps(setting), flush=True)
+    with contextlib.ExitStack() as stack:
+        work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work.mkdir(parents=True, exist_ok=True)
+        rows = (throughput if args.what == "throughput" else study)(args, work)
+    table = pd.DataFrame(rows).drop(columns="stages", errors="ignore")
     pd.set_option("display.width", 200)
     print(table.to_string(index=False))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"environment": setting, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
