@@ -198,19 +198,9 @@ def kernel_seconds(run: Callable[[], Any]) -> tuple[float, list[tuple[str, float
     return sum(s for _, s in averages), sorted(averages, key=lambda x: -x[1])[:8]
 
 
-def forward_pack(network: Any, lengths: np.ndarray, ids: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One packed forward as packed.encode runs it (inputs copied without waiting): the hidden
-    states of every token, and where each text starts (then the end)."""
-    ends = lengths.cumsum()
-    positions = np.arange(len(ids)) - np.repeat(ends - lengths, lengths) + packed._position_offset(network)
-    inputs = torch.from_numpy(np.stack([ids, positions])).to(device, non_blocking=True)
-    input_ids, position_ids = inputs[:, None]
-    bounds = torch.from_numpy(np.concatenate([[0], ends]).astype(np.int32)).to(device, non_blocking=True)
-    longest = int(lengths.max())
-    hidden = network(input_ids=input_ids, position_ids=position_ids, token_type_ids=torch.zeros_like(input_ids),
-                     cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest,
-                     max_length_k=longest).last_hidden_state[0]
-    return hidden, bounds
+def forward_pack(network: Any, lengths: np.ndarray, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """One packed forward as packed.encode runs it."""
+    return packed.forward_pack(network, lengths, ids, packed._position_offset(network))
 
 
 def packs_of(token_lists: list[list[int]], budget: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -292,7 +282,7 @@ def launch_against_gpu(bench: Bench, model: Any, chunks: list[tuple[np.ndarray, 
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start = time.perf_counter()
                 begin.record()
-                forward_pack(network, pack_lengths, pack_ids, bench.device)
+                forward_pack(network, pack_lengths, pack_ids)
                 launch.append(time.perf_counter() - start)
                 end.record()
                 torch.cuda.synchronize()
@@ -397,7 +387,7 @@ def reranking(bench: Bench, folder: Path, pairs: list[tuple[str, str]], device: 
         scores = torch.empty(len(pairs), device=device)
         with torch.inference_mode(), packed._attention(network):
             for first, lengths, ids in packs:
-                hidden, bounds = forward_pack(network, lengths, ids, device)
+                hidden, bounds = forward_pack(network, lengths, ids)
                 scores[first:first + len(lengths)] = head(hidden[bounds[:-1].long()][:, None]).float()[:, 0]
         return scores.cpu().numpy()
 
@@ -446,7 +436,7 @@ def m3_packed(m3: Any, tokenizer: Any, token_lists: list[list[int]], device: str
     dense, weights, token_ids, owners, colbert = [], [], [], [], []
     with torch.inference_mode(), packed._attention(network):
         for first, lengths, ids in packs_of(token_lists, BATCH * packed.TOKENS_PER_TEXT):
-            hidden, bounds = forward_pack(network, lengths, ids, device)
+            hidden, bounds = forward_pack(network, lengths, ids)
             starts = bounds[:-1].long()
             dense.append(F.normalize(hidden[starts].float(), dim=-1))
             weights.append(torch.relu(m3.sparse_linear(hidden)).float()[:, 0])

@@ -70,6 +70,23 @@ def packable(model: Any, prompt_name: str | None) -> bool:
             and _register_attention())
 
 
+def forward_pack(network: Any, lengths: np.ndarray, ids: np.ndarray, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pack of texts (token counts, token ids end to end) through the network in packed
+    attention: every token's hidden state, and where each text starts (then the end). Inputs go
+    to the device without waiting for its queued work; `offset` is the first position id."""
+    device = network.device
+    ends = lengths.cumsum()
+    positions = np.arange(len(ids)) - np.repeat(ends - lengths, lengths) + offset
+    inputs = torch.from_numpy(np.stack([ids, positions])).to(device, non_blocking=True)
+    input_ids, position_ids = inputs[:, None]
+    bounds = torch.from_numpy(np.concatenate([[0], ends]).astype(np.int32)).to(device, non_blocking=True)
+    longest = int(lengths.max())
+    hidden = network(input_ids=input_ids, position_ids=position_ids, token_type_ids=torch.zeros_like(input_ids),
+                     cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest,
+                     max_length_k=longest).last_hidden_state[0]
+    return hidden, bounds
+
+
 def safe_architecture(network: Any) -> bool:
     """A bidirectional encoder of a SAFE_MODEL_TYPES type whose forward takes token_type_ids."""
     config = network.config
@@ -111,24 +128,15 @@ def encode(model: Any, texts: Sequence[str], prompt_name: str | None, batch_size
     host memory first waits for all the GPU's queued work)."""
     transformer, pooling = model[0], model[1]
     network = transformer.auto_model
-    device = network.device
     offset = _position_offset(network)
-    vectors = torch.empty(len(texts), network.config.hidden_size, dtype=torch.float32, device=device)
+    vectors = torch.empty(len(texts), network.config.hidden_size, dtype=torch.float32, device=network.device)
     cut: list[int] = []
     tokenized = _tokenized(model, list(texts), prompt_text(model, prompt_name) or None, cut)
     with torch.inference_mode(), _attention(network), tqdm(total=len(texts), unit="text", disable=not progress,
                                                            desc="Encoding") as bar:
         for first, lengths, ids in _packs(tokenized, batch_size * TOKENS_PER_TEXT):
             bar.update(len(lengths))
-            ends = lengths.cumsum()
-            positions = np.arange(len(ids)) - np.repeat(ends - lengths, lengths) + offset
-            inputs = torch.from_numpy(np.stack([ids, positions])).to(device, non_blocking=True)
-            input_ids, position_ids = inputs[:, None]
-            bounds = torch.from_numpy(np.concatenate([[0], ends]).astype(np.int32)).to(device, non_blocking=True)
-            longest = int(lengths.max())
-            hidden = network(input_ids=input_ids, position_ids=position_ids, token_type_ids=torch.zeros_like(input_ids),
-                             cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest,
-                             max_length_k=longest).last_hidden_state[0]
+            hidden, bounds = forward_pack(network, lengths, ids, offset)
             vectors[first:first + len(lengths)] = _pool(hidden, bounds, pooling.pooling_mode)
     warn_truncated(sum(cut), len(texts), "texts", model.tokenizer.name_or_path, token_limit(model))
     has_normalize = len(model) == 3  # packable() checked that the third module is Normalize
