@@ -314,6 +314,13 @@ ragopt.evaluation.Evaluator.evaluate = waiting
 """A sitecustomize whose trials never finish in time: each process says when its first has begun."""
 
 
+INTERRUPTIBLE = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                 "os.execv(sys.argv[1], sys.argv[1:])")
+"""Runs the command with Ctrl-C's default action, as a terminal does: a test run started where SIGINT is ignored
+(a background job of a script, `cmd &`) passes that on to its children, and Python then never raises
+KeyboardInterrupt, so the command would wait out its trial."""
+
+
 def test_ctrl_c_with_workers_before_any_trial_finished_is_one_line(tmp_path):
     config = write_config(tmp_path / "grid.yaml", SMALL_GRID)
     (tmp_path / "wait").mkdir()
@@ -321,8 +328,9 @@ def test_ctrl_c_with_workers_before_any_trial_finished_is_one_line(tmp_path):
     begun = tmp_path / "begun"
     begun.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "wait"), "BEGUN": str(begun)}
-    process = subprocess.Popen([sys.executable, "-m", "ragopt", "optimize", str(config), "-w", "2", "-q"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    command = [sys.executable, "-m", "ragopt", "optimize", str(config), "-w", "2", "-q"]
+    process = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE, *command], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_for(lambda: len(list(begun.iterdir())) == 2 or process.poll() is not None,
                  "both worker processes to begin a trial")
