@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragopt.errors import UserError
 from ragopt.pipeline import Hit, Pipeline, load_pipeline
+from ragopt.provenance import install_command
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -193,31 +194,8 @@ def _imported(name: str) -> Any:
     try:
         return importlib.import_module(name)
     except ImportError:
-        raise UserError(f"ragopt serve needs FastAPI and uvicorn ({name} is missing): {_install_command('serve')}"
+        raise UserError(f"ragopt serve needs FastAPI and uvicorn ({name} is missing): {install_command('serve')}"
                         ) from None
-
-
-def _install_command(extra: str) -> str:
-    """The pip command that adds one of ragopt's extras to this installation: from the source
-    folder of an editable install (its direct_url.json says so), else from PyPI. The installed
-    metadata is read, not a checkout's build leftovers (ragopt.egg-info) that the current folder
-    may put first on the path."""
-    import json
-    import shlex
-    from importlib.metadata import distributions
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
-
-    recorded = [text for d in distributions(name="ragopt") if (text := d.read_text("direct_url.json"))]
-    try:
-        origin = json.loads(recorded[0]) if recorded else {}
-    except ValueError:
-        origin = {}
-    if not origin.get("dir_info", {}).get("editable"):
-        return f"pip install {shlex.quote(f'ragopt[{extra}]')}"
-    folder = Path(url2pathname(urlparse(origin["url"]).path))
-    where = "." if folder.resolve() == Path.cwd() else str(folder)
-    return f"pip install -e {shlex.quote(f'{where}[{extra}]')}"
 
 
 def create_app(pipeline: Pipeline, max_batch: int = 32) -> "FastAPI":

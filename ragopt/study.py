@@ -38,7 +38,7 @@ from ragopt.compare import ALL, Settings, StudyResults, winners
 from ragopt.export import Exported, write_best
 from ragopt.files import atomic_write, safe_name, write_text
 from ragopt.models import device_type, require_available
-from ragopt.provenance import library_versions
+from ragopt.provenance import install_command, library_versions
 from ragopt.records import RECORD, TrialRecord, finished, per_question_table, trials_table
 from ragopt.runs import RUNS, RankingStore, write_best_run, write_index
 from ragopt.selection import FoldSelection, best_index, cost_ranks, feasible, kfold_selection, pareto_front
@@ -162,8 +162,9 @@ def _storage(url: str, heartbeat: float) -> optuna.storages.BaseStorage:
                 break
             time.sleep(0.5 + attempt)
         except ImportError:
-            driver = "'ragopt[postgres]'" if url.startswith("postgresql:") else "the driver the URL names"
-            raise StudyError(f"cannot open the study storage {shown(url)}: pip install {driver}") from None
+            driver = (install_command("postgres") if url.startswith("postgresql:")
+                      else "pip install the driver the URL names")
+            raise StudyError(f"cannot open the study storage {shown(url)}: {driver}") from None
         except (SQLAlchemyError, ValueError) as error:
             failure = error
             break

@@ -262,3 +262,9 @@ def test_without_fastapi_serve_says_how_to_install_it_for_this_install(best, tmp
     result = runner.invoke(app, ["serve", str(best), "--corpus", str(KO_MINI / "corpus.jsonl")])
     assert result.exit_code == 2
     assert result.output == f"error: ragopt serve needs FastAPI and uvicorn (fastapi is missing): {command}\n"
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # the other extras' hints say the same
+    result = runner.invoke(app, ["optimize", str(best.parent.parent / "bm25.yaml"), "--storage",
+                                 "postgresql://someone@127.0.0.1:9/db", "-q", "-o", str(tmp_path / "pg")])
+    assert result.exit_code == 2
+    assert result.output.endswith(f"cannot open the study storage postgresql://someone@127.0.0.1:9/db: "
+                                  f"{command.replace('serve', 'postgres')}\n")

@@ -152,6 +152,7 @@ def test_a_postprocessor_sharing_the_pipeline_reads_back_the_pipelines_scores(tm
 def test_the_integration_needs_llama_index_and_ragopt_does_not(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_index.core.bridge.pydantic", None)
     monkeypatch.delitem(sys.modules, "ragopt.integrations.llama_index")
+    monkeypatch.setattr("importlib.metadata.distributions", lambda name: [])  # installed from PyPI (test_cli: others)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'ragopt\[llama-index\]'"):
         importlib.import_module("ragopt.integrations.llama_index")
     body = ("import sys, ragopt, ragopt.config\nfrom ragopt.data import load_corpus\n"

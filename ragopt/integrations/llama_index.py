@@ -21,7 +21,9 @@ try:
 except ModuleNotFoundError as error:
     if not (error.name or "").startswith("llama_index"):
         raise
-    raise ModuleNotFoundError("ragopt.integrations.llama_index needs LlamaIndex: pip install 'ragopt[llama-index]'",
+    from ragopt.provenance import install_command
+
+    raise ModuleNotFoundError(f"ragopt.integrations.llama_index needs LlamaIndex: {install_command('llama-index')}",
                               name=error.name) from error
 
 from ragopt.data import Corpus, corpus_of, nfc
