@@ -277,7 +277,8 @@ class Stages:
 @contextlib.contextmanager
 def study_stages() -> Iterator[Stages]:
     """The stages of optimize() worth telling apart, timed while the block runs."""
-    from ragopt import evaluation, study
+    from ragopt import evaluation
+    from ragopt.study import run
     from ragopt.models import Locator
     from ragopt.rerankers._base import PairScorer
     from ragopt.rerankers.cross_encoder import CrossEncoderScorer
@@ -298,8 +299,8 @@ def study_stages() -> Iterator[Stages]:
     stages.wrap(Engine, "_timed", Stages.PROBE)
     stages.wrap(evaluation.Evaluator, "evaluate", "trial evaluation (metrics)")
     stages.wrap(evaluation.Evaluator, "evaluate_pruned", "trial evaluation (metrics, pruned)")
-    stages.wrap(study, "_warm_up", "warm-up (index and encode every retriever)")
-    stages.wrap(study, "_write_outputs", "writing the outputs (tables, statistics, best.yaml)")
+    stages.wrap(run, "warm_up", "warm-up (index and encode every retriever)")
+    stages.wrap(run, "write_outputs", "writing the outputs (tables, statistics, best.yaml)")
     try:
         yield stages
     finally:

@@ -23,7 +23,7 @@ from ragopt.files import atomic_write
 
 T = TypeVar("T")
 
-SCHEMA = {"tokens": 3, "embeddings": 2, "bge_m3": 2, "multi_vector": 1, "rerank": 2}
+SCHEMA = {"tokens": 3, "embeddings": 2, "bge_m3": 2, "multi_vector": 1, "rerank": 2, "chunks": 1}
 """The version of each code path's cached output: bump one when ragopt changes how that output
 is computed, and every entry made by the old code is recomputed instead of reused."""
 

@@ -213,21 +213,23 @@ def validate_command(config: Path = typer.Argument(..., help="The YAML file to c
     command that fetches it; exit code 2 when any is missing. Offline (HF_HUB_OFFLINE=1) the hub
     is not asked."""
     from ragopt.config import corpus_warnings, load_config
-    from ragopt.data import load_dataset
-    from ragopt.models import require_available
     from ragopt.space import MAX_GRID, small_space
     from ragopt.splits import study_splits
+    from ragopt.study.data import read_inputs
 
     loaded, _ = load_config(config)
-    qa, corpus = load_dataset(**loaded.data.model_dump())
-    study_splits(loaded.study, qa.domains, len(qa))
-    for warning in corpus_warnings(config, loaded, len(corpus)):
-        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    require_available(loaded.models())
+    data = read_inputs(loaded)  # the data, then every model the space names
+    study_splits(loaded.study, data.qa.domains, len(data.qa))
+    if data.documents is None:
+        for warning in corpus_warnings(config, loaded, len(data.corpus)):
+            err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        searched = f"{len(data.corpus)} passages"
+    else:
+        searched = f"{len(data.documents)} documents, {len(loaded.chunkers)} chunkers"
     pipelines = small_space(loaded, MAX_GRID) if loaded.finite else None
     size = ("continuous ranges" if not loaded.finite else f"more than {MAX_GRID} distinct pipelines"
             if pipelines is None else f"{len(pipelines)} distinct pipelines")
-    console.print(f"ok: {len(qa)} questions, {len(corpus)} passages, {len(loaded.retrievers)} retrievers, "
+    console.print(f"ok: {len(data.qa)} questions, {searched}, {len(loaded.retrievers)} retrievers, "
                   f"{len(loaded.rerankers)} reranker choices, top_k {loaded.top_k}; search space: {size}")
 
 
@@ -235,7 +237,10 @@ def validate_command(config: Path = typer.Argument(..., help="The YAML file to c
 def query_command(
     best: Path = typer.Argument(..., help="An exported best.yaml."),
     questions: list[str] = typer.Argument(..., help="One or more questions."),
-    corpus: Path = typer.Option(..., "--corpus", "-c", help="The corpus to search (parquet, jsonl or csv)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", "-c", help="The corpus to search (parquet, jsonl or "
+                                          "csv)."),
+    documents: Optional[str] = typer.Option(None, "--documents", "-d", help="Or documents to cut with the tuned "
+                                            "chunker (a folder, glob or file of .txt/.md/.pdf/.jsonl)."),
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Passages per question.", show_default="the tuned top_k"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder.",
                                              show_default="cache/ next to best.yaml"),
@@ -246,7 +251,8 @@ def query_command(
     a line saying which, instead of a table; the exit code stays 0."""
     from ragopt.pipeline import load_pipeline
 
-    pipeline = load_pipeline(best, corpus, cache_dir or best.resolve().parent / "cache", progress=True)
+    pipeline = load_pipeline(best, corpus, cache_dir or best.resolve().parent / "cache", progress=True,
+                             documents=documents)
     results = pipeline.retrieve(questions, k)
     for question, hits in zip(questions, results):
         if not hits:
@@ -424,10 +430,33 @@ def import_autorag_command(
                   f"`ragopt validate {path}`", highlight=False, soft_wrap=True)
 
 
+@app.command("chunk")
+def chunk_command(
+    documents: str = typer.Argument(..., help="A folder, glob or file of documents (.txt, .md, .pdf, .jsonl)."),
+    best: Path = typer.Option(..., "--from", help="An exported best.yaml whose pipeline has a chunker."),
+    output: Path = typer.Option(..., "--output", "-o", help="The corpus file to write (.jsonl, .parquet or .csv)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder.",
+                                             show_default="cache/ next to best.yaml"),
+) -> None:
+    """Cut documents with a tuned chunker and write a corpus.
+
+    Each passage has doc_id `document#start-end`, contents (the document's text start..end) and
+    the document's metadata with document, start and end."""
+    from ragopt.export import read_export
+    from ragopt.pipeline import chunk, write_corpus
+
+    corpus = chunk(read_export(best).spec, documents, cache_dir or best.resolve().parent / "cache", "cpu")
+    write_corpus(corpus, output)
+    console.print(f"wrote {len(corpus)} passages to {escape(str(output))}", highlight=False, soft_wrap=True)
+
+
 @app.command("serve")
 def serve_command(
     best: Path = typer.Argument(..., help="An exported best.yaml."),
-    corpus: Path = typer.Option(..., "--corpus", "-c", help="The corpus to search (parquet, jsonl or csv)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", "-c", help="The corpus to search (parquet, jsonl or "
+                                          "csv)."),
+    documents: Optional[str] = typer.Option(None, "--documents", "-d", help="Or documents to cut with the tuned "
+                                            "chunker (a folder, glob or file of .txt/.md/.pdf/.jsonl)."),
     host: str = typer.Option("127.0.0.1", "--host", help="The address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="The port to listen on."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder.",
@@ -441,11 +470,82 @@ def serve_command(
     first request."""
     from ragopt.serve import build, run
 
-    api = build(best, corpus, cache_dir or best.resolve().parent / "cache", max_batch)
+    api = build(best, corpus, cache_dir or best.resolve().parent / "cache", max_batch, documents)
     pipeline = api.state.pipeline
     console.print(f"serving {escape(pipeline.spec.describe())} over {len(pipeline.engine.corpus)} passages at "
                   f"http://{host}:{port} (docs: /docs)", highlight=False, soft_wrap=True)
     run(api, host, port)
+
+
+@app.command("generate-qa")
+def generate_qa_command(
+    documents: str = typer.Argument(..., help="A folder, glob or file of documents (.txt, .md, .pdf, .jsonl)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The QA file to write (JSON lines). An existing one is "
+                                "resumed: the new questions are appended, items done before are not asked again."),
+    questions: int = typer.Option(100, "--questions", "-n", min=1, help="Questions the file holds in the end."),
+    generator: str = typer.Option("offline", "--generator", "-g", help="offline: inverse cloze, no model (a "
+                                  "sentence of a passage is the question, masked out of what is indexed); endpoint: "
+                                  "an OpenAI-compatible server (vLLM, Ollama, OpenAI); local: a Hugging Face chat "
+                                  "model run here (on the GPU where there is one)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="endpoint: the model name the server serves; "
+                                        "local: a hub id or a folder."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="endpoint: the API root before "
+                                           "/chat/completions, e.g. http://localhost:8000/v1 (vLLM), "
+                                           "http://localhost:11434/v1 (Ollama), https://api.openai.com/v1."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR", help="endpoint: the environment "
+                                              "variable holding the API key, e.g. OPENAI_API_KEY.",
+                                              show_default="no key sent"),
+    kinds: str = typer.Option("factoid,concept,two_hop", "--kinds", help="Kinds of LLM questions, taken in turn "
+                              "(two_hop: over two passages of one document or domain)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Ask the model again whether the passage answers "
+                               "each question, and drop those it says it does not."),
+    concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, help="endpoint: requests at once."),
+    rpm: Optional[float] = typer.Option(None, "--rpm", min=0.001, help="endpoint: most requests a minute.",
+                                        show_default="no limit"),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens the model writes per reply."),
+    domain_pattern: Optional[str] = typer.Option(None, "--domain-pattern", help="A regular expression whose first "
+                                                 "group, searched in a document's id, is its questions' domain, e.g. "
+                                                 r"'^(\w+) - ' for 'law - case.pdf'.",
+                                                 show_default="the documents' domain metadata, if any"),
+    seed: int = typer.Option(0, "--seed", help="The order passages are visited in."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Generate questions with evidence spans from documents.
+
+    Passages of about 300-800 characters are cut from the documents and visited in a seeded
+    order, one question each. LLM questions whose answer says the passage does not tell, that
+    refer to "this passage", that the check says the passage does not answer, or that nearly
+    repeat a kept one are dropped, and written with the reason to <output>.rejected.jsonl."""
+    from ragopt.generate import generate_qa
+
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise UserError(f"--api-key-env names {api_key_env}, which is not set; export it, or leave the option "
+                            "out for a server that needs no key")
+    asked = [kind.strip() for kind in kinds.split(",") if kind.strip()]
+    try:
+        done = generate_qa(documents, output, questions=questions, generator=generator,  # type: ignore[arg-type]
+                           model=model, base_url=base_url, api_key=api_key, kinds=asked, check=check,
+                           concurrency=concurrency, rpm=rpm, max_tokens=max_tokens, domain_pattern=domain_pattern,
+                           seed=seed, progress=not quiet)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: {output} keeps the questions written; rerun the same command to resume",
+                  highlight=False)
+        raise typer.Exit(code=130) from None
+    rejected = ", ".join(f"{n} {reason}" for reason, n in done.rejected.most_common())
+    console.print(f"wrote {done.written} questions to {done.path} ({done.before + done.written} in all, "
+                  f"{done.before} before) in {done.seconds:.1f} s" + (f"; rejected {rejected}, listed in "
+                                                                       f"{done.rejected_path}" if rejected else ""),
+                  highlight=False, soft_wrap=True)
+    if done.usage is not None:
+        console.print(f"{done.usage.requests} requests, {done.usage.prompt_tokens} prompt + "
+                      f"{done.usage.completion_tokens} completion tokens", highlight=False)
+    if done.ran_out:
+        console.print(f"every one of the {done.passages} passages has been asked about: the file holds fewer than "
+                      f"{questions} questions; give more documents, or other --kinds", highlight=False,
+                      soft_wrap=True)
 
 
 def main() -> None:

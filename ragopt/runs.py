@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,17 +76,35 @@ def _save(path: Path, rows: np.ndarray) -> None:
         np.save(handle, rows, allow_pickle=False)
 
 
-def write_index(output: Path, qids: Sequence[str], doc_ids: Sequence[str], trials: dict[int, str | None]) -> None:
+QRELS = "qrels"
+"""The folder of a study over documents that holds each chunking's qrels, `<chunker key>.trec`."""
+
+
+def write_index(output: Path, qids: Sequence[str], doc_ids: Sequence[str] | Mapping[str, Sequence[str]],
+                trials: dict[int, str | None], corpus_of: Mapping[int, str] | None = None) -> None:
     """runs/index.json: the qids of the rankings' rows, the doc ids of the corpus rows they hold
     (only those: a million-passage corpus is not copied), and each finished trial's ranking key
-    (None for a trial of an earlier ragopt, which wrote its TREC run itself)."""
+    (None for a trial of an earlier ragopt, which wrote its TREC run itself). A study over
+    documents ranks a corpus per chunking: `doc_ids` maps each chunking's key to its chunk ids and
+    `corpus_of` each trial to its chunking."""
     store = RankingStore(output / RUNS)
-    held = [np.unique(store.load(key)) for key in {key for key in trials.values() if key is not None}
-            if store.path(key).exists()]
-    rows = np.unique(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
-    rows = rows[rows >= 0].tolist()
-    index = {"qids": list(qids), "doc_rows": rows, "doc_ids": [doc_ids[r] for r in rows],
-             "trials": {str(n): key for n, key in sorted(trials.items())}}
+
+    def held_rows(keys: Iterable[str | None], ids: Sequence[str]) -> dict[str, list]:
+        held = [np.unique(store.load(key)) for key in {key for key in keys if key is not None}
+                if store.path(key).exists()]
+        rows = np.unique(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+        rows = rows[rows >= 0].tolist()
+        return {"doc_rows": rows, "doc_ids": [ids[r] for r in rows]}
+
+    index: dict = {"qids": list(qids), "trials": {str(n): key for n, key in sorted(trials.items())}}
+    if corpus_of is None:
+        assert not isinstance(doc_ids, Mapping)
+        index.update(held_rows(trials.values(), doc_ids))
+    else:
+        assert isinstance(doc_ids, Mapping)
+        index["corpora"] = {corpus: held_rows([trials[n] for n in trials if corpus_of[n] == corpus], ids)
+                            for corpus, ids in doc_ids.items()}
+        index["trial_corpus"] = {str(n): corpus_of[n] for n in sorted(trials)}
     write_text(output / RUNS / INDEX, json.dumps(index, ensure_ascii=False) + "\n")
 
 
@@ -101,8 +120,21 @@ class StudyRuns:
         self.output = output
         self.n_questions = len(index["qids"])
         self.trials: dict[int, str | None] = {int(n): key for n, key in index["trials"].items()}
-        self.writer = TrecWriter(index["qids"], dict(zip(index["doc_rows"], index["doc_ids"])))
+        corpora = index.get("corpora", {"": index})
+        self.writers = {corpus: TrecWriter(index["qids"], dict(zip(held["doc_rows"], held["doc_ids"])))
+                        for corpus, held in corpora.items()}
+        self.corpus_of: dict[int, str] = {int(n): c for n, c in index.get("trial_corpus", {}).items()}
+        """Each trial's chunking, in a study over documents (its qrels: qrels/<chunking>.trec)."""
         self.store = RankingStore(output / RUNS)
+
+    def writer(self, trial: int) -> TrecWriter:
+        """The writer of the trial's corpus ids."""
+        return self.writers[self.corpus_of.get(trial, "")]
+
+    def qrels(self, trial: int) -> Path:
+        """The qrels the trial's run is scored against with trec_eval."""
+        corpus = self.corpus_of.get(trial)
+        return self.output / (f"{QRELS}/{corpus}.trec" if corpus else "qrels.trec")
 
     @property
     def best(self) -> int:
@@ -143,7 +175,10 @@ class StudyRuns:
         paths = []
         for n, ids in rankings.items():
             paths.append(folder / f"trial-{n}.trec")
-            self.writer.run(paths[-1], ids, f"ragopt-{n}")
+            self.writer(n).run(paths[-1], ids, f"ragopt-{n}")
+            if n in self.corpus_of:  # a chunking of documents: its own qrels beside the run
+                paths.append(folder / f"trial-{n}.qrels")
+                shutil.copyfile(self.qrels(n), paths[-1])
         return paths
 
 
@@ -153,7 +188,7 @@ def write_best_run(output: Path, trial: int) -> None:
     its own output folder) leaves none, rather than an older winner's."""
     runs, path = StudyRuns(output), output / RUNS / BEST
     if runs.has(trial):
-        runs.writer.run(path, runs.ranking(trial), f"ragopt-{trial}")
+        runs.writer(trial).run(path, runs.ranking(trial), f"ragopt-{trial}")
     else:
         path.unlink(missing_ok=True)
 

@@ -245,12 +245,14 @@ def _version() -> str:
     return version("ragopt")
 
 
-def build(best: str | Path, corpus: str | Path, cache_dir: str | Path | None, max_batch: int = 32) -> "FastAPI":
-    """Load best.yaml over the corpus and make its warmed HTTP API; a bad file, or FastAPI or
-    uvicorn missing, raises a UserError before any model loads."""
+def build(best: str | Path, corpus: str | Path | None, cache_dir: str | Path | None, max_batch: int = 32,
+          documents: str | Path | None = None) -> "FastAPI":
+    """Load best.yaml over the corpus (or documents, cut by its tuned chunker) and make its
+    warmed HTTP API; a bad file, or FastAPI or uvicorn missing, raises a UserError before any
+    model loads."""
     for name in ("fastapi", "uvicorn"):
         _imported(name)
-    return create_app(load_pipeline(best, corpus, cache_dir), max_batch)
+    return create_app(load_pipeline(best, corpus, cache_dir, documents=documents), max_batch)
 
 
 def run(app: "FastAPI", host: str, port: int) -> None:

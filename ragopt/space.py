@@ -2,7 +2,7 @@
 asks a chooser for each open decision. Optuna's trial is one chooser; the grid enumerator,
 which replays the same walk with every combination, is another, so the two never disagree.
 
-Parameter names are stable and readable: 'retriever', 'reranker', 'top_k', then
+Parameter names are stable and readable: 'retriever', 'chunker', 'reranker', 'top_k', then
 '<entry name>.<setting>' (e.g. 'bm25_kiwi.k1', 'hybrid.weight', 'ce.depth').
 """
 
@@ -32,9 +32,14 @@ def suggest_pipeline(config: Config, choose: Chooser) -> PipelineSpec:
         return entries[name].suggest(choose, resolve)
 
     retriever = resolve(choose("retriever", list(entries)))
+    chunker = None
+    if config.chunkers:
+        chunkers = {c.name: c for c in config.chunkers}
+        chunker = chunkers[choose("chunker", list(chunkers))].suggest(choose, retriever)
     rerankers = {r.name: r for r in config.rerankers}
     reranker = rerankers[choose("reranker", list(rerankers))].suggest(choose)
-    return PipelineSpec(retriever=retriever, reranker=reranker, top_k=choose("top_k", config.top_k))
+    return PipelineSpec(chunker=chunker, retriever=retriever, reranker=reranker,
+                        top_k=choose("top_k", config.top_k))
 
 
 def optuna_chooser(trial: "optuna.Trial") -> Chooser:

@@ -7,8 +7,11 @@ reranker fields accept every registered type.
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import Field
 
+from ragopt.chunkers import _base as chunkers
 from ragopt.labels import model_label
 from ragopt.params import StrictModel
 from ragopt.rerankers import _base as rerankers
@@ -16,15 +19,25 @@ from ragopt.retrievers import _base as retrievers
 
 
 class PipelineSpec(StrictModel):
-    """A runnable pipeline: retrieve, optionally rerank, return top_k passages."""
+    """A runnable pipeline: chunk documents (when it was tuned on documents), retrieve,
+    optionally rerank, return top_k passages."""
 
+    chunker: chunkers.spec_union() | None = None
     retriever: retrievers.spec_union()
     reranker: rerankers.spec_union() | None = None
     top_k: int = Field(ge=1)
 
+    def key(self) -> str:
+        """A content hash of the spec; a pipeline without a chunker keeps the key it had before
+        chunkers existed."""
+        exclude = {"chunker"} if self.chunker is None else set()
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
+
     def describe(self) -> str:
         """A one-line human summary for tables and progress bars."""
         text = self.retriever.describe()
+        if self.chunker is not None:
+            text = f"{self.chunker.describe()} > {text}"
         if self.reranker is not None:
             text += f" > {self.reranker.describe()}"
         return f"{text} k={self.top_k}"
@@ -35,7 +48,9 @@ class PipelineSpec(StrictModel):
         model by the name people know it by (ragopt.labels.model_label)."""
         parts = self.retriever.components() or [self.retriever]
         kinds = [p.kind() for p in parts]
+        chunker = {} if self.chunker is None else {"chunker": self.chunker.type}
         return {
+            **chunker,
             "retriever": f"{self.retriever.type}({'+'.join(kinds)})" if self.retriever.components() else kinds[0],
             "model": " + ".join(" + ".join(map(model_label, p.models())) or p.type for p in parts),
             "tokenizer": " + ".join(t.label for t in self.retriever.tokenizers()) or "none",

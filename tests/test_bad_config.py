@@ -78,8 +78,8 @@ def test_an_unknown_key_does_not_hide_a_wrong_value_in_the_same_entry(tmp_path):
 def test_an_unknown_key_with_no_close_name_says_to_remove_it(tmp_path):
     result = validate(tmp_path, BLOCK + "colour: red\nstduy: {n_trials: 3}\n")
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "c.yaml:10: colour: unknown key 'colour'; remove it, or use one of the keys allowed here: cache_dir, " \
-           "data, device, exact_search_max, metrics, optimize, rerankers, retrievers, study, top_k" in result.output
+    assert "c.yaml:10: colour: unknown key 'colour'; remove it, or use one of the keys allowed here: budgets, " \
+           "cache_dir, chunkers, data, device, exact_search_max, metrics, optimize, rerankers, retrievers, study, top_k" in result.output
     assert "c.yaml:11: stduy: unknown key 'stduy' (did you mean 'study'?)" in result.output
 
 
@@ -205,7 +205,7 @@ def test_debug_raises_the_error_with_its_traceback(tmp_path):
 
 
 def test_an_unexpected_error_is_one_line_without_debug(tmp_path, monkeypatch):
-    from ragopt import data
+    from ragopt.study import data
 
     def broken(**settings):
         raise RuntimeError("the parquet reader\nfailed")

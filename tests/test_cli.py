@@ -24,7 +24,8 @@ def test_short_help_and_version():
     assert result.exit_code == 0 and result.output.strip() == f"ragopt {version('ragopt')}"
 
 
-COMMANDS = ["optimize", "validate", "query", "compare", "report", "runs", "import-autorag", "serve"]
+COMMANDS = ["optimize", "validate", "query", "compare", "report", "runs", "import-autorag", "chunk", "serve",
+            "generate-qa"]
 
 
 def test_help_shows_every_default_and_flags_as_flags():
@@ -107,13 +108,14 @@ def test_a_rerun_says_the_study_is_complete(best):
 
 @pytest.mark.parametrize("where", ["warm-up", "first trial"])
 def test_ctrl_c_before_any_trial_finished_is_one_line(tmp_path, monkeypatch, where):
-    from ragopt import evaluation, study
+    from ragopt import evaluation
+    from ragopt.study import run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     if where == "warm-up":  # models loading, corpora encoding
-        monkeypatch.setattr(study, "_warm_up", interrupted)
+        monkeypatch.setattr(run, "warm_up", interrupted)
     else:  # e.g. a reranker's first scores, computed inside the first trial
         monkeypatch.setattr(evaluation.Evaluator, "evaluate", interrupted)
     config = write_config(tmp_path / "bm25.yaml", """

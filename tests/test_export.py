@@ -14,7 +14,7 @@ import yaml
 from conftest import KO_MINI, write_config
 from ragopt import load_pipeline
 from ragopt.pipeline import Hit, Pipeline
-from ragopt import study as study_module
+from ragopt.study import objective as objective_module
 from ragopt.config import ConfigError
 from ragopt.data import load_corpus
 from ragopt.export import SCHEMA_VERSION, Exported, read_best, read_export, write_best
@@ -92,7 +92,7 @@ def studied(request, models, shared_cache, tmp_path_factory) -> tuple[str, Path]
     folder = tmp_path_factory.mktemp(case)
     path = write_config(folder / "space.yaml", config_text(case, models, shared_cache))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(study_module, "optuna_chooser", forcing({"retriever": CASES[case][2], "top_k": TOP_K}))
+        patch.setattr(objective_module, "optuna_chooser", forcing({"retriever": CASES[case][2], "top_k": TOP_K}))
         outcome = optimize(path, progress=False)
     return case, outcome.output
 

@@ -193,7 +193,7 @@ def test_latency_budget_keeps_the_winner_under_it(tmp_path, tiny_bert):
 def test_latency_probe_redoes_query_work_without_caching_it(tmp_path, tiny_bert, monkeypatch):
     path = config(tmp_path, tiny_bert, "")
     loaded, _ = load_config(path)
-    qa, corpus = load_dataset(**loaded.data.model_dump())
+    qa, corpus = load_dataset(loaded.data.qa, loaded.data.corpus)
     engine = Engine(corpus, Cache(tmp_path / "cache"), "cpu")
     spec = suggest_pipeline(loaded, lambda name, options: "hybrid" if name == "retriever" else
                             options[0] if isinstance(options, list) else options.low)

@@ -18,8 +18,9 @@ from ragopt.cli import app
 from ragopt.data import DataError
 from ragopt.runs import StudyRuns
 from ragopt.trec import encode_id
-from ragopt import study as study_module
-from ragopt.study import StudyError, optimize
+from ragopt.study import run as run_module
+from ragopt.errors import StudyError
+from ragopt.study import optimize
 
 SPACE = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl", domain_column: domain}
@@ -179,7 +180,7 @@ retrievers: [{name: bm25, type: bm25, tokenizer: whitespace, k1: {low: 0.5, high
 study: {n_trials: 8}
 """
     path = write_config(tmp_path / "stop.yaml", text)
-    real = study_module.Evaluator.evaluate
+    real = run_module.Evaluator.evaluate
     calls = []
 
     def evaluate_then_stop(self, spec):
@@ -188,11 +189,11 @@ study: {n_trials: 8}
             raise KeyboardInterrupt
         return real(self, spec)
 
-    monkeypatch.setattr(study_module.Evaluator, "evaluate", evaluate_then_stop)
+    monkeypatch.setattr(run_module.Evaluator, "evaluate", evaluate_then_stop)
     stopped = optimize(path, progress=False)
     assert stopped.interrupted and stopped.n_trials == 3
     assert len(pd.read_csv(stopped.output / "trials.csv")) == 3
-    monkeypatch.setattr(study_module.Evaluator, "evaluate", real)
+    monkeypatch.setattr(run_module.Evaluator, "evaluate", real)
     resumed = optimize(path, progress=False)
     assert not resumed.interrupted and resumed.n_trials == 8
     assert optimize(path, n_trials=2, fresh=True, progress=False).n_trials == 2
@@ -202,7 +203,6 @@ study: {n_trials: 8}
 
 
 def test_a_fresh_study_stopped_early_leaves_nothing_of_the_previous_one(tmp_path, monkeypatch):
-    from ragopt import study as study_module
 
     path = write_config(tmp_path / "bm25.yaml", """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
@@ -216,7 +216,7 @@ study: {latency: off}
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt  # killed while the new study's models load
 
-    monkeypatch.setattr(study_module, "_warm_up", stopped)
+    monkeypatch.setattr(run_module, "warm_up", stopped)
     with pytest.raises(KeyboardInterrupt):
         optimize(path, n_trials=3, fresh=True, progress=False)
     assert {p.name for p in first.output.iterdir()} <= {"cache", "study.db", "qrels.trec", ".ragopt.lock"}

@@ -22,11 +22,14 @@ import pytest
 from sqlalchemy import DateTime, bindparam, text
 
 from conftest import write_config
-from ragopt import study as study_module
+from ragopt.study import storage as storage_module
+from ragopt.study import workers as workers_module
 from ragopt.config import load_config
 from ragopt.errors import StudyError
-from ragopt.study import GRID as QUEUED
-from ragopt.study import ORPHAN_SECONDS, SKIPPED, STUDY_FORMAT, driver_url, grace_seconds, optimize, shown
+from ragopt.study import optimize
+from ragopt.study.storage import STUDY_FORMAT, driver_url, grace_seconds, shown
+from ragopt.study.workers import GRID as QUEUED
+from ragopt.study.workers import ORPHAN_SECONDS, SKIPPED
 
 GRID = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
@@ -189,7 +192,7 @@ def test_a_worker_whose_heartbeats_come_late_keeps_its_trial(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", "Heartbeat of storage")  # trials asked outside Study.optimize
-        study = optuna.create_study(study_name="late", storage=study_module._storage(url, heartbeat=1))
+        study = optuna.create_study(study_name="late", storage=storage_module.open_storage(url, heartbeat=1))
         trial = study.ask({"k1": optuna.distributions.FloatDistribution(0.5, 2.0)})
         study._storage.record_heartbeat(trial._trial_id)
         silence(url, trial._trial_id, 10)  # ten intervals late, well within the grace period
@@ -215,22 +218,21 @@ def test_a_worker_joining_a_study_still_being_created_waits_for_all_of_it(tmp_pa
         creating.set_user_attr("space", "the space")
         creating.set_user_attr("provenance", {"models": {}})
 
-    monkeypatch.setattr(study_module, "time", SimpleNamespace(sleep=creator_goes_on, monotonic=time.monotonic))
-    durable, _, created = study_module._open_study(config, tmp_path, "grid", False, "the space", {"models": {}})
+    monkeypatch.setattr(storage_module, "time", SimpleNamespace(sleep=creator_goes_on, monotonic=time.monotonic))
+    durable, _, created = storage_module.open_study(config, tmp_path, "grid", False, "the space", {"models": {}})
     assert not created and durable.user_attrs == {"format": STUDY_FORMAT, "space": "the space",
                                                   "provenance": {"models": {}}}
 
 
 def all_but_the_last(tmp_path: Path, monkeypatch) -> tuple[Path, str, list[dict]]:
     """The small grid's study run on all but its last pipeline: the config, the storage, the grid."""
-    from ragopt import study as study_module
     from ragopt.space import enumerate_space
 
     config = write_config(tmp_path / "grid.yaml", SMALL_GRID)
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    grid = enumerate_space(study_module.load_config(config)[0])
+    grid = enumerate_space(load_config(config)[0])
     with monkeypatch.context() as patch:
-        patch.setattr(study_module, "enumerate_space", lambda config: grid[:-1])
+        patch.setattr(workers_module, "enumerate_space", lambda config: grid[:-1])
         optimize(config, tmp_path / "first", storage=storage, progress=False)  # 15 pipelines
     return config, storage, grid
 

@@ -1,0 +1,110 @@
+"""What a study's pipelines run over: a QA set over one corpus, or questions labelled by evidence
+spans over documents that every trial cuts with its own chunker. Both give the objective the
+same things: the questions, an engine and relevance per pipeline, and the corpus of a trial's
+ranking rows (for its TREC run and qrels)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragopt.cache import Cache, cache_key
+from ragopt.chunkings import Chunkings, as_qa
+from ragopt.config import Config
+from ragopt.data import Corpus, QASet, load_corpus, load_dataset, load_qa
+from ragopt.documents import Documents, SpanQA, load_documents, load_span_qa, spans_from_ids
+from ragopt.engine import Engine
+from ragopt.evaluation import Target
+from ragopt.models import require_available
+from ragopt.spec import PipelineSpec
+
+
+@dataclass
+class StudyData:
+    """The questions of a study and what each pipeline is scored against.
+
+    Example:
+        data = load_study_data(config, Cache("out/cache"))
+        target = data.target(spec)   # the engine over spec's corpus, and the qrels there
+    """
+
+    qa: QASet
+    engine: Engine
+    """The engine whose cache, models and device every trial's engine shares."""
+    key: str
+    """The content of the data, for the stored study's fingerprint."""
+    chunkings: Chunkings | None = None
+
+    def target(self, spec: PipelineSpec) -> Target:
+        """The engine over the pipeline's corpus and its questions' relevance there."""
+        if self.chunkings is not None:
+            return self.chunkings.target(spec)
+        return Target(self.engine, self.qa.groups)
+
+    def corpus_of(self, spec: PipelineSpec) -> Corpus:
+        """The corpus whose rows the pipeline's rankings hold."""
+        return self.target(spec).engine.corpus
+
+    @property
+    def source(self) -> str:
+        """What the study searched, as best.yaml's header names it: the corpus file or the documents."""
+        return self.chunkings.documents.source if self.chunkings is not None else self.engine.corpus.source
+
+
+@dataclass(frozen=True)
+class StudyInputs:
+    """A config's data as read and checked, before anything is indexed: the questions, and the
+    corpus they are labelled on or the documents with their evidence spans."""
+
+    qa: QASet
+    corpus: Corpus | None = None
+    documents: Documents | None = None
+    spans: SpanQA | None = None
+
+
+def read_inputs(config: Config) -> StudyInputs:
+    """Read the data a config names, every record checked, and check that every model it names
+    can be loaded; imports no torch and writes nothing (what `ragopt validate` runs)."""
+    data = config.data
+    if data.documents is None:
+        qa, corpus = load_dataset(qa=data.qa, corpus=data.corpus, beir=data.beir, split=data.split,
+                                  domain_column=data.domain_column, domain_pattern=data.domain_pattern)
+        require_available(config.models())
+        return StudyInputs(qa, corpus)
+    documents = load_documents(data.documents)
+    assert data.qa is not None
+    if data.corpus is not None:
+        corpus = load_corpus(data.corpus)
+        spans = spans_from_ids(load_qa(data.qa, corpus, data.domain_column, data.domain_pattern), corpus, documents)
+    else:
+        spans = load_span_qa(Path(data.qa), documents, data.domain_column, data.domain_pattern)
+    require_available(config.models())
+    return StudyInputs(as_qa(spans), None, documents, spans)
+
+
+def load_study_data(config: Config, cache_dir: Path | None, progress: bool = False) -> StudyData:
+    """The data a config names, read and checked before anything is written (the cache folder
+    included; no cache_dir: a cache in memory), with the engines its trials run on."""
+    inputs, data = read_inputs(config), config.data
+    if inputs.corpus is not None and inputs.documents is None:
+        engine = Engine(inputs.corpus, Cache(cache_dir), config.device, progress, config.exact_search_max)
+        return StudyData(inputs.qa, engine, cache_key(inputs.corpus.key, inputs.qa.groups))
+    assert inputs.documents is not None and inputs.spans is not None
+    chunkings = Chunkings(inputs.documents, inputs.spans, Cache(cache_dir), config.device, progress,
+                          config.exact_search_max, data.min_coverage, tuple(config.budgets),
+                          budget_tokenizer(data.budget_tokenizer))
+    key = cache_key(chunkings.documents.key, [[[(s.document, s.start, s.end) for s in alt] for alt in q]
+                                              for q in inputs.spans.evidence], data.min_coverage, config.budgets)
+    return StudyData(inputs.qa, chunkings.engine, key, chunkings)
+
+
+def budget_tokenizer(name: str | None) -> Any:
+    """The Hugging Face tokenizer that counts a context budget's tokens (None: words and punctuation)."""
+    if name is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from ragopt.models import Locator
+
+    return AutoTokenizer.from_pretrained(str(Locator()(name).path))
