@@ -26,6 +26,7 @@ from ragopt.rerankers._base import rerank, text_hashes
 from ragopt.retrievers import REGISTRY as RETRIEVERS
 from ragopt.retrievers import Context, Retriever, RetrieverSpec
 from ragopt.spec import PipelineSpec
+from ragopt.stages import run_stages
 
 RANKINGS_KEPT = 512
 RANKING_BYTES = 1 << 30
@@ -77,14 +78,13 @@ class Engine:
                                   lambda: self.retriever(spec).search(spec, queries, depth))[0]
 
     def run(self, spec: PipelineSpec, queries: Queries, depth: int | None = None) -> Ranking:
-        """Retrieve, rerank if the spec says so, and return `depth` ranks (default: top_k)."""
-        depth = depth or spec.top_k
-        if spec.reranker is None:
-            return self.retrieve(spec.retriever, queries, depth)
-        reranker = spec.reranker
-        candidates = self.retrieve(spec.retriever, queries, max(depth, reranker.depth))
-        key = (spec.retriever.key(), reranker.key(), queries.key, depth)
-        return self._rankings.get(key, lambda: self.rerank(reranker, candidates, queries).head(depth))[0]
+        """The pipeline's query-time stages (ragopt.stages: retrieve, rerank if the spec says so)
+        in order, returning `depth` ranks (default: top_k)."""
+        return run_stages(self, spec, queries, depth or spec.top_k)
+
+    def memo(self, key: tuple[str | int, ...], compute: Callable[[], Ranking]) -> Ranking:
+        """A ranking kept in memory under `key` (the stages' keys, the queries' and the depth)."""
+        return self._rankings.get(key, compute)[0]
 
     def seconds_per_query(self, spec: PipelineSpec, queries: Queries, rows: np.ndarray) -> float:
         """What answering the questions `rows` of `queries` costs per question once the models are

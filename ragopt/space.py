@@ -2,7 +2,8 @@
 asks a chooser for each open decision. Optuna's trial is one chooser; the grid enumerator,
 which replays the same walk with every combination, is another, so the two never disagree.
 
-Parameter names are stable and readable: 'retriever', 'chunker', 'reranker', 'top_k', then
+Parameter names are stable and readable: each stage's name ('retriever', 'chunker', 'reranker'),
+'top_k', then
 '<entry name>.<setting>' (e.g. 'bm25_kiwi.k1', 'hybrid.weight', 'ce.depth').
 """
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ragopt.errors import ConfigError
 from ragopt.params import Chooser, FloatRange, IntRange, Options
 from ragopt.spec import PipelineSpec
+from ragopt.stages import decision_order
 
 if TYPE_CHECKING:
     import optuna
@@ -24,22 +26,13 @@ MAX_GRID = 100_000
 
 
 def suggest_pipeline(config: Config, choose: Chooser) -> PipelineSpec:
-    """Walk the space once, taking each decision from `choose(name, options)`; each entry type
-    suggests its own settings."""
-    entries = {r.name: r for r in config.retrievers}
-
-    def resolve(name: str) -> Any:
-        return entries[name].suggest(choose, resolve)
-
-    retriever = resolve(choose("retriever", list(entries)))
-    chunker = None
-    if config.chunkers:
-        chunkers = {c.name: c for c in config.chunkers}
-        chunker = chunkers[choose("chunker", list(chunkers))].suggest(choose, retriever)
-    rerankers = {r.name: r for r in config.rerankers}
-    reranker = rerankers[choose("reranker", list(rerankers))].suggest(choose)
-    return PipelineSpec(chunker=chunker, retriever=retriever, reranker=reranker,
-                        top_k=choose("top_k", config.top_k))
+    """Walk the space once, taking each decision from `choose(name, options)`: each stage of
+    ragopt.stages picks an entry and the entry suggests its own settings, stages in the order
+    their choices depend on each other; then top_k."""
+    chosen: dict[str, Any] = {}
+    for stage in decision_order():
+        chosen[stage.name] = stage.suggest(config, choose, chosen)
+    return PipelineSpec(**chosen, top_k=choose("top_k", config.top_k))
 
 
 def optuna_chooser(trial: "optuna.Trial") -> Chooser:
