@@ -54,6 +54,26 @@ class Span:
 
 
 @dataclass(frozen=True)
+class ChunkSpans:
+    """Where each corpus row of a chunking lies: document (index into Documents), start, end
+    (character offsets into its text, end exclusive), aligned with the corpus rows."""
+
+    document: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "document", np.asarray(self.document, dtype=np.int32))
+        object.__setattr__(self, "start", np.asarray(self.start, dtype=np.int64))
+        object.__setattr__(self, "end", np.asarray(self.end, dtype=np.int64))
+        if not len(self.document) == len(self.start) == len(self.end):
+            raise ValueError("document, start and end must have one entry per chunk")
+
+    def __len__(self) -> int:
+        return len(self.document)
+
+
+@dataclass(frozen=True)
 class Documents:
     """Documents sorted by id, with a content key (ids and texts) for the caches of everything
     computed from them."""

@@ -21,6 +21,8 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from ragopt.documents import ChunkSpans
+
 SPAN_METRICS = ("evidence_recall", "evidence_precision", "evidence_iou")
 WORD_TOKEN = re.compile(r"\w+|[^\w\s]")
 """The default token counter: a run of word characters, or one other non-space character."""
@@ -38,26 +40,6 @@ class SpanLike(Protocol):
 
 Evidence = Sequence[Sequence[Sequence[SpanLike]]]
 """Per question, its required groups, each a list of alternative spans."""
-
-
-@dataclass(frozen=True)
-class ChunkSpans:
-    """Where each corpus row of a chunking lies: document (index into Documents), start, end
-    (character offsets into its text, end exclusive), aligned with the corpus rows."""
-
-    document: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "document", np.asarray(self.document, dtype=np.int32))
-        object.__setattr__(self, "start", np.asarray(self.start, dtype=np.int64))
-        object.__setattr__(self, "end", np.asarray(self.end, dtype=np.int64))
-        if not len(self.document) == len(self.start) == len(self.end):
-            raise ValueError("document, start and end must have one entry per chunk")
-
-    def __len__(self) -> int:
-        return len(self.document)
 
 
 @dataclass(frozen=True)

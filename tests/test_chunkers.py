@@ -21,7 +21,7 @@ from ragopt.chunkers.token_window import TokenWindowConfig, TokenWindowSpec
 from ragopt.documents import Document, Documents, load_documents
 from ragopt.errors import ConfigError, ModelError
 from ragopt.retrievers.bm25 import BM25Spec
-from ragopt.spans import ChunkSpans
+from ragopt.documents import ChunkSpans
 from ragopt.retrievers.dense import DenseSpec
 from ragopt.retrievers.tokenizers import KiwiTokenizer
 from ragopt.testing.chunkers import KOREAN, ChunkerCase, ChunkerContract, first_choice

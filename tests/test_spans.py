@@ -11,7 +11,8 @@ import pytrec_eval
 from conftest import AUTORAG_KO, _bert_tokenizer
 from ragopt.documents import Span
 from ragopt.metrics import at_k, relevance
-from ragopt.spans import ChunkSpans, TokenEnds, budget_metrics, span_metrics, span_qrels, token_ends
+from ragopt.documents import ChunkSpans
+from ragopt.spans import TokenEnds, budget_metrics, span_metrics, span_qrels, token_ends
 
 DOCS = AUTORAG_KO.parent / "autorag-ko-docs"
 INDEX = {"d0": 0, "d1": 1, "d2": 2}

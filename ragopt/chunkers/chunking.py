@@ -12,7 +12,7 @@ import numpy as np
 from ragopt.chunkers._base import REGISTRY, ChunkContext, ChunkerSpec
 from ragopt.data import Corpus, Metadata
 from ragopt.documents import Documents
-from ragopt.spans import ChunkSpans
+from ragopt.documents import ChunkSpans
 
 
 @dataclass(frozen=True)
