@@ -1,4 +1,4 @@
-"""From a Config to concrete PipelineSpecs: one function walks the conditional search space and
+"""From a config (a Space) to concrete PipelineSpecs: one function walks the conditional search space and
 asks a chooser for each open decision. Optuna's trial is one chooser; the grid enumerator,
 which replays the same walk with every combination, is another, so the two never disagree.
 
@@ -10,7 +10,7 @@ Parameter names are stable and readable: each stage's name ('retriever', 'chunke
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ragopt.errors import ConfigError
 from ragopt.params import Chooser, FloatRange, IntRange, Options
@@ -20,12 +20,19 @@ from ragopt.stages import decision_order
 if TYPE_CHECKING:
     import optuna
 
-    from ragopt.config import Config
+
+class Space(Protocol):
+    """What the walk reads of a config (ragopt.config.Config is one): each stage's list of entries
+    (`chunkers`, `retrievers`, `rerankers`: ragopt.stages) and top_k. A protocol, so that this module
+    imports no config: the config imports the space to check its size, never the other way round."""
+
+    top_k: list[int]
+
 
 MAX_GRID = 100_000
 
 
-def suggest_pipeline(config: Config, choose: Chooser) -> PipelineSpec:
+def suggest_pipeline(config: Space, choose: Chooser) -> PipelineSpec:
     """Walk the space once, taking each decision from `choose(name, options)`: each stage of
     ragopt.stages picks an entry and the entry suggests its own settings, stages in the order
     their choices depend on each other; then top_k."""
@@ -72,7 +79,7 @@ def _grid(options: FloatRange | IntRange) -> tuple:
     return tuple(options.grid())
 
 
-def enumerate_space(config: Config) -> list[dict[str, Any]]:
+def enumerate_space(config: Space) -> list[dict[str, Any]]:
     """Every distinct pipeline of the space, as Optuna parameter dicts; at most MAX_GRID."""
     pipelines = small_space(config, MAX_GRID)
     if pipelines is None:
@@ -81,7 +88,7 @@ def enumerate_space(config: Config) -> list[dict[str, Any]]:
     return pipelines
 
 
-def small_space(config: Config, limit: int) -> list[dict[str, Any]] | None:
+def small_space(config: Space, limit: int) -> list[dict[str, Any]] | None:
     """Every distinct pipeline of the space, as Optuna parameter dicts, when there are at most
     `limit` (else None, found without walking further), by replaying the walk with an odometer
     over the decisions it meets (later decisions depend on earlier ones)."""
