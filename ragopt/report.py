@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -42,6 +42,9 @@ class ReportData:
     best_yaml: str  # the exported best.yaml, shown verbatim
     confidence: float = 0.95  # the level of the intervals shown
     best_trial: Optional[int] = None  # the exported winner's trial (default: the highest value)
+    chunk_sizes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """A study over documents: trial, pipeline, chunker (type), chunks, chunk_chars (mean characters),
+    value, value.holdout (with a holdout), evidence_recall@<budget>t (when scored); empty otherwise."""
 
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -107,6 +110,7 @@ def render(data: ReportData) -> str:
          f"Mean over the questions with {data.confidence:.0%} bootstrap intervals as error bars; one panel per metric. "
          "Pipelines with the same value of every metric on every question are one curve, named for them all.",
          _curves_figure(data.curves)),
+        *_chunk_size_section(data.chunk_sizes),
         ("pareto", "Quality vs latency",
          "Every trial; the red staircase is the Pareto front: no other trial is both faster and better. The star "
          "is the exported winner. Of pipelines of exactly equal quality the winner is the cheapest by a fixed rule "
@@ -285,13 +289,63 @@ def _pareto_figure(pareto: pd.DataFrame, best_trial: Optional[int] = None) -> go
                            f"{best_trial})", marker={"symbol": "star", "color": "#2ca02c", "size": 18,
                                                      "line": {"color": "#1a1a1a", "width": 1}},
                            customdata=winner["hover"], hovertemplate="exported winner: " + template)
-    low, high = table["ms"].min(), table["ms"].max()
-    if low > 0 and high / low > 20:  # a log axis labelled 1, 2, 5, 10, ... instead of every digit
+    _log_x_when_wide(figure, table["ms"].min(), table["ms"].max())
+    figure.update_layout(height=480, xaxis={"title": {"text": "milliseconds per query (lower is better)"}},
+                         yaxis={"title": {"text": "quality (higher is better)"}})
+    return figure
+
+
+def _log_x_when_wide(figure: go.Figure, low: float, high: float) -> None:
+    """Where the x values span more than 20x, a log axis labelled 1, 2, 5, 10, ... instead of every digit."""
+    if low > 0 and high / low > 20:
         ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
                  for m in (1, 2, 5) if low / 1.5 <= m * 10.0 ** e <= high * 1.5]
         figure.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
-    figure.update_layout(height=480, xaxis={"title": {"text": "milliseconds per query (lower is better)"}},
-                         yaxis={"title": {"text": "quality (higher is better)"}})
+
+
+def _chunk_size_section(sizes: pd.DataFrame) -> list[tuple[str, str, str, go.Figure]]:
+    """The score-vs-chunk-size section of a study over documents; none for a study over passages."""
+    if sizes.empty:
+        return []
+    budget = next((c for c in sizes.columns if c.startswith("evidence_recall@")), None)
+    how = ("Every trial at the mean length in characters of the chunks its chunker cut the documents into, "
+           "one colour per chunker type")
+    if "value.holdout" in sizes:
+        how += "; open markers: its objective on the held-out questions"
+    if budget is not None:
+        how += (f". Right: {budget}, the share of the evidence inside a context of {budget.split('@')[1][:-1]} "
+                "tokens, which long chunks cannot win by their length alone")
+    return [("chunks", "Score vs chunk size", how + ".", _chunk_size_figure(sizes))]
+
+
+def _chunk_size_figure(sizes: pd.DataFrame) -> go.Figure:
+    """The objective (and held-out value) of every trial against its chunking's mean chunk length,
+    a trace per chunker type; beside it, when the study scored one, its evidence recall within a
+    token budget."""
+    panels = [("value", "objective")]
+    panels += [(c, c) for c in sizes.columns if c.startswith("evidence_recall@")]
+    figure = make_subplots(rows=1, cols=len(panels), subplot_titles=[_label(t) for _, t in panels],
+                           horizontal_spacing=0.08)
+    table = sizes.assign(hover=[f"#{t} {_label(p, 120)}<br>{n} chunks of {c:.1f} characters on average"
+                                for t, p, n, c in zip(sizes["trial"], sizes["pipeline"], sizes["chunks"],
+                                                      sizes["chunk_chars"])])
+    colours = qualitative.Plotly
+    for index, (chunker, rows) in enumerate(table.groupby("chunker", sort=True)):
+        colour = colours[index % len(colours)]
+        series = [(column, title, str(chunker), "circle", panel) for panel, (column, title) in enumerate(panels, 1)]
+        if "value.holdout" in rows:
+            series.append(("value.holdout", "objective on held-out questions", f"{chunker}, held out", "circle-open",
+                           1))
+        for column, title, name, symbol, panel in series:
+            figure.add_scatter(
+                x=rows["chunk_chars"], y=rows[column], mode="markers", name=_label(name), legendgroup=_label(name),
+                showlegend=panel == 1, marker={"color": colour, "symbol": symbol, "size": 9},
+                customdata=rows["hover"], row=1, col=panel,
+                hovertemplate=f"%{{customdata}}<br>{_label(title)}: %{{y:.4f}}<extra></extra>")
+    _log_x_when_wide(figure, table["chunk_chars"].min(), table["chunk_chars"].max())
+    figure.update_xaxes(title_text="mean chunk length (characters)")
+    figure.update_layout(height=480, margin={"t": 60, "b": 60},
+                         legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0})
     return figure
 
 

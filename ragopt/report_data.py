@@ -1,9 +1,11 @@
 """What `ragopt report` shows, computed from a study's output folder: the per-domain matrix, the
-top pipelines' metric-vs-k curves with intervals, the quality-vs-latency front, the stored
-Optuna study and the exported config, handed to ragopt.report to render."""
+top pipelines' metric-vs-k curves with intervals, score vs chunk size (a study over documents),
+the quality-vs-latency front, the stored Optuna study and the exported config, handed to
+ragopt.report to render."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,10 @@ from ragopt.stats import bootstrap_ci
 
 TOP_CURVES = 5
 """Pipelines with different curves whose metric-vs-k curves are drawn."""
+AT_K = re.compile(r"[^@]+@\d+")
+"""The columns of a metric at k (not at a token budget, `@1024t`)."""
+BUDGET_RECALL = re.compile(r"evidence_recall@\d+t")
+"""The columns of evidence recall within a token budget."""
 
 
 def curves(results: StudyResults, top: int, settings: Settings) -> pd.DataFrame:
@@ -30,7 +36,7 @@ def curves(results: StudyResults, top: int, settings: Settings) -> pd.DataFrame:
     named for them all."""
     trials = results.trials
     _, evaluation = results.sides()
-    columns = [c for c in results.per_question.columns if "@" in c]
+    columns = [c for c in results.per_question.columns if AT_K.fullmatch(c)]
     frames = results.per_question.groupby("trial", sort=False)
     keys = {trial: fingerprint(frame[columns].to_numpy(np.float64)[evaluation]) for trial, frame in frames}
     number = trials["trial"].to_numpy()
@@ -46,6 +52,20 @@ def curves(results: StudyResults, top: int, settings: Settings) -> pd.DataFrame:
             rows.append({"trial": int(row["trial"]), "pipeline": name, "metric": metric, "k": int(k),
                          "mean": float(mean), "low": float(low), "high": float(high)})
     return pd.DataFrame(rows)
+
+
+def chunk_sizes(results: StudyResults) -> pd.DataFrame:
+    """Each trial of a study over documents with its chunker type, its chunking's size (chunks,
+    mean characters), its objective (and held-out value) and its evidence recall within a token
+    budget (the objective's, else the first scored); empty for a study over passages."""
+    trials = results.trials
+    if "chunk_chars" not in trials:
+        return pd.DataFrame()
+    budgets = [c for c in trials.columns if BUDGET_RECALL.fullmatch(c)]
+    in_objective = [m for m in results.manifest.get("objective", {}) if m in budgets]
+    columns = ["trial", "pipeline", "choice.chunker", "chunks", "chunk_chars", "value"]
+    columns += [c for c in ("value.holdout",) if c in trials] + (in_objective or budgets)[:1]
+    return trials[columns].rename(columns={"choice.chunker": "chunker"})
 
 
 def _study(output: Path, manifest: dict[str, Any], storage: str | None) -> Any:
@@ -109,5 +129,6 @@ def build_report(output: str | Path, path: str | Path, metric: str = "objective"
         title=f"{manifest['config']}: {len(trials)} trials", facts=_facts(results, best), trials=trials,
         matrix=choice_matrix(results, metric, by, settings), matrix_by=by, metric=metric,
         curves=curves(results, TOP_CURVES, settings), pareto=pareto, study=_study(output, manifest, storage),
-        best_yaml=best_text, confidence=settings.confidence, best_trial=int(manifest["best_trial"]))
+        best_yaml=best_text, confidence=settings.confidence, best_trial=int(manifest["best_trial"]),
+        chunk_sizes=chunk_sizes(results))
     return write_report(path, data)

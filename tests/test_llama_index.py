@@ -6,6 +6,7 @@ import importlib
 import json
 import subprocess
 import sys
+import unicodedata
 
 import numpy as np
 import pandas as pd
@@ -13,16 +14,17 @@ import pytest
 from llama_index.core.evaluation import EmbeddingQAFinetuneDataset
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.core.schema import Document, MetadataMode, NodeRelationship, NodeWithScore, TextNode
 from llama_index.core.storage.docstore import SimpleDocumentStore
 from sentence_transformers import CrossEncoder
 
 from conftest import KO_MINI, ROOT, write_config
 from ragopt import load_pipeline
-from ragopt.data import DataError, load_corpus, load_dataset
+from ragopt.data import DataError, load_corpus, load_dataset, nfc
 from ragopt.errors import ConfigError
 from ragopt.export import Exported, write_best
 from ragopt.integrations.llama_index import RagoptReranker, RagoptRetriever
+from ragopt.pipeline import write_corpus
 from ragopt.spec import PipelineSpec
 from ragopt.study import optimize
 
@@ -207,3 +209,128 @@ study: {latency: off}
     metrics = ["pipeline", "value"] + [c for c in jsonl.columns if "@" in c]
     pd.testing.assert_frame_equal(llama[metrics], jsonl[metrics])
     assert outcomes[0].best_value == outcomes[1].best_value > 0
+
+
+DOCS = ROOT.parent / "shared" / "data" / "autorag-ko-docs"
+FINANCE = sorted((DOCS / "documents").glob("finance - *.txt"))
+FINANCE_QUESTIONS = [r["query"] for r in map(json.loads, (DOCS / "qa.jsonl").read_text(encoding="utf-8").splitlines())
+                     if r["domain"] == "finance"][:6]
+CHUNKERS = {"token_window": {"type": "token_window", "size": 300, "overlap": 0.25, "tokenizer": "characters"},
+            "recursive": {"type": "recursive", "size": 400}}
+
+
+@pytest.fixture(scope="module")
+def document_records() -> list[dict]:
+    """The seven finance documents of autorag-ko-docs as .jsonl records with metadata."""
+    return [{"id": path.name, "text": path.read_text(encoding="utf-8"), "domain": "finance",
+             "title": path.name.removeprefix("finance - ").removesuffix(".pdf.txt")} for path in FINANCE]
+
+
+@pytest.fixture(scope="module")
+def documents_file(tmp_path_factory, document_records):
+    path = tmp_path_factory.mktemp("documents") / "finance.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in document_records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def llama_documents(document_records) -> list[Document]:
+    """The same documents as LlamaIndex Documents; the first one's id in NFD (as macOS file names are)."""
+    return [Document(id_=unicodedata.normalize("NFD", r["id"]) if i == 0 else r["id"], text=r["text"],
+                     metadata={"domain": r["domain"], "title": r["title"]}, excluded_llm_metadata_keys=["domain"])
+            for i, r in enumerate(document_records)]
+
+
+@pytest.fixture(params=list(CHUNKERS))
+def chunked_best(request, tmp_path):
+    return write_best_yaml(tmp_path, {"chunker": CHUNKERS[request.param], "retriever": BM25, "top_k": 4})
+
+
+def chunk_nodes(found: list[NodeWithScore]) -> list[tuple]:
+    return [(n.node.node_id, n.node.text, n.node.start_char_idx, n.node.end_char_idx, n.node.metadata, n.score)
+            for n in found]
+
+
+def chunk_hits(hits) -> list[tuple]:
+    return [(h.doc_id, h.contents, h.metadata["start"], h.metadata["end"], h.metadata, h.score) for h in hits]
+
+
+def test_llama_index_documents_are_cut_by_the_tuned_chunker_and_rank_as_load_pipeline(chunked_best, documents_file,
+                                                                                       llama_documents):
+    expected = load_pipeline(chunked_best, documents=documents_file, device="cpu")
+    retriever = RagoptRetriever(chunked_best, llama_documents, device="cpu")
+    query_engine = RetrieverQueryEngine.from_args(retriever, llm=MockLLM())
+    by_id = {nfc(d.doc_id): d for d in llama_documents}
+    texts = {r.doc_id: r.text for r in llama_documents}
+    for question in FINANCE_QUESTIONS:
+        found = query_engine.query(question).source_nodes
+        hits = expected.retrieve(question)[0]
+        assert len(found) == expected.spec.top_k and chunk_nodes(found) == chunk_hits(hits)
+        for node in (n.node for n in found):
+            source = by_id[node.metadata["document"]]
+            assert node.node_id == f"{node.metadata['document']}#{node.start_char_idx}-{node.end_char_idx}"
+            assert node.text == texts[source.doc_id][node.start_char_idx:node.end_char_idx]
+            assert node.metadata == {"domain": "finance", "title": source.metadata["title"],
+                                     "document": nfc(source.doc_id), "start": node.start_char_idx,
+                                     "end": node.end_char_idx}
+            assert node.ref_doc_id == source.doc_id  # the user's own id, NFD included
+            assert node.relationships[NodeRelationship.SOURCE] == source.as_related_node_info()
+            assert node.get_content(MetadataMode.LLM) == (f"title: {source.metadata['title']}\n"
+                                                          f"document: {nfc(source.doc_id)}\n\n{node.text}")
+    assert retriever.pipeline.engine.corpus.doc_ids == expected.engine.corpus.doc_ids
+
+
+def test_documents_given_as_a_path_come_back_as_chunk_nodes(chunked_best, documents_file, document_records):
+    expected = load_pipeline(chunked_best, documents=documents_file, device="cpu")
+    for given in (documents_file, str(documents_file.parent / "*.jsonl"), documents_file.parent):
+        retriever = RagoptRetriever(chunked_best, documents=given, k=6, device="cpu")
+        for question in FINANCE_QUESTIONS[:3]:
+            found = retriever.retrieve(question)
+            assert chunk_nodes(found) == chunk_hits(expected.retrieve(question, 6)[0])
+            assert {n.node.ref_doc_id for n in found} <= {r["id"] for r in document_records}
+            assert all(n.node.source_node.metadata == {"domain": "finance", "title": n.node.metadata["title"]}
+                       for n in found)
+
+
+def test_nodes_cut_by_ragopt_chunk_are_searched_as_they_are(chunked_best, documents_file, tmp_path):
+    """A pipeline tuned on documents given nodes (here `ragopt chunk`'s corpus) searches them uncut
+    and returns the user's own nodes, ranked as over the documents."""
+    pipeline = load_pipeline(chunked_best, documents=documents_file, device="cpu")
+    write_corpus(pipeline.engine.corpus, tmp_path / "corpus.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    nodes = [TextNode(id_=r["doc_id"], text=r["contents"], metadata=r["metadata"]) for r in rows]
+    retriever = RagoptRetriever(chunked_best, nodes, device="cpu")
+    by_id = {n.node_id: n for n in nodes}
+    for question in FINANCE_QUESTIONS[:3]:
+        found = retriever.retrieve(question)
+        assert ranked(found) == hits(pipeline, question)
+        assert all(n.node is by_id[n.node.node_id] for n in found)
+
+
+def test_a_pipeline_tuned_on_passages_searches_documents_as_passages(tmp_path, nodes):
+    best = write_best_yaml(tmp_path, {"retriever": BM25, "top_k": 3})
+    documents = [Document(id_=n.node_id, text=n.text, metadata=n.metadata) for n in nodes]
+    retriever = RagoptRetriever(best, documents, device="cpu")
+    expected = load_pipeline(best, KO_MINI / "corpus.jsonl", device="cpu")
+    by_id = {d.doc_id: d for d in documents}
+    for question in QUESTIONS:
+        found = retriever.retrieve(question)
+        assert ranked(found) == hits(expected, question)
+        assert all(n.node is by_id[n.node.node_id] for n in found)  # the user's own Documents, uncut
+    with pytest.raises(ConfigError, match="tuned on passages, so it has no chunker to cut documents with: give "
+                                          r"RagoptRetriever nodes, Documents \(searched whole\) or a corpus file"):
+        RagoptRetriever(best, documents=KO_MINI / "corpus.jsonl", device="cpu")
+
+
+def test_bad_documents_say_what_to_change(chunked_best, llama_documents, nodes, documents_file):
+    with pytest.raises(ConfigError, match="Documents, which the tuned chunker cuts, or nodes, searched as they are, "
+                                          "not both: 2 of 9 are nodes"):
+        RagoptRetriever(chunked_best, llama_documents + nodes[:2], device="cpu")
+    with pytest.raises(ConfigError, match="documents= takes LlamaIndex Documents; item 7 is a TextNode"):
+        RagoptRetriever(chunked_best, documents=llama_documents + nodes[:1], device="cpu")
+    twice = llama_documents + [Document(id_=llama_documents[1].doc_id, text="다른 글")]
+    with pytest.raises(DataError, match="1 duplicate document id:\n  - document id .*: item 1, item 7\nGive each "):
+        RagoptRetriever(chunked_best, twice, device="cpu")
+    for corpus, documents in ((None, None), (nodes, documents_file)):
+        with pytest.raises(ConfigError, match="give RagoptRetriever the passages to search"):
+            RagoptRetriever(chunked_best, corpus, documents=documents, device="cpu")

@@ -3,6 +3,7 @@ with the network cut off, whose trials table sorts, and whose user strings survi
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -12,8 +13,15 @@ import pandas as pd
 import pytest
 
 from browser import inspect, require_chromium
+from conftest import ROOT, write_config
 from test_startup import imported_heavy
-from ragopt.report import ReportData, _history_figure, _importance_figure, render, write_report
+from ragopt.chunkers import chunk_documents
+from ragopt.compare import StudyResults
+from ragopt.documents import load_documents
+from ragopt.report import ReportData, _chunk_size_figure, _history_figure, _importance_figure, render, write_report
+from ragopt.report_data import build_report, chunk_sizes
+from ragopt.spec import PipelineSpec
+from ragopt.study import optimize
 
 DOMAINS = ["금융", "법률", "의료", "tech"]
 CHOICES = ["bm25_kiwi", "dense <bge-m3-ko>", "hybrid & rrf"]
@@ -271,3 +279,114 @@ def test_curves_draw_pipelines_that_score_alike_once():
 
 def test_import_needs_no_torch():
     assert imported_heavy("import ragopt.report") == "heavy: []"
+
+
+CHUNKERS = {"token_window": 180.5, "recursive": 512.25, "as_given": 14658.0}
+"""A study over documents: each chunker type's mean chunk length in characters (over 20x apart: a log axis)."""
+CHUNK_TICKS = ["200", "500", "1000", "2000", "5000", "10000"]
+
+
+def documents_report_data() -> ReportData:
+    """The page's trials as a study over documents: a chunker per trial, its chunking's size and
+    its evidence recall within a 1024-token context."""
+    data = report_data(_study(N_STUDY))
+    trials = data.trials
+    chunker = [list(CHUNKERS)[t % len(CHUNKERS)] for t in trials["trial"]]
+    evidence = np.random.default_rng(2).uniform(0.2, 0.9, len(trials))
+    data.chunk_sizes = pd.DataFrame({"trial": trials["trial"], "pipeline": trials["pipeline"], "chunker": chunker,
+                                     "chunks": [3979 if c == "token_window" else 32 for c in chunker],
+                                     "chunk_chars": [CHUNKERS[c] for c in chunker], "value": trials["value"],
+                                     "value.holdout": trials["value.holdout"], "evidence_recall@1024t": evidence})
+    return data
+
+
+@pytest.fixture(scope="module")
+def documents_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReportData]:
+    data = documents_report_data()
+    return write_report(tmp_path_factory.mktemp("documents") / "report.html", data), data
+
+
+def test_a_study_over_documents_draws_score_vs_chunk_size(documents_page):
+    page, data = documents_page
+    rendered = inspect(require_chromium(), page, CHECK, page.parent / "report.png")
+    plots = {plot["id"]: plot for plot in rendered["plots"]}
+    assert list(plots) == ["fig-matrix", "fig-curves", "fig-chunks", "fig-pareto", "fig-history", "fig-importance"]
+    assert rendered["errors"] == [] and "Score vs chunk size" in rendered["headings"]
+    chunks = plots["fig-chunks"]
+    assert chunks["shown"] and chunks["width"] > 600 and chunks["height"] > 150
+    assert chunks["points"] == 3 * N_TRIALS  # objective, held out, evidence recall of every trial
+    assert chunks["legend"] == [name for c in sorted(CHUNKERS) for name in (c, f"{c}, held out")]
+    assert chunks["xticks"] == CHUNK_TICKS  # the objective's panel: a log axis (the evidence panel's: x2tick)
+
+
+def test_the_chunk_size_plot_puts_each_trial_at_its_chunkings_mean_length():
+    sizes = documents_report_data().chunk_sizes
+    figure = _chunk_size_figure(sizes)
+    assert [(t.name, t.xaxis) for t in figure.data] == [
+        (name, axis) for c in sorted(CHUNKERS) for name, axis in ((c, "x"), (c, "x2"), (f"{c}, held out", "x"))]
+    for trace in figure.data:
+        chunker, held = trace.name.removesuffix(", held out"), trace.name.endswith("held out")
+        rows = sizes[sizes["chunker"] == chunker]
+        column = "value.holdout" if held else "value" if trace.xaxis == "x" else "evidence_recall@1024t"
+        assert list(trace.x) == [CHUNKERS[chunker]] * len(rows) and list(trace.y) == list(rows[column])
+        hover = f"{{}} chunks of {CHUNKERS[chunker]:.1f} characters on average"
+        assert list(trace.customdata) == [f"#{t} {html.escape(p)}<br>{hover.format(n)}"
+                                          for t, p, n in zip(rows["trial"], rows["pipeline"], rows["chunks"])]
+    assert figure.layout.xaxis.type == figure.layout.xaxis2.type == "log"
+    narrow = sizes.assign(chunk_chars=sizes["chunk_chars"].clip(upper=2000)).drop(columns=["value.holdout",
+                                                                                            "evidence_recall@1024t"])
+    figure = _chunk_size_figure(narrow)
+    assert len(figure.data) == len(CHUNKERS) and figure.layout.xaxis.type is None  # 11x apart: a linear axis
+    assert "fig-chunks" not in render(report_data(None)) and "chunk size" not in render(report_data(None))
+
+
+DOCS = ROOT.parent / "shared" / "data" / "autorag-ko-docs"
+DOCUMENTS_STUDY = f"""
+data: {{documents: "{DOCS / 'documents' / 'finance - *.txt'}", qa: "@QA@", domain_column: domain}}
+chunkers:
+  - {{name: window, type: token_window, size: [150, 600], overlap: 0.25, tokenizer: characters}}
+  - {{name: recursive, type: recursive, size: 500}}
+  - {{name: whole, type: as_given}}
+retrievers: [{{name: bm25, type: bm25, tokenizer: whitespace, k1: 1.2, b: 0.75}}]
+top_k: [1, 3]
+metrics: [recall, ndcg, evidence_recall]
+budgets: [256, 1024]
+optimize: {{ndcg: 1.0, evidence_recall@1024t: 1.0}}
+study: {{n_trials: 8, seed: 1, latency: off, holdout: 0.3}}
+"""
+SETTINGS = {"window": {"type": "token_window", "overlap": 0.25, "tokenizer": "characters"},
+            "recursive": {"type": "recursive", "size": 500}, "whole": {"type": "as_given"}}
+
+
+def test_the_report_of_a_real_study_over_documents_plots_each_trials_chunking(tmp_path):
+    """The 22 finance questions of autorag-ko-docs over their 7 documents, three chunkers: each
+    trial at the mean length of the chunks its chunker cuts, with its own values."""
+    lines = (DOCS / "qa.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "qa.jsonl").write_text("\n".join(line for line in lines if '"domain": "finance"' in line) + "\n",
+                                       encoding="utf-8")
+    config = write_config(tmp_path / "docs.yaml", DOCUMENTS_STUDY.replace("@QA@", str(tmp_path / "qa.jsonl")))
+    output = optimize(config, progress=False).output
+    report = build_report(output, tmp_path / "report.html")
+    assert 'id="fig-chunks"' in report.read_text(encoding="utf-8")
+    results = StudyResults.load(output)
+    sizes = chunk_sizes(results)
+    trials = results.trials
+    assert list(sizes.columns) == ["trial", "pipeline", "chunker", "chunks", "chunk_chars", "value", "value.holdout",
+                                   "evidence_recall@1024t"]  # the objective's budget, not the first
+    documents = load_documents(DOCS / "documents" / "finance - *.txt")
+    for row, trial in zip(sizes.to_dict("records"), trials.to_dict("records")):
+        settings = dict(SETTINGS[trial["param.chunker"]])
+        if trial["param.chunker"] == "window":
+            settings["size"] = int(trial["param.window.size"])
+        pipeline = {"chunker": settings, "retriever": {"type": "bm25", "tokenizer": "whitespace"}, "top_k": 1}
+        spec = PipelineSpec.model_validate(pipeline).chunker
+        lengths = [len(text) for text in chunk_documents(spec, documents).corpus.contents]
+        assert (row["chunker"], row["chunks"]) == (settings["type"], len(lengths))
+        assert row["chunk_chars"] == pytest.approx(np.mean(lengths), abs=0.05)
+        assert [row[c] for c in ("trial", "pipeline", "value", "value.holdout", "evidence_recall@1024t")] == [
+            trial[c] for c in ("trial", "pipeline", "value", "value.holdout", "evidence_recall@1024t")]
+    assert sizes["chunker"].nunique() == 3 and sizes["chunk_chars"].max() / sizes["chunk_chars"].min() > 20
+    results.manifest["objective"] = {"ndcg": 1.0}
+    assert list(chunk_sizes(results).columns)[-1] == "evidence_recall@256t"  # else the first budget scored
+    assert chunk_sizes(StudyResults(trials.drop(columns=["chunks", "chunk_chars"]), results.per_question,
+                                    results.manifest)).empty  # a study over passages

@@ -286,3 +286,40 @@ def test_the_command_line_imports_no_fastapi():
             "'uvicorn', 'starlette'))))"
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+FINANCE = str(ROOT.parent / "shared" / "data" / "autorag-ko-docs" / "documents" / "finance - *.txt")
+FINANCE_QUESTIONS = [r["query"] for r in map(json.loads, (ROOT.parent / "shared" / "data" / "autorag-ko-docs" /
+                                                           "qa.jsonl").read_text(encoding="utf-8").splitlines())
+                     if r["domain"] == "finance"][:6]
+CHUNKER = {"type": "token_window", "size": 300, "overlap": 0.25, "tokenizer": "characters"}
+
+
+def test_the_command_serves_documents_cut_by_the_tuned_chunker(tmp_path, monkeypatch):
+    from ragopt import serve
+
+    best = write_best_yaml(tmp_path, {"chunker": CHUNKER, "retriever": BM25, "top_k": 3})
+    served = []
+    monkeypatch.setattr(serve, "run", lambda api, host, port: served.append(api))
+    result = runner.invoke(cli_app, ["serve", str(best), "--documents", FINANCE])
+    assert result.exit_code == 0, result.output
+    expected = load_pipeline(best, documents=FINANCE, device="cpu")
+    chunks = len(expected.engine.corpus)
+    assert f"over {chunks} passages" in " ".join(result.stdout.split()) and chunks > 300  # 102,608 characters cut
+    with TestClient(served[0]) as client:
+        for question in FINANCE_QUESTIONS:
+            found = answered(client, {"query": question})[0]
+            assert found == passages(expected.retrieve(question)[0]) and len(found) == 3
+            for passage in found:
+                document, start, end = (passage["metadata"][key] for key in ("document", "start", "end"))
+                assert passage["doc_id"] == f"{document}#{start}-{end}" and document.startswith("finance - ")
+        assert answered(client, {"queries": FINANCE_QUESTIONS, "k": 7}) == [
+            passages(h) for h in expected.retrieve(FINANCE_QUESTIONS, 7)]
+        assert client.get("/health").json()["passages"] == chunks
+
+
+def test_serving_documents_needs_a_pipeline_tuned_on_documents(tmp_path):
+    best = write_best_yaml(tmp_path, {"retriever": BM25, "top_k": 3})
+    result = runner.invoke(cli_app, ["serve", str(best), "--documents", FINANCE])
+    assert result.exit_code == 2 and "was tuned on passages, not documents, so it has no chunker: give it a corpus " \
+        "file" in " ".join(result.output.split())
