@@ -61,16 +61,23 @@ class Chunkings:
 
     def __init__(self, documents: Documents, qa: SpanQA | None, cache: Cache, device: str = "auto",
                  progress: bool = False, exact_search_max: int = 1_000_000, min_coverage: float = 0.5,
-                 budgets: tuple[int, ...] = (), budget_tokenizer: Any = None) -> None:
+                 budgets: tuple[int, ...] = (), budget_tokenizer: Any = None, engine: Engine | None = None) -> None:
         self.documents = documents.masked(qa.masked) if qa is not None else documents
         self.qa, self.min_coverage, self.budgets = qa, min_coverage, tuple(budgets)
         self.budget_tokenizer = budget_tokenizer
         """What counts a budget's tokens: a Hugging Face fast tokenizer, or None for words and punctuation."""
-        self.engine = Engine(Corpus([], []), cache, device, progress, exact_search_max)
-        """The engine of no corpus whose cache, models and device every chunking's engine shares."""
+        self.engine = engine or Engine(Corpus([], []), cache, device, progress, exact_search_max)
+        """The engine of no corpus whose cache, models and device every chunking's engine shares
+        (given: another Chunkings' engine, whose cache and device then stand for `cache` and `device`)."""
         self.context = ChunkContext(self.engine.locate, self._embed)
         self._doc_index = self.documents.index_of()
         self._done: dict[str, Chunked] = {}
+
+    def sharing(self, documents: Documents, qa: SpanQA) -> "Chunkings":
+        """Chunkings of `documents` for other questions (blanked at those questions' own masked
+        spans), with this one's settings and engine: one cache, every model loaded once."""
+        return Chunkings(documents, qa, self.engine.cache, min_coverage=self.min_coverage, budgets=self.budgets,
+                         budget_tokenizer=self.budget_tokenizer, engine=self.engine)
 
     def target(self, spec: PipelineSpec) -> Target:
         """What the pipeline is scored against: its chunking's engine and relevance."""

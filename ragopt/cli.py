@@ -297,7 +297,7 @@ def compare_command(
     Per-domain winners with intervals, a choice x domain matrix with significance, and the
     winner against the runners-up; printed and written to OUTPUT/compare/ (CSV and markdown)."""
     from ragopt.compare import BY, Settings, StudyResults
-    from ragopt.summary import TIES, write_comparison
+    from ragopt.summary import TIES, TRUST_TITLE, trust_lines, write_comparison
 
     if by not in BY:
         raise UserError(f"--by must be one of {list(BY)}; got {by!r}")
@@ -311,6 +311,9 @@ def compare_command(
     _print_matrix(tables[f"matrix-{by}"], by, metric)
     _print_runner_ups(tables["runner_ups"], metric, on)
     console.print(TIES, highlight=False, soft_wrap=True)
+    if trust := study.get("trust"):
+        console.print(f"\n{TRUST_TITLE.lower()}\n" + "\n".join(trust_lines(trust)).replace("**", ""),
+                      highlight=False, soft_wrap=True, markup=False)
     console.print(f"files in {output / 'compare'}", highlight=False)
 
 

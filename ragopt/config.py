@@ -60,6 +60,9 @@ class DataConfig(StrictModel):
     budget_tokenizer: str | None = None
     """What counts the tokens of a context budget (evidence_recall@1024t): a Hugging Face tokenizer
     (hub id or folder), or words and punctuation when none is given."""
+    generated_qa: Path | None = None
+    """Questions generated from the same documents (a span QA file, e.g. from `ragopt generate-qa`):
+    every trial is also scored on them, to measure whether they rank pipelines as the real ones do."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -71,6 +74,9 @@ class DataConfig(StrictModel):
             raise ValueError("give either both 'qa' and 'corpus', or 'beir' (a BEIR folder), or 'documents' and 'qa'")
         if self.domain_column and self.domain_pattern:
             raise ValueError("give domain_column or domain_pattern, not both")
+        if self.generated_qa is not None and self.documents is None:
+            raise ValueError("generated_qa holds questions generated from documents: give 'documents' (the ones they "
+                             "were generated from, with 'qa' labelled by evidence spans), or remove generated_qa")
         return self
 
 
@@ -503,7 +509,7 @@ def load_config(path: str | Path) -> tuple[Config, Path]:
     base = path.resolve().parent
     data = config.data.model_copy(update={
         key: (base / value).resolve()
-        for key in ("qa", "corpus", "beir") if (value := getattr(config.data, key)) is not None})
+        for key in ("qa", "corpus", "beir", "generated_qa") if (value := getattr(config.data, key)) is not None})
     if config.data.documents is not None:
         data = data.model_copy(update={"documents": str(base / config.data.documents)})
     local = _local_models(base)

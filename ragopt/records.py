@@ -43,16 +43,20 @@ class TrialRecord(BaseModel):
     extra: dict[str, str] = {}
     """Per-question values (base64 of float32) of the metrics the gains cannot give back: the
     evidence metrics of span-labelled questions, keyed like 'evidence_recall@5'."""
+    generated: str | None = None
+    """Each generated question's objective value (base64 of float32; data.generated_qa), which
+    measures whether generated questions rank pipelines as the real ones do; None without them."""
 
     @classmethod
     def of(cls, pipeline: PipelineSpec, gains: np.ndarray, reused: bool, seconds_per_query: float,
-           ranking: str, n_rel: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None
-           ) -> "TrialRecord":
+           ranking: str, n_rel: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None,
+           generated: np.ndarray | None = None) -> "TrialRecord":
         packed = base64.b64encode(np.packbits(gains.astype(bool).ravel()).tobytes()).decode()
         return cls(pipeline=pipeline, description=pipeline.describe(), reused=reused,
                    seconds_per_query=seconds_per_query, gains=packed, depth=gains.shape[1], ranking=ranking,
                    n_rel=None if n_rel is None else _b64(n_rel.astype(np.int32)),
-                   extra={name: _b64(v.astype(np.float32)) for name, v in (extra or {}).items()})
+                   extra={name: _b64(v.astype(np.float32)) for name, v in (extra or {}).items()},
+                   generated=None if generated is None else _b64(generated.astype(np.float32)))
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "TrialRecord":
@@ -74,6 +78,10 @@ class TrialRecord(BaseModel):
         values.update({name: _unb64(v, np.float32).astype(np.float64) for name, v in self.extra.items()
                        if name.partition("@")[0] in names})
         return values
+
+    def generated_values(self) -> np.ndarray | None:
+        """Each generated question's objective value (float64 of the stored float32), or None."""
+        return None if self.generated is None else _unb64(self.generated, np.float32).astype(np.float64)
 
 
 def _b64(values: np.ndarray) -> str:
@@ -97,9 +105,10 @@ def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, n
     """One row per finished trial: its value (the objective on the selection questions, what
     Optuna optimized) and, with a holdout, its value on the held-out questions; its value on each
     domain's selection questions (`domain.<name>`); parameters, the pipeline (described, and
-    keyed by its full spec) and its choices by kind; the mean of every metric at every k on the
-    selection questions (from each trial's per-question `values`, so a resumed study reports the metrics
-    its config asks for now); seconds per question."""
+    keyed by its full spec) and its choices by kind; with generated questions, the mean objective
+    on them (`value.generated`); the mean of every metric at every k on the selection questions
+    (from each trial's per-question `values`, so a resumed study reports the metrics its config
+    asks for now); seconds per question."""
     selection = ~held
     labels = np.asarray(domains) if domains is not None else None
     masks = {d: selection & (labels == d) for d in sorted(set(domains))} if domains is not None else {}
@@ -108,6 +117,8 @@ def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, n
         row: dict[str, Any] = {"trial": trial.number, "value": float(objective[selection].mean())}
         if held.any():
             row["value.holdout"] = float(objective[held].mean())
+        if (generated := record.generated_values()) is not None:
+            row["value.generated"] = float(generated.mean())
         row.update({f"domain.{d}": float(objective[m].mean()) if m.any() else np.nan for d, m in masks.items()})
         row["pipeline"] = record.description
         row["pipeline_key"] = record.pipeline.key()
@@ -120,7 +131,8 @@ def trials_table(trials: list[tuple[Any, TrialRecord]], values: list[dict[str, n
     table = pd.DataFrame(rows)
     params = sorted(c for c in table.columns if c.startswith("param."))
     domain_columns = [c for c in table.columns if c.startswith("domain.")]
-    first = [c for c in ("trial", "value", "value.holdout") if c in table] + domain_columns + ["pipeline", *params]
+    values_first = [c for c in ("trial", "value", "value.holdout", "value.generated") if c in table]
+    first = values_first + domain_columns + ["pipeline", *params]
     return table[first + [c for c in table.columns if c not in first]]
 
 

@@ -105,6 +105,59 @@ def matrix_markdown(frame: pd.DataFrame) -> str:
     return table(["choice", *domains], [[f"`{c}`", *(cells.get((c, d), "") for d in domains)] for c in choices])
 
 
+TRUST_TITLE = "Generated questions vs real"
+"""The heading of the section that says whether generated questions rank pipelines as real ones do."""
+
+
+def trust_lines(trust: dict[str, Any]) -> list[str]:
+    """study.json's `trust` in words: Kendall's tau between the pipelines' values on the real and
+    the generated questions with its interval, both winners scored on real questions, and one
+    sentence of what that means (for summary.md and `ragopt compare`)."""
+    tau, (low, high) = trust["tau"], trust["interval"]
+    real, generated, gap = trust["real_winner"], trust["generated_winner"], trust["difference"]
+    questions, level = trust["questions"], f"{trust['confidence']:.0%}"
+    on = ("held-out real questions" if trust["scored_on"] == "holdout"
+          else "real selection questions (which flatters the real winner)")
+    if tau is None:
+        order = f"tau undefined: {trust['pipelines']} distinct pipeline(s) or no order on one side"
+    else:
+        shown = f"tau {tau:.2f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+        order = f"{shown}: the generated set {_agreeing(tau, low, high)}"
+    if real["trial"] == generated["trial"] or gap["interval"] == [0.0, 0.0]:
+        picks = f"both sets pick a pipeline scoring {real['real']:.4f} on real questions"
+    else:
+        low_gap, high_gap = gap["interval"]
+        verdict = ("significantly worse" if high_gap < 0 else "significantly better" if low_gap > 0
+                   else "worse, within the noise" if gap["value"] < 0 else "not worse")
+        picks = (f"its winner scores {generated['real']:.4f} on real questions against the real winner's "
+                 f"{real['real']:.4f} ({verdict}: {gap['value']:+.4f} [{low_gap:+.3f}, {high_gap:+.3f}])")
+    return [f"Every trial was also scored on {questions['generated']} generated questions ({trust['generated_qa']}). "
+            f"Kendall's tau-b between the {trust['pipelines']} distinct pipelines' values on the {questions['real']} "
+            f"real selection questions and on the generated ones, with a {level} bootstrap interval over both sets' "
+            f"questions (the noise of a finite number of questions pulls tau toward 0); both winners are scored on "
+            f"{questions['scored_on']} {on}.\n",
+            f"**{order}; {picks}.**\n",
+            _winner_line("real", real), _winner_line("generated", generated) + "\n"]
+
+
+def _winner_line(which: str, winner: dict[str, Any]) -> str:
+    """One winner of study.json's `trust`: its trial, pipeline, real score with interval and generated score."""
+    return (f"- {which} set's winner, trial {winner['trial']} `{winner['pipeline']}`: "
+            f"{interval(winner['real'], *winner['interval'])} on real questions, "
+            f"{winner['generated']:.4f} on generated")
+
+
+def _agreeing(tau: float, low: float | None, high: float | None) -> str:
+    """How far a tau and its interval say one set orders pipelines as the other does, in words."""
+    if high is not None and high < 0:
+        return "orders pipelines against the real one"
+    if low is not None and low <= 0:
+        return "orders pipelines no better than chance against the real one"
+    extent = next(word for word, least in (("exactly", 1.0), ("almost", 0.8), ("mostly", 0.6), ("roughly", 0.4),
+                                            ("only loosely", -1.0)) if tau >= least)
+    return f"orders pipelines {extent} as the real one does"
+
+
 def _twins(tied: dict[str, Any]) -> list[str]:
     """The line saying which other pipelines score exactly as the winner does, if any."""
     if not tied["ties"]:
@@ -167,6 +220,8 @@ def write_summary(path: Path, *, title: str, qa: QASet, corpus: Corpus, results:
                  "'winner significantly better' says whether the difference is real at the "
                  f"{level} level after Holm's correction for the {len(top) - 1} comparisons. {TIES}\n\n"
                  + runner_ups_markdown(top))
+    if trust := manifest.get("trust"):
+        lines.append(f"## {TRUST_TITLE}\n\n" + "\n".join(trust_lines(trust)))
     if results.groups().keys() - {"(all)"}:
         domains = winners(results, "objective", settings, int(manifest["min_domain_questions"]))
         lines.append("## The best pipeline of each domain\n\nEach domain's winner is chosen on its own selection "
@@ -212,5 +267,7 @@ def write_comparison(output: Path, results: StudyResults, metric: str, by: By, t
             f"scored {described(tables[f'matrix-{by}'])}: ★ the domain's best, = not significantly worse than it.\n",
             matrix_markdown(tables[f"matrix-{by}"]),
             "## The winner against the runners-up\n", runner_ups_markdown(tables["runner_ups"])]
+    if trust := results.manifest.get("trust"):
+        page += [f"## {TRUST_TITLE}\n", *trust_lines(trust)]
     write_text(folder / f"compare-{by}.{metric}.md", "\n".join(page))
     return tables

@@ -35,6 +35,9 @@ class StudyData:
     key: str
     """The content of the data, for the stored study's fingerprint."""
     chunkings: Chunkings | None = None
+    generated: "StudyData | None" = None
+    """The generated questions over the same documents (data.generated_qa), which every trial is
+    also scored on: a measurement of whether they rank pipelines as the real ones do, not a target."""
 
     def target(self, spec: PipelineSpec) -> Target:
         """The engine over the pipeline's corpus and its questions' relevance there."""
@@ -61,6 +64,8 @@ class StudyInputs:
     corpus: Corpus | None = None
     documents: Documents | None = None
     spans: SpanQA | None = None
+    generated: SpanQA | None = None
+    """The questions generated from the documents (data.generated_qa), when given."""
 
 
 def read_inputs(config: Config) -> StudyInputs:
@@ -79,8 +84,10 @@ def read_inputs(config: Config) -> StudyInputs:
         spans = spans_from_ids(load_qa(data.qa, corpus, data.domain_column, data.domain_pattern), corpus, documents)
     else:
         spans = load_span_qa(Path(data.qa), documents, data.domain_column, data.domain_pattern)
+    generated = (load_span_qa(data.generated_qa, documents, data.domain_column, data.domain_pattern)
+                 if data.generated_qa is not None else None)
     require_available(config.models())
-    return StudyInputs(as_qa(spans), None, documents, spans)
+    return StudyInputs(as_qa(spans), None, documents, spans, generated)
 
 
 def load_study_data(config: Config, cache_dir: Path | None, progress: bool = False) -> StudyData:
@@ -94,9 +101,19 @@ def load_study_data(config: Config, cache_dir: Path | None, progress: bool = Fal
     chunkings = Chunkings(inputs.documents, inputs.spans, Cache(cache_dir), config.device, progress,
                           config.exact_search_max, data.min_coverage, tuple(config.budgets),
                           budget_tokenizer(data.budget_tokenizer))
-    key = cache_key(chunkings.documents.key, [[[(s.document, s.start, s.end) for s in alt] for alt in q]
-                                              for q in inputs.spans.evidence], data.min_coverage, config.budgets)
-    return StudyData(inputs.qa, chunkings.engine, key, chunkings)
+    key = cache_key(chunkings.documents.key, _evidence(inputs.spans), data.min_coverage, config.budgets)
+    generated = None
+    if inputs.generated is not None:  # its own chunkings: the documents blanked at its questions' masked spans
+        qa, shared = as_qa(inputs.generated), chunkings.sharing(inputs.documents, inputs.generated)
+        generated_key = cache_key(shared.documents.key, _evidence(inputs.generated), qa.queries.key, qa.qids)
+        generated = StudyData(qa, shared.engine, generated_key, shared)
+        key = cache_key(key, generated_key)
+    return StudyData(inputs.qa, chunkings.engine, key, chunkings, generated)
+
+
+def _evidence(spans: SpanQA) -> list[list[list[tuple[str, int, int]]]]:
+    """Every question's evidence as plain tuples, for a content key."""
+    return [[[(s.document, s.start, s.end) for s in alt] for alt in q] for q in spans.evidence]
 
 
 def budget_tokenizer(name: str | None) -> Any:

@@ -65,6 +65,10 @@ class TrialObjective:
         self.grid, self.total, self.shared, self.progress = grid, total, shared, progress
         self.probe = latency_rows(len(data.qa), config.study.seed)
         self.durations: list[float] = []
+        generated = data.generated
+        self.generated = None if generated is None else Evaluator(generated.target, generated.qa, config.top_k,
+                                                                   config.optimize, config.study.seed)
+        """Scores each pipeline on the generated questions too (a measurement; Optuna never sees it)."""
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
@@ -85,6 +89,9 @@ class TrialObjective:
                 scored, reused = self.evaluator.evaluate(spec)
             else:
                 scored, reused = self.evaluator.evaluate_pruned(spec, trial)
+            generated = None
+            if self.generated is not None:
+                generated = self.generated.per_query_objective(self.generated.evaluate(spec)[0].per_query, spec.top_k)
         except optuna.TrialPruned:
             raise
         except Exception as error:
@@ -103,6 +110,6 @@ class TrialObjective:
         per_corpus = self.data.chunkings is not None
         record = TrialRecord.of(spec, scored.gains, reused, seconds, self.rankings.save(scored.ranking.ids),
                                 scored.n_rel if per_corpus else None,
-                                {name: scored.per_query[name] for name in scored.extra})
+                                {name: scored.per_query[name] for name in scored.extra}, generated)
         trial.set_user_attr(RECORD, record.to_attr())
         return (value, seconds) if study_config.latency == "pareto" else value

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import pandas as pd
 
 from ragopt.config import Config
 from ragopt.errors import StudyError
@@ -29,6 +31,7 @@ from ragopt.selection import FoldSelection, best_index, cost_ranks, feasible, kf
 from ragopt.spec import PipelineSpec
 from ragopt.stats import bootstrap_ci
 from ragopt.summary import write_summary
+from ragopt.trust import Score, agreement, winner_gap
 from ragopt.study.storage import shown
 from ragopt.study.workers import SKIPPED
 from ragopt.study.objective import FAILURE
@@ -114,6 +117,9 @@ def write_outputs(study: optuna.Study, config: Config, config_path: Path, output
     by_speed = config.study.latency == "pareto"
     best = best_index(quality, latency, budget, by_speed, cost)  # raises (after the tables) when none is in budget
     manifest["best_trial"] = int(table["trial"][best])
+    if data.generated is not None:
+        manifest["trust"] = _trust(data.generated, table, trials, objectives, held, best,
+                                   lambda means: best_index(means, latency, budget, by_speed, cost), settings)
     write_text(output / "study.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     write_best_run(output, manifest["best_trial"])
     if data.chunkings is not None:  # qrels.trec: the winner's chunking's, which runs/best.trec is scored with
@@ -153,6 +159,41 @@ def _study_time(study: optuna.Study) -> dict[str, float]:
     return {"trials": len(done),
             "trial_seconds": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done),
             "span": (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()}
+
+
+def _trust(generated: StudyData, table: pd.DataFrame, trials: list[tuple[optuna.trial.FrozenTrial, TrialRecord]],
+           objectives: list[np.ndarray], held: np.ndarray, best: int, pick: Callable[[np.ndarray], int],
+           settings: Settings) -> dict[str, Any]:
+    """study.json's `trust`: whether the generated questions rank the trials as the real selection
+    questions do (Kendall's tau with its interval), and the generated set's winner (picked by the
+    study's rule, `pick`) against the real one, both scored on the real questions winners are
+    scored on (the held-out ones, when any)."""
+    real, scored_on = np.stack(objectives, axis=1), held if held.any() else ~held
+    values = np.stack([record.generated_values() for _, record in trials], axis=1)
+    found = agreement(real[~held], values, confidence=settings.confidence, n_resamples=settings.resamples,
+                      seed=settings.seed)
+    winner = pick(values.mean(axis=0))
+    both = winner_gap(real[scored_on], best, winner, confidence=settings.confidence, n_resamples=settings.resamples,
+                   seed=settings.seed)
+
+    def described(i: int, score: Score) -> dict[str, Any]:
+        return {"trial": int(table["trial"].iloc[i]), "pipeline": str(table["pipeline"].iloc[i]),
+                "real": _rounded(score.mean), "interval": [_rounded(score.low), _rounded(score.high)],
+                "generated": _rounded(values[:, i].mean())}
+
+    gap = both.difference
+    return {"generated_qa": generated.qa.source, "confidence": settings.confidence,
+            "questions": {"real": int((~held).sum()), "generated": len(values), "scored_on": int(scored_on.sum())},
+            "scored_on": "holdout" if held.any() else "selection", "pipelines": found.pipelines,
+            "tau": _rounded(found.tau), "interval": [_rounded(found.low), _rounded(found.high)],
+            "real_winner": described(best, both.real), "generated_winner": described(winner, both.generated),
+            "difference": {"value": _rounded(gap.difference), "interval": [_rounded(gap.low), _rounded(gap.high)],
+                           "p": _rounded(gap.p_value)}}
+
+
+def _rounded(value: float) -> float | None:
+    """A figure for study.json: 6 decimals, None for NaN (JSON has no NaN)."""
+    return None if np.isnan(value) else round(float(value), 6)
 
 
 def _scoring(results: StudyResults, best: int, objective: np.ndarray, cv: FoldSelection | None,
