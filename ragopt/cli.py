@@ -226,6 +226,8 @@ def validate_command(config: Path = typer.Argument(..., help="The YAML file to c
         searched = f"{len(data.corpus)} passages"
     else:
         searched = f"{len(data.documents)} documents, {len(loaded.chunkers)} chunkers"
+        if data.generated is not None:
+            searched += f", {len(data.generated)} generated questions"
     pipelines = small_space(loaded, MAX_GRID) if loaded.finite else None
     size = ("continuous ranges" if not loaded.finite else f"more than {MAX_GRID} distinct pipelines"
             if pipelines is None else f"{len(pipelines)} distinct pipelines")
@@ -286,7 +288,8 @@ def _nothing_found(pipeline: Any, question: str) -> str:
 def compare_command(
     output: Path = typer.Argument(..., help="The output folder of `ragopt optimize`."),
     metric: str = typer.Option("objective", "--metric", "-m", help="objective, or a metric@k such as ndcg@10."),
-    by: str = typer.Option("model", "--by", "-b", help="Compare choices of: retriever, model, tokenizer, reranker."),
+    by: str = typer.Option("model", "--by", "-b", help="Compare choices of: retriever, model, tokenizer, reranker, "
+                           "chunker."),
     top: int = typer.Option(10, "--top", help="Runners-up tested against the winner."),
     confidence: Optional[float] = typer.Option(None, help="Interval level.", show_default="the study's, 0.95"),
     seed: Optional[int] = typer.Option(None, help="Bootstrap and permutation seed.", show_default="the study's"),
@@ -368,7 +371,8 @@ def _print_matrix(frame: Any, by: str, metric: str) -> None:
 def report_command(
     output: Path = typer.Argument(..., help="The output folder of `ragopt optimize`."),
     metric: str = typer.Option("objective", "--metric", "-m", help="The metric of the per-domain heatmap."),
-    by: str = typer.Option("model", "--by", "-b", help="The heatmap's choices: retriever, model, tokenizer, reranker."),
+    by: str = typer.Option("model", "--by", "-b", help="The heatmap's choices: retriever, model, tokenizer, "
+                            "reranker, chunker."),
     path: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file.", show_default="OUTPUT/report.html"),
     storage: Optional[str] = typer.Option(None, "--storage", help="The study's database, for its history plots.",
                                           show_default="study.json's, without a password"),

@@ -31,8 +31,8 @@ from ragopt.stats import PairedComparison, bootstrap_ci, holm, paired_test
 
 ALL = "(all)"
 """The row or column of every question, next to the domains."""
-BY = ("retriever", "model", "tokenizer", "reranker")
-By = Literal["retriever", "model", "tokenizer", "reranker"]
+BY = ("retriever", "model", "tokenizer", "reranker", "chunker")
+By = Literal["retriever", "model", "tokenizer", "reranker", "chunker"]
 
 
 @dataclass
@@ -349,6 +349,9 @@ def choice_matrix(results: StudyResults, metric: str = "objective", by: By = "mo
     the domain)."""
     if by not in BY:
         raise StudyError(f"--by must be one of {list(BY)}; got {by!r}")
+    if f"choice.{by}" not in results.trials:
+        raise StudyError(f"the study in {results.manifest.get('study', 'this folder')!r} made no choice of {by}: "
+                         f"--by {by} compares the chunkers of a study over documents (data.documents and chunkers)")
     settings = settings or Settings()
     values = results.values(metric)
     selection, evaluation = results.sides()

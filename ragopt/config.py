@@ -142,6 +142,15 @@ class Config(StrictModel):
     cache_dir: Path | None = None
     exact_search_max: int = Field(1_000_000, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _evidence_metrics_by_default(cls, value: Any) -> Any:
+        """Over documents, the metrics reported by default include the evidence metrics."""
+        if isinstance(value, dict) and "metrics" not in value and isinstance(value.get("data"), dict) \
+                and value["data"].get("documents") is not None:
+            return {**value, "metrics": list(METRICS + SPAN_METRICS)}
+        return value
+
     @field_validator("optimize", mode="before")
     @classmethod
     def _single_metric(cls, value: Any) -> Any:

@@ -164,3 +164,33 @@ def test_a_chunker_that_counts_with_the_retrievers_model_needs_retrievers_that_h
     space = SPACE.replace(", tokenizer: characters}", "}")  # token_window counts with `retriever` by default
     with pytest.raises(ConfigError, match="window takes the retriever's model .* but bm25 names none"):
         load_config(write_config(tmp_path / "a.yaml", space))
+
+
+def test_an_objective_on_metrics_not_listed_is_still_scored_and_reported(tmp_path):
+    """No `metrics:` over documents reports the evidence metrics too; an objective metric left out
+    of an explicit list is still scored (it failed once all trials had run)."""
+    space = SPACE.replace("metrics: [f1, recall, precision, map, mrr, ndcg, hit, evidence_recall, evidence_precision, "
+                          "evidence_iou]\n", "")
+    assert "evidence_iou" in load_config(write_config(tmp_path / "a.yaml", space))[0].metrics
+    listed = SPACE.replace(", evidence_recall, evidence_precision, evidence_iou]", "]").replace(
+        "n_trials: 20", "n_trials: 2").replace("size: [300, 600]", "size: 300")
+    outcome = optimize(write_config(tmp_path / "b.yaml", listed), progress=False)
+    trials = pd.read_csv(outcome.output / "trials.csv")
+    assert "evidence_recall@1024t" in trials and "ndcg@5" in trials
+    expected = (trials["ndcg@1"].where(trials["param.top_k"] == 1, trials["ndcg@3"].where(
+        trials["param.top_k"] == 3, trials["ndcg@5"])) + trials["evidence_recall@1024t"]) / 2
+    assert trials["value"].to_numpy() == pytest.approx(expected.to_numpy())
+
+
+def test_compare_by_chunker_ranks_the_chunkers_per_domain(finished):
+    from ragopt.compare import StudyResults, choice_matrix
+
+    results = StudyResults.load(finished.output)
+    matrix = choice_matrix(results, by="chunker")
+    trials = pd.read_csv(finished.output / "trials.csv")
+    overall = matrix[matrix["domain"] == "(all)"]
+    assert set(overall["choice"]) == {"token_window", "sentence", "recursive", "as_given"}
+    best = trials.loc[trials["value"].idxmax(), "choice.chunker"]
+    assert overall.loc[overall["best"], "choice"].tolist() == [best]
+    result = CliRunner().invoke(app, ["compare", str(finished.output), "--by", "chunker"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "as_given" in result.output, result.output

@@ -90,7 +90,8 @@ def write_outputs(study: optuna.Study, config: Config, config_path: Path, output
         raise StudyError(f"study {study.study_name!r} has no completed trial{reason}; raise n_trials or timeout, "
                          "or fix what failed")
     seconds = {**seconds, **_study_time(study)}
-    values = [record.per_question(qa, config.top_k, tuple(config.metrics)) for _, record in trials]
+    names = tuple(dict.fromkeys([*config.metrics, *(name.partition("@")[0] for name in config.optimize)]))
+    values = [record.per_question(qa, config.top_k, names) for _, record in trials]
     objectives = [evaluator.per_query_objective(v, record.pipeline.top_k) for v, (_, record) in zip(values, trials)]
     table = trials_table(trials, values, objectives, held, qa.domains)
     if data.chunkings is not None:  # each trial's chunking: how many chunks, how long (the report's chunk size axis)
