@@ -26,8 +26,8 @@ import pandas as pd
 import yaml
 
 from ragopt import load_dataset, optimize
-from ragopt.data import nfc
-from ragopt.metrics import at_k, relevance
+from ragopt.data.qa import nfc
+from ragopt.scoring.metrics import at_k, relevance
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parent.parent / "shared" / "data" / "autorag-ko"

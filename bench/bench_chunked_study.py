@@ -45,8 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     from ragopt import optimize
-    from ragopt import chunkings
-    from ragopt.retrievers import bm25
+    from ragopt.scoring import chunkings
+    from ragopt.stages.retrievers import bm25
 
     timings: dict[str, float] = {"chunking": 0.0, "BM25 index (tokenize chunks)": 0.0}
 

@@ -50,7 +50,7 @@ def hashed(texts: list[str], dim: int = 256) -> np.ndarray:
 
 
 def minilm_tokenizer() -> Any:
-    from ragopt.models import Locator
+    from ragopt.stages.models import Locator
 
     from transformers import AutoTokenizer
 
@@ -59,9 +59,9 @@ def minilm_tokenizer() -> Any:
 
 def ragopt_runner(spec: Any) -> Callable[[list[str]], list[Chunks]]:
     """A ragopt chunker with kiwipiepy loaded and no sentences remembered from an earlier run."""
-    from ragopt.chunkers import REGISTRY, ChunkContext
-    from ragopt.chunkers._sentences import _starts
-    from ragopt.retrievers.tokenizers import _kiwi
+    from ragopt.stages.chunkers import REGISTRY, ChunkContext
+    from ragopt.stages.chunkers._sentences import _starts
+    from ragopt.stages.retrievers.tokenizers import _kiwi
 
     _kiwi()
     _starts.clear()
@@ -98,10 +98,10 @@ def semchunk_runner(size: int, counter: Callable[[str], int]) -> Callable[[list[
 
 def candidates() -> list[tuple[str, str, str, Callable[[], Callable[[list[str]], list[Chunks]]]]]:
     """(kind, library, unit, build): build makes the runner (imports, models), untimed."""
-    from ragopt.chunkers.recursive import RecursiveSpec
-    from ragopt.chunkers.semantic import SemanticSpec
-    from ragopt.chunkers.sentence import SentenceSpec
-    from ragopt.chunkers.token_window import TokenWindowSpec
+    from ragopt.stages.chunkers.recursive import RecursiveSpec
+    from ragopt.stages.chunkers.semantic import SemanticSpec
+    from ragopt.stages.chunkers.sentence import SentenceSpec
+    from ragopt.stages.chunkers.token_window import TokenWindowSpec
 
     def chonkie_semantic() -> Any:
         from chonkie import SemanticChunker
@@ -256,12 +256,12 @@ def libraries() -> None:
 SIX_WAYS = """
 import sys, time
 start = time.perf_counter()
-from ragopt.chunkers import chunk_documents
-from ragopt.chunkers.as_given import AsGivenSpec
-from ragopt.chunkers.recursive import RecursiveSpec
-from ragopt.chunkers.sentence import SentenceSpec
-from ragopt.chunkers.token_window import TokenWindowSpec
-from ragopt.documents import load_documents
+from ragopt.stages.chunkers import chunk_documents
+from ragopt.stages.chunkers.as_given import AsGivenSpec
+from ragopt.stages.chunkers.recursive import RecursiveSpec
+from ragopt.stages.chunkers.sentence import SentenceSpec
+from ragopt.stages.chunkers.token_window import TokenWindowSpec
+from ragopt.data.documents import load_documents
 folder, tokenizer = sys.argv[1:]
 documents = load_documents(folder)
 print(f"  imports + loading {len(documents)} documents: {time.perf_counter() - start:.2f} s")
@@ -286,9 +286,9 @@ def semantic_with(model: str, texts: list[str]) -> None:
     """ragopt's semantic chunker with a real sentence-transformers model on the CPU."""
     from sentence_transformers import SentenceTransformer
 
-    from ragopt.chunkers import ChunkContext
-    from ragopt.chunkers.semantic import SemanticChunker, SemanticSpec
-    from ragopt.models import Locator
+    from ragopt.stages.chunkers import ChunkContext
+    from ragopt.stages.chunkers.semantic import SemanticChunker, SemanticSpec
+    from ragopt.stages.models import Locator
 
     encoder = SentenceTransformer(Locator()(model).path, device="cpu")
     context = ChunkContext(embed=lambda name, batch: encoder.encode(batch, normalize_embeddings=True))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ragopt.compare import Settings, StudyResults, choice_matrix
+from ragopt.analysis.compare import Settings, StudyResults, choice_matrix
 from ragopt.study import optimize
 
 ROOT = Path(__file__).resolve().parent.parent

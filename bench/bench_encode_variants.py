@@ -7,7 +7,7 @@ bench_models.py (the ones `bench_models.py throughput --work DIR` left in DIR, e
     python bench/bench_encode_variants.py --arch tiny-xlmr --passages 32 --pairs 64    # the code paths, on a CPU
 
 Encoding (720 autorag-ko passages, bf16):
-  as is               ragopt.retrievers.packed.encode as it is (its attention has no mask function)
+  as is               ragopt.stages.retrievers.packed.encode as it is (its attention has no mask function)
   with mask function  the code before 2026-12-04: a mask function registered for ragopt's
                       attention, with which transformers >= 5.24 looks for packed sequences in the
                       position ids of every forward (a host sync per pack)
@@ -69,11 +69,11 @@ from bench_models import (  # noqa: E402  (the benchmark's own stand-ins)
 )
 
 from ragopt import load_dataset  # noqa: E402
-from ragopt.data import Corpus  # noqa: E402
-from ragopt.engine import Engine  # noqa: E402
-from ragopt.models import Located, ModelPool, attention_kernels, pick_device  # noqa: E402
-from ragopt.retrievers import packed  # noqa: E402
-from ragopt.retrievers.dense import DenseSpec, load_sentence_transformer  # noqa: E402
+from ragopt.data.qa import Corpus  # noqa: E402
+from ragopt.stages.engine import Engine  # noqa: E402
+from ragopt.stages.models import Located, ModelPool, attention_kernels, pick_device  # noqa: E402
+from ragopt.stages.retrievers import packed  # noqa: E402
+from ragopt.stages.retrievers.dense import DenseSpec, load_sentence_transformer  # noqa: E402
 
 BATCH = 64
 RERANK_LENGTH = 512
@@ -342,8 +342,8 @@ def _limit(arch: str) -> int:
 
 
 def reranking(bench: Bench, folder: Path, pairs: list[tuple[str, str]], device: str) -> None:
-    from ragopt.rerankers._pairs import PAD_MULTIPLE, pair_features
-    from ragopt.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
+    from ragopt.stages.rerankers._pairs import PAD_MULTIPLE, pair_features
+    from ragopt.stages.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
 
     spec = FlagRerankerSpec(model=str(folder), max_length=RERANK_LENGTH, batch_size=BATCH)
     scorer = FlagScorer(spec, Located(str(folder), str(folder), {"sha256": "bench"}), device, ModelPool(), "bench")
@@ -397,8 +397,8 @@ def reranking(bench: Bench, folder: Path, pairs: list[tuple[str, str]], device: 
 
 
 def bge_m3(bench: Bench, folder: Path, passages: list[str], device: str) -> None:
-    from ragopt.models import half_on_gpu
-    from ragopt.retrievers.bge_m3 import BGEM3Spec, load_bge_m3
+    from ragopt.stages.models import half_on_gpu
+    from ragopt.stages.retrievers.bge_m3 import BGEM3Spec, load_bge_m3
 
     spec = BGEM3Spec(model=str(folder), batch_size=BATCH)
     model = load_bge_m3(Located(str(folder), str(folder), {"sha256": "bench"}), spec, device)

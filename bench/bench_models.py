@@ -39,14 +39,14 @@ import torch
 import yaml
 
 from ragopt import load_dataset, optimize
-from ragopt.data import Corpus
-from ragopt.engine import Engine
-from ragopt.models import Locator, pick_device
+from ragopt.data.qa import Corpus
+from ragopt.stages.engine import Engine
+from ragopt.stages.models import Locator, pick_device
 from ragopt.provenance import library_versions
-from ragopt.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
-from ragopt.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
-from ragopt.retrievers.bge_m3 import BGEM3Spec
-from ragopt.retrievers.dense import DenseSpec
+from ragopt.stages.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
+from ragopt.stages.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
+from ragopt.stages.retrievers.bge_m3 import BGEM3Spec
+from ragopt.stages.retrievers.dense import DenseSpec
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "autorag-ko"
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}
@@ -277,13 +277,13 @@ class Stages:
 @contextlib.contextmanager
 def study_stages() -> Iterator[Stages]:
     """The stages of optimize() worth telling apart, timed while the block runs."""
-    from ragopt import evaluation
+    from ragopt.scoring import evaluation
     from ragopt.study import run
-    from ragopt.models import Locator
-    from ragopt.rerankers._base import PairScorer
-    from ragopt.rerankers.cross_encoder import CrossEncoderScorer
-    from ragopt.rerankers.flag_reranker import FlagScorer
-    from ragopt.retrievers import bm25, dense
+    from ragopt.stages.models import Locator
+    from ragopt.stages.rerankers._base import PairScorer
+    from ragopt.stages.rerankers.cross_encoder import CrossEncoderScorer
+    from ragopt.stages.rerankers.flag_reranker import FlagScorer
+    from ragopt.stages.retrievers import bm25, dense
 
     stages = Stages()
     stages.wrap(Locator, "_locate", "model folder content hashes")

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ragopt.data import load_dataset
-from ragopt.export import Exported, write_best
-from ragopt.spec import PipelineSpec
+from ragopt.data.qa import load_dataset
+from ragopt.serving.export import Exported, write_best
+from ragopt.stages.spec import PipelineSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTORAG_KO = ROOT.parent / "shared" / "data" / "autorag-ko"

@@ -1,4 +1,4 @@
-"""Statistics: ragopt.stats against scipy.stats on a per-domain report's workload. Prints seconds, the
+"""Statistics: ragopt.analysis.stats against scipy.stats on a per-domain report's workload. Prints seconds, the
 ratio and how far the two results are apart; asserts nothing.
 
     python bench/bench_stats.py
@@ -11,7 +11,7 @@ permutation_test (samples, vectorized) and bootstrap per comparison against one 
 The scores are synthetic (the rank of each question's one relevant passage drawn per trial), with
 the ties and zeros of real ones.
 Big: one interval and one paired test on 10,000 questions with 10,000 resamples, seconds and peak
-memory (tracemalloc, a second run) of ragopt.stats as it was before it resampled in blocks (read
+memory (tracemalloc, a second run) of ragopt.analysis.stats as it was before it resampled in blocks (read
 from git, commit UNBLOCKED) and as it is, and whether their numbers are the same bit for bit.
 """
 
@@ -32,14 +32,14 @@ import numpy as np
 from scipy import stats
 from threadpoolctl import threadpool_info
 
-from ragopt import stats as blocked
-from ragopt.stats import bootstrap_ci, paired_tests
+from ragopt.analysis import stats as blocked
+from ragopt.analysis.stats import bootstrap_ci, paired_tests
 
 SUBSETS = {"all": 114, "law": 37, "public": 29, "commerce": 26, "finance": 22}
 KS = (1, 3, 5, 10)
 RESAMPLES = 10_000
 SCIPY_BATCH = 20  # resamples per scipy batch: 10 and 20 were fastest of 10 to 500 here (560 columns), memory small
-UNBLOCKED = "901fa73"  # the last commit whose ragopt/stats.py drew the whole (resamples x questions) matrices
+UNBLOCKED = "901fa73"  # the last commit whose ragopt/analysis/stats.py drew the whole (resamples x questions) matrices
 BIG = 10_000  # questions of the big case
 
 
@@ -119,10 +119,10 @@ def bench_comparisons(n_others: int = 300, n: int = 114) -> None:
 
 
 def unblocked_stats() -> ModuleType:
-    """ragopt/stats.py of commit UNBLOCKED, imported from a temporary file."""
+    """ragopt/analysis/stats.py of commit UNBLOCKED, imported from a temporary file."""
     root = Path(__file__).resolve().parent.parent
-    text = subprocess.run(["git", "show", f"{UNBLOCKED}:ragopt/stats.py"], cwd=root, capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(["git", "show", f"{UNBLOCKED}:ragopt/stats.py"], cwd=root, capture_output=True,
+                          text=True, check=True).stdout
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "ragopt_stats_unblocked.py"
         path.write_text(text)

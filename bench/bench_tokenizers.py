@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-from ragopt.data import load_dataset
-from ragopt.metrics import at_k, relevance
-from ragopt.engine import Engine
-from ragopt.retrievers.bm25 import BM25Spec
-from ragopt.retrievers.tokenizers import CharNgramTokenizer, KiwiTokenizer, MecabTokenizer, WhitespaceTokenizer
+from ragopt.data.qa import load_dataset
+from ragopt.scoring.metrics import at_k, relevance
+from ragopt.stages.engine import Engine
+from ragopt.stages.retrievers.bm25 import BM25Spec
+from ragopt.stages.retrievers.tokenizers import CharNgramTokenizer, KiwiTokenizer, MecabTokenizer, WhitespaceTokenizer
 
 TOKENIZERS = [KiwiTokenizer(), KiwiTokenizer(pos="content"), MecabTokenizer(), MecabTokenizer(pos="content"),
               CharNgramTokenizer(n=2), CharNgramTokenizer(n=3), WhitespaceTokenizer()]

@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     from ragopt import optimize
     from ragopt.generate import generate_qa
-    from ragopt.records import finished
+    from ragopt.study.records import finished
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -101,7 +101,7 @@ def main() -> None:
 
 
 def _print_trust(trust: dict, real_values: np.ndarray, generated_values: np.ndarray) -> None:
-    from ragopt.trust import distinct_pipelines, resampled_taus
+    from ragopt.analysis.trust import distinct_pipelines, resampled_taus
 
     real, generated, gap = trust["real_winner"], trust["generated_winner"], trust["difference"]
     print(f"Kendall tau-b (real selection value vs generated value): {trust['tau']:.3f} "
@@ -146,7 +146,7 @@ def _print_generated_top(trials: pd.DataFrame, top: int = 5) -> None:
 
 def _print_subsets(trials: pd.DataFrame, real: np.ndarray, generated: np.ndarray) -> None:
     """Tau within the BM25 pipelines, within the MiniLM ones, and across chunkings for one retriever."""
-    from ragopt.trust import agreement
+    from ragopt.analysis.trust import agreement
 
     subsets = {"BM25 only": trials["choice.retriever"] == "bm25",
                "MiniLM dense and hybrids": trials["choice.retriever"] != "bm25"}
@@ -158,7 +158,7 @@ def _print_subsets(trials: pd.DataFrame, real: np.ndarray, generated: np.ndarray
 def _print_split_halves(real: np.ndarray, generated: np.ndarray) -> None:
     """For scale: tau between two random halves of the real questions, and between one half and the
     generated set, averaged over SPLITS halvings (both on the same half-size real side)."""
-    from ragopt.trust import distinct_pipelines, kendall_tau
+    from ragopt.analysis.trust import distinct_pipelines, kendall_tau
 
     kept = distinct_pipelines(real, generated)
     real, generated = real[:, kept], generated[:, kept]

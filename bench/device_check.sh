@@ -137,9 +137,9 @@ tested = {"transformers": "5.25.0", "sentence-transformers": "6.3.0"}
 for name, version in tested.items():
     if metadata.version(name) != version:
         print(f"NOTE: {name} {metadata.version(name)} here; the tests and benchmarks were written against {version}")
-modules = ["ragopt.study", "ragopt.serve", "ragopt.pipeline", "ragopt.retrievers.dense", "ragopt.retrievers.bge_m3",
-           "ragopt.retrievers.bm25", "ragopt.rerankers.flag_reranker", "ragopt.rerankers.cross_encoder",
-           "ragopt.rerankers.flag_llm_reranker", "FlagEmbedding", "bench_models", "bench_encode_variants"]
+modules = ["ragopt.study", "ragopt.serving.serve", "ragopt.serving.pipeline", "ragopt.stages.retrievers.dense", "ragopt.stages.retrievers.bge_m3",
+           "ragopt.stages.retrievers.bm25", "ragopt.stages.rerankers.flag_reranker", "ragopt.stages.rerankers.cross_encoder",
+           "ragopt.stages.rerankers.flag_llm_reranker", "FlagEmbedding", "bench_models", "bench_encode_variants"]
 __import__("sys").path.insert(0, "bench")
 for module in modules:
     importlib.import_module(module)

@@ -9,16 +9,18 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
-    "Config": "ragopt.config", "load_config": "ragopt.config",
-    "Corpus": "ragopt.data", "QASet": "ragopt.data", "load_corpus": "ragopt.data", "load_dataset": "ragopt.data",
+    "Config": "ragopt.search.config", "load_config": "ragopt.search.config",
+    "Corpus": "ragopt.data.qa", "QASet": "ragopt.data.qa", "load_corpus": "ragopt.data.qa",
+    "load_dataset": "ragopt.data.qa", "Documents": "ragopt.data.documents", "load_documents": "ragopt.data.documents",
     "ConfigError": "ragopt.errors", "DataError": "ragopt.errors", "ModelError": "ragopt.errors",
     "StudyError": "ragopt.errors", "UserError": "ragopt.errors",
-    "Hit": "ragopt.pipeline", "Pipeline": "ragopt.pipeline", "load_pipeline": "ragopt.pipeline",
-    "PipelineSpec": "ragopt.spec",
-    "Ranking": "ragopt.ranking",
+    "Hit": "ragopt.serving.pipeline", "Pipeline": "ragopt.serving.pipeline", "load_pipeline": "ragopt.serving.pipeline",
+    "PipelineSpec": "ragopt.stages.spec",
+    "Ranking": "ragopt.stages.ranking",
     "Outcome": "ragopt.study", "optimize": "ragopt.study",
-    "StudyResults": "ragopt.compare", "choice_matrix": "ragopt.compare", "runner_ups": "ragopt.compare",
-    "winners": "ragopt.compare", "build_report": "ragopt.report_data",
+    "StudyResults": "ragopt.analysis.compare", "choice_matrix": "ragopt.analysis.compare",
+    "runner_ups": "ragopt.analysis.compare", "winners": "ragopt.analysis.compare",
+    "build_report": "ragopt.analysis.report_data",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -212,9 +212,9 @@ def validate_command(config: Path = typer.Argument(..., help="The YAML file to c
     Face cache nor on the hub, a folder or package that does not exist) is listed with the
     command that fetches it; exit code 2 when any is missing. Offline (HF_HUB_OFFLINE=1) the hub
     is not asked."""
-    from ragopt.config import corpus_warnings, load_config
-    from ragopt.space import MAX_GRID, small_space
-    from ragopt.splits import study_splits
+    from ragopt.search.config import corpus_warnings, load_config
+    from ragopt.search.space import MAX_GRID, small_space
+    from ragopt.analysis.splits import study_splits
     from ragopt.study.data import read_inputs
 
     loaded, _ = load_config(config)
@@ -251,7 +251,7 @@ def query_command(
 
     A question that finds none (a BM25 pipeline: no token in it, or no passage sharing one) gets
     a line saying which, instead of a table; the exit code stays 0."""
-    from ragopt.pipeline import load_pipeline
+    from ragopt.serving.pipeline import load_pipeline
 
     pipeline = load_pipeline(best, corpus, cache_dir or best.resolve().parent / "cache", progress=True,
                              documents=documents)
@@ -269,8 +269,8 @@ def query_command(
 def _nothing_found(pipeline: Any, question: str) -> str:
     """Why a question found no passage: its retriever's tokenizers found no token in it, or no
     passage holds any of the tokens they found."""
-    from ragopt.data import nfc
-    from ragopt.retrievers.tokenizers import tokenize
+    from ragopt.data.qa import nfc
+    from ragopt.stages.retrievers.tokenizers import tokenize
 
     found = {t.label: tokenize(t, [nfc(question)], pipeline.engine.locate)[0]
              for t in pipeline.spec.retriever.tokenizers()}
@@ -299,8 +299,8 @@ def compare_command(
 
     Per-domain winners with intervals, a choice x domain matrix with significance, and the
     winner against the runners-up; printed and written to OUTPUT/compare/ (CSV and markdown)."""
-    from ragopt.compare import BY, Settings, StudyResults
-    from ragopt.summary import TIES, TRUST_TITLE, trust_lines, write_comparison
+    from ragopt.analysis.compare import BY, Settings, StudyResults
+    from ragopt.analysis.summary import TIES, TRUST_TITLE, trust_lines, write_comparison
 
     if by not in BY:
         raise UserError(f"--by must be one of {list(BY)}; got {by!r}")
@@ -321,7 +321,7 @@ def compare_command(
 
 
 def _print_runner_ups(frame: Any, metric: str, on: str) -> None:
-    from ragopt.summary import difference, interval, verdict
+    from ragopt.analysis.summary import difference, interval, verdict
 
     table = _Table("trial", "pipeline", f"{metric}, {on}", "winner minus this", "sig. (Holm)",
                    title="the winner against the runners-up")
@@ -334,7 +334,7 @@ def _print_runner_ups(frame: Any, metric: str, on: str) -> None:
 
 
 def _print_winners(frame: Any, metric: str, on: str) -> None:
-    from ragopt.summary import difference, interval, verdict
+    from ragopt.analysis.summary import difference, interval, verdict
 
     table = _Table("domain", "questions (selection / scored)", "pipeline", f"{metric}, {on}",
                    "margin over runner-up", "sig. (Holm)", title="best pipeline per domain")
@@ -349,14 +349,14 @@ def _print_winners(frame: Any, metric: str, on: str) -> None:
 
 def _pipeline(row: Any) -> str:
     """A table row's pipeline, with the pipelines that score alike when the row stands for several."""
-    from ragopt.compare import tie_note
+    from ragopt.analysis.compare import tie_note
 
     return row.pipeline + tie_note(getattr(row, "ties", 0), getattr(row, "ties_differ", ""))
 
 
 def _print_matrix(frame: Any, by: str, metric: str) -> None:
-    from ragopt.compare import described
-    from ragopt.summary import matrix_cells
+    from ragopt.analysis.compare import described
+    from ragopt.analysis.summary import matrix_cells
 
     domains = list(dict.fromkeys(frame["domain"]))
     table = _Table(by, *map(str, domains), title=f"{metric}: best trial of each {by} per domain, scored "
@@ -381,7 +381,7 @@ def report_command(
 
     One self-contained page: trials, per-domain heatmap, metric-vs-k curves, optimization
     history, parameter importances, quality vs latency, the best config."""
-    from ragopt.report_data import build_report
+    from ragopt.analysis.report_data import build_report
 
     written = build_report(output, path or output / "report.html", metric, by, storage)  # type: ignore[arg-type]
     console.print(f"report: {written} ({written.stat().st_size / 1e6:.1f} MB, opens offline)", highlight=False)
@@ -399,7 +399,7 @@ def runs_command(
     """Write trials' stored rankings as TREC run files.
 
     One trial-N.trec per trial, to re-score with trec_eval against OUTPUT/qrels.trec."""
-    from ragopt.runs import RUNS, StudyRuns
+    from ragopt.study.runs import RUNS, StudyRuns
 
     runs = StudyRuns(output)
     paths = runs.write(trials + ([runs.best] if best else []), folder or output / RUNS)
@@ -424,7 +424,7 @@ def import_autorag_command(
 
     Its retrieval part (retrieval nodes, passage_reranker, top_k, strategy.metrics) is mapped;
     what is not mapped is printed with why, and listed at the top of the written file."""
-    from ragopt.autorag import convert_file, write
+    from ragopt.search.autorag import convert_file, write
 
     path = output or autorag_config.with_name(f"{autorag_config.stem}-ragopt.yaml")
     conversion = convert_file(autorag_config, path, qa, corpus, embedding)
@@ -449,8 +449,8 @@ def chunk_command(
 
     Each passage has doc_id `document#start-end`, contents (the document's text start..end) and
     the document's metadata with document, start and end."""
-    from ragopt.export import read_export
-    from ragopt.pipeline import chunk, write_corpus
+    from ragopt.serving.export import read_export
+    from ragopt.serving.pipeline import chunk, write_corpus
 
     corpus = chunk(read_export(best).spec, documents, cache_dir or best.resolve().parent / "cache", "cpu")
     write_corpus(corpus, output)
@@ -475,7 +475,7 @@ def serve_command(
 
     GET /health; docs at /docs. The corpus is indexed and the models loaded once, before the
     first request."""
-    from ragopt.serve import build, run
+    from ragopt.serving.serve import build, run
 
     api = build(best, corpus, cache_dir or best.resolve().parent / "cache", max_batch, documents)
     pipeline = api.state.pipeline

@@ -252,7 +252,7 @@ def tiny_gemma_reranker(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ko_mini():
-    from ragopt.data import load_dataset
+    from ragopt.data.qa import load_dataset
 
     return load_dataset(qa=KO_MINI / "qa.jsonl", corpus=KO_MINI / "corpus.jsonl", domain_column="domain")
 
@@ -260,7 +260,7 @@ def ko_mini():
 @pytest.fixture
 def scored_pairs(monkeypatch) -> list:
     """Every (query, passage) pair a CrossEncoder reranker is asked to score, in order."""
-    from ragopt.rerankers.cross_encoder import CrossEncoderScorer
+    from ragopt.stages.rerankers.cross_encoder import CrossEncoderScorer
 
     seen: list = []
     real = CrossEncoderScorer.score_pairs

@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 from conftest import KO_MINI
 from ragopt import optimize
-from ragopt.autorag import convert_file
+from ragopt.search.autorag import convert_file
 from ragopt.cli import app
-from ragopt.config import Config
+from ragopt.search.config import Config
 from ragopt.errors import ConfigError
-from ragopt.fusion import convex
-from ragopt.ranking import Ranking
-from ragopt.space import suggest_pipeline
+from ragopt.stages.fusion import convex
+from ragopt.stages.ranking import Ranking
+from ragopt.search.space import suggest_pipeline
 from test_startup import imported_heavy
 
 DATA = Path(__file__).parent / "data" / "autorag"
@@ -34,7 +34,7 @@ def cli_convert(tmp_path: Path, source: Path, *options: str) -> dict:
     result = runner.invoke(app, ["import-autorag", str(source), "-o", str(output), "--qa",
                                  str(KO_MINI / "qa.jsonl"), "--corpus", str(KO_MINI / "corpus.jsonl"), *options])
     assert result.exit_code == 0, result.output
-    with mock.patch("ragopt.models.unavailable", return_value=[]):  # its hub models are not on this machine
+    with mock.patch("ragopt.stages.models.unavailable", return_value=[]):  # its hub models are not on this machine
         validated = runner.invoke(app, ["validate", str(output)])
     assert validated.exit_code == 0, validated.output
     return yaml.safe_load(output.read_text())

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from conftest import AUTORAG_KO
-from ragopt.data import load_dataset
-from ragopt.metrics import at_k, relevance
-from ragopt.engine import Engine
-from ragopt.retrievers.bm25 import BM25Spec
-from ragopt.retrievers.tokenizers import KiwiTokenizer, tokenize
+from ragopt.data.qa import load_dataset
+from ragopt.scoring.metrics import at_k, relevance
+from ragopt.stages.engine import Engine
+from ragopt.stages.retrievers.bm25 import BM25Spec
+from ragopt.stages.retrievers.tokenizers import KiwiTokenizer, tokenize
 
 pytestmark = pytest.mark.skipif(not AUTORAG_KO.exists(), reason="../shared/data/autorag-ko is not beside this checkout")
 

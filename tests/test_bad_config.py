@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from conftest import write_config
 from ragopt.cli import app
-from ragopt.config import ConfigError, load_config
+from ragopt.search.config import ConfigError, load_config
 
 runner = CliRunner(env={"RAGOPT_DEBUG": None})  # unset before each command and after it (--debug sets it)
 
@@ -79,7 +79,8 @@ def test_an_unknown_key_with_no_close_name_says_to_remove_it(tmp_path):
     result = validate(tmp_path, BLOCK + "colour: red\nstduy: {n_trials: 3}\n")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "c.yaml:10: colour: unknown key 'colour'; remove it, or use one of the keys allowed here: budgets, " \
-           "cache_dir, chunkers, data, device, exact_search_max, metrics, optimize, rerankers, retrievers, study, top_k" in result.output
+           "cache_dir, chunkers, data, device, exact_search_max, metrics, optimize, rerankers, retrievers, study, " \
+           "top_k" in result.output
     assert "c.yaml:11: stduy: unknown key 'stduy' (did you mean 'study'?)" in result.output
 
 
@@ -179,8 +180,8 @@ def test_every_study_setting_that_cannot_work_is_reported(tmp_path):
 
 
 def test_trust_remote_code_exists_where_models_load_and_is_off_unless_asked(tmp_path):
-    from ragopt.rerankers import _base as rerankers
-    from ragopt.retrievers import _base as retrievers
+    from ragopt.stages.rerankers import _base as rerankers
+    from ragopt.stages.retrievers import _base as retrievers
 
     entries = [*retrievers.REGISTRY.entries(), *rerankers.REGISTRY.entries()]
     loading = [entry for entry in entries if "model" in entry.model_fields]
@@ -220,7 +221,7 @@ def test_an_unexpected_error_is_one_line_without_debug(tmp_path, monkeypatch):
 
 
 def test_every_command_reports_an_unexpected_error_in_one_line(tmp_path, monkeypatch):
-    from ragopt import compare
+    from ragopt.analysis import compare
 
     def broken(output):
         raise KeyError("value.holdout")
@@ -257,7 +258,7 @@ def test_a_missing_file_names_the_path_looked_for(tmp_path):
 
 
 def test_a_huge_finite_space_is_counted_up_to_a_limit_and_too_large_for_a_grid(tmp_path, monkeypatch):
-    from ragopt import config, space
+    from ragopt.search import config, space
 
     monkeypatch.setattr(space, "MAX_GRID", 1000)  # the walk stops past it: a thousand, not 100,000, to be quick
     monkeypatch.setattr(config, "MAX_GRID", 1000)
@@ -287,7 +288,7 @@ def test_a_recursive_alias_is_a_message_not_a_crash(tmp_path):
 
 
 def test_a_user_error_anywhere_in_a_command_is_its_paragraph(tmp_path, monkeypatch):
-    from ragopt import config
+    from ragopt.search import config
 
     def refuse(*args):
         raise ConfigError("c.yaml: a problem found after loading; change it")

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ragopt.cli import app
-from ragopt.data import DataError, load_corpus, load_dataset, load_qa
+from ragopt.data.qa import DataError, load_corpus, load_dataset, load_qa
 from ragopt.errors import ModelError
-from ragopt.models import Locator
+from ragopt.stages.models import Locator
 
 runner = CliRunner()
 GOOD_QA = [{"qid": "q1", "query": "예금 보호", "retrieval_gt": [["a"]]},
@@ -209,7 +209,7 @@ def test_a_model_id_that_is_not_cached_fails_at_once_offline(empty_hub, monkeypa
 def test_a_hub_that_never_answers_costs_hub_timeout_not_minutes(empty_hub, monkeypatch):
     """A server that takes the connection and never replies, as behind a firewall that drops
     packets: huggingface_hub alone waits forever."""
-    from ragopt import models
+    from ragopt.stages import models
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -234,9 +234,9 @@ def truncation_warnings(caught) -> list[str]:
 def test_passages_past_the_encoders_limit_are_counted_in_one_warning(ko_mini, tiny_bert, tmp_path):
     from transformers import AutoTokenizer
 
-    from ragopt.cache import Cache
-    from ragopt.engine import Engine
-    from ragopt.retrievers.dense import DenseSpec
+    from ragopt.stages.cache import Cache
+    from ragopt.stages.engine import Engine
+    from ragopt.stages.retrievers.dense import DenseSpec
 
     _, corpus = ko_mini
     lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(tiny_bert)(corpus.contents)["input_ids"]]
@@ -253,8 +253,8 @@ def test_passages_past_the_encoders_limit_are_counted_in_one_warning(ko_mini, ti
 def test_reranked_pairs_past_the_limit_are_counted_in_one_warning(ko_mini, tiny_xlmr_reranker):
     from transformers import AutoTokenizer
 
-    from ragopt.rerankers._pairs import pair_features
-    from ragopt.rerankers.cross_encoder import CrossEncoderSpec
+    from ragopt.stages.rerankers._pairs import pair_features
+    from ragopt.stages.rerankers.cross_encoder import CrossEncoderSpec
     from ragopt.testing.rerankers import scorer_of
 
     qa, corpus = ko_mini

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ragopt import ranking
-from ragopt.cache import Cache
-from ragopt.data import Corpus, Queries
-from ragopt.engine import Engine
-from ragopt.metrics import at_k, relevance
-from ragopt.retrievers import bm25
-from ragopt.retrievers.bm25 import BM25Spec, TermIndex, _token_arrays
-from ragopt.retrievers.tokenizers import (
+from ragopt.stages import ranking
+from ragopt.stages.cache import Cache
+from ragopt.data.qa import Corpus, Queries
+from ragopt.stages.engine import Engine
+from ragopt.scoring.metrics import at_k, relevance
+from ragopt.stages.retrievers import bm25
+from ragopt.stages.retrievers.bm25 import BM25Spec, TermIndex, _token_arrays
+from ragopt.stages.retrievers.tokenizers import (
     CharNgramTokenizer,
     HuggingFaceTokenizer,
     KiwiTokenizer,

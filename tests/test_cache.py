@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from ragopt import cache as cache_module
-from ragopt.cache import Cache, Memo, ScoreTable, entry_key
+from ragopt.stages import cache as cache_module
+from ragopt.stages.cache import Cache, Memo, ScoreTable, entry_key
 from ragopt.files import atomic_write, write_text
 
 

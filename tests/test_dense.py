@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from ragopt.cache import Cache
-from ragopt.data import Corpus, Queries
-from ragopt.engine import Engine
+from ragopt.stages.cache import Cache
+from ragopt.data.qa import Corpus, Queries
+from ragopt.stages.engine import Engine
 from ragopt.errors import ModelError
-from ragopt.retrievers import dense
-from ragopt.retrievers.bm25 import BM25Spec
-from ragopt.retrievers.dense import DenseSpec
-from ragopt.retrievers.hybrid import HybridSpec
-from ragopt.retrievers.tokenizers import KiwiTokenizer
-from ragopt.spec import PipelineSpec
+from ragopt.stages.retrievers import dense
+from ragopt.stages.retrievers.bm25 import BM25Spec
+from ragopt.stages.retrievers.dense import DenseSpec
+from ragopt.stages.retrievers.hybrid import HybridSpec
+from ragopt.stages.retrievers.tokenizers import KiwiTokenizer
+from ragopt.stages.spec import PipelineSpec
 from ragopt.testing.retrievers import RetrieverCase, RetrieverContract
 from test_models import fake_hub
 

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from conftest import AUTORAG_KO
-from ragopt.data import DataError, QASet, Queries, corpus_of, load_corpus, load_qa
-from ragopt.documents import (Document, Documents, Span, load_documents, load_span_qa, locate_passages,
+from ragopt.data.qa import DataError, QASet, Queries, corpus_of, load_corpus, load_qa
+from ragopt.data.documents import (Document, Documents, Span, load_documents, load_span_qa, locate_passages,
                               spans_from_ids)
 
 DOCS = AUTORAG_KO.parent / "autorag-ko-docs"

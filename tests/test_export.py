@@ -13,14 +13,14 @@ import yaml
 
 from conftest import KO_MINI, write_config
 from ragopt import load_pipeline
-from ragopt.pipeline import Hit, Pipeline
+from ragopt.serving.pipeline import Hit, Pipeline
 from ragopt.study import objective as objective_module
-from ragopt.config import ConfigError
-from ragopt.data import load_corpus
-from ragopt.export import SCHEMA_VERSION, Exported, read_best, read_export, write_best
-from ragopt.runs import StudyRuns
-from ragopt.spec import PipelineSpec
-from ragopt.space import optuna_chooser
+from ragopt.search.config import ConfigError
+from ragopt.data.qa import load_corpus
+from ragopt.serving.export import SCHEMA_VERSION, Exported, read_best, read_export, write_best
+from ragopt.study.runs import StudyRuns
+from ragopt.stages.spec import PipelineSpec
+from ragopt.search.space import optuna_chooser
 from ragopt.study import optimize
 
 BM25 = "{name: lex, type: bm25, tokenizer: whitespace, method: lucene, k1: 1.2, b: 0.75}"

@@ -8,16 +8,16 @@ import pytest
 import torch
 from FlagEmbedding import BGEM3FlagModel, FlagLLMReranker, FlagReranker
 
-from ragopt.cache import Cache
-from ragopt.data import Queries
-from ragopt.engine import Engine
+from ragopt.stages.cache import Cache
+from ragopt.data.qa import Queries
+from ragopt.stages.engine import Engine
 from ragopt.errors import ModelError
-from ragopt.models import Locator, ModelPool
-from ragopt.rerankers._pairs import pair_features
-from ragopt.rerankers.flag_llm_reranker import FlagLLMRerankerSpec, FlagLLMScorer
-from ragopt.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
-from ragopt.retrievers.bge_m3 import BGEM3Retriever, BGEM3Spec
-from ragopt.retrievers.hybrid import HybridSpec
+from ragopt.stages.models import Locator, ModelPool
+from ragopt.stages.rerankers._pairs import pair_features
+from ragopt.stages.rerankers.flag_llm_reranker import FlagLLMRerankerSpec, FlagLLMScorer
+from ragopt.stages.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
+from ragopt.stages.retrievers.bge_m3 import BGEM3Retriever, BGEM3Spec
+from ragopt.stages.retrievers.hybrid import HybridSpec
 from ragopt.testing.rerankers import PairScorerContract, ScorerCase
 from ragopt.testing.retrievers import RetrieverCase, RetrieverContract
 
@@ -144,9 +144,9 @@ def test_remote_code_reaches_every_loader_only_as_configured(trust, monkeypatch,
     import FlagEmbedding
     import sentence_transformers
 
-    from ragopt.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
-    from ragopt.retrievers.bge_m3 import load_bge_m3
-    from ragopt.retrievers.dense import DenseSpec, load_sentence_transformer
+    from ragopt.stages.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
+    from ragopt.stages.retrievers.bge_m3 import load_bge_m3
+    from ragopt.stages.retrievers.dense import DenseSpec, load_sentence_transformer
 
     seen = {}
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import write_config
-from ragopt.config import ConfigError, load_config
-from ragopt.fusion import NORMALIZATIONS, convex, normalize, rrf
-from ragopt.ranking import Ranking, ScoreStats, top_k
-from ragopt.retrievers.bm25 import BM25Spec
-from ragopt.retrievers.hybrid import HybridSpec
-from ragopt.retrievers.tokenizers import WhitespaceTokenizer
+from ragopt.search.config import ConfigError, load_config
+from ragopt.stages.fusion import NORMALIZATIONS, convex, normalize, rrf
+from ragopt.stages.ranking import Ranking, ScoreStats, top_k
+from ragopt.stages.retrievers.bm25 import BM25Spec
+from ragopt.stages.retrievers.hybrid import HybridSpec
+from ragopt.stages.retrievers.tokenizers import WhitespaceTokenizer
 
 A = Ranking(np.array([[0, 1, 2]]), np.array([[3.0, 2.0, 1.0]], dtype=np.float32))
 B = Ranking(np.array([[2, 3, -1]]), np.array([[0.9, 0.5, -np.inf]], dtype=np.float32))

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import KO_MINI, ROOT, _decoder_tokenizer, _save_tiny, built_once
 from ragopt.cli import app
-from ragopt.documents import Documents, Span, load_documents, load_span_qa
+from ragopt.data.documents import Documents, Span, load_documents, load_span_qa
 from ragopt.errors import ConfigError, DataError, ModelError
 from ragopt.generate import generate_qa, passages_of
 from ragopt.generate.endpoint import EndpointChat, RateLimiter, retry_after

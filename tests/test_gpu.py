@@ -30,10 +30,10 @@ import pytest
 import torch
 
 from conftest import KO_MINI, example_texts
-from ragopt import ranking
-from ragopt.engine import Engine
-from ragopt.models import Locator, ModelPool
-from ragopt.retrievers import _scan, packed
+from ragopt.stages import ranking
+from ragopt.stages.engine import Engine
+from ragopt.stages.models import Locator, ModelPool
+from ragopt.stages.retrievers import _scan, packed
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -182,7 +182,7 @@ def test_packed_encoding_never_waits_for_the_gpu(xlmr_gpu):
 
 
 def test_dense_retriever_on_gpu_encodes_and_scans_like_the_cpu(ko_mini, tiny_bge_m3):
-    from ragopt.retrievers.dense import DenseSpec
+    from ragopt.stages.retrievers.dense import DenseSpec
 
     qa, corpus = ko_mini
     spec = DenseSpec(model=str(tiny_bge_m3))
@@ -256,7 +256,7 @@ def _pairs(ko_mini, n: int = 40) -> list[tuple[str, str]]:
 def test_flag_reranker_on_gpu_scores_like_compute_score(ko_mini, tiny_xlmr_reranker):
     from FlagEmbedding import FlagReranker
 
-    from ragopt.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
+    from ragopt.stages.rerankers.flag_reranker import FlagRerankerSpec, FlagScorer
 
     pairs, path = _pairs(ko_mini), str(tiny_xlmr_reranker)
     spec = FlagRerankerSpec(model=path, max_length=128)
@@ -270,7 +270,7 @@ def test_flag_reranker_on_gpu_scores_like_compute_score(ko_mini, tiny_xlmr_reran
 def test_cross_encoder_on_gpu_scores_like_predict(labels, ko_mini, tiny_xlmr_reranker, tiny_xlmr_two_labels):
     from sentence_transformers import CrossEncoder
 
-    from ragopt.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
+    from ragopt.stages.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
 
     pairs, path = _pairs(ko_mini), str({1: tiny_xlmr_reranker, 2: tiny_xlmr_two_labels}[labels])
     ours = CrossEncoderScorer(CrossEncoderSpec(model=path), Locator()(path), GPU, ModelPool(), "gpu").score(pairs)
@@ -287,7 +287,7 @@ def test_cross_encoder_on_gpu_scores_like_predict(labels, ko_mini, tiny_xlmr_rer
 def test_flag_llm_reranker_on_gpu_scores_like_compute_score(ko_mini, tiny_gemma_reranker):
     from FlagEmbedding import FlagLLMReranker
 
-    from ragopt.rerankers.flag_llm_reranker import FlagLLMRerankerSpec, FlagLLMScorer
+    from ragopt.stages.rerankers.flag_llm_reranker import FlagLLMRerankerSpec, FlagLLMScorer
 
     pairs, path = _pairs(ko_mini, 24), str(tiny_gemma_reranker)
     spec = FlagLLMRerankerSpec(model=path, max_length=128)
@@ -299,7 +299,7 @@ def test_flag_llm_reranker_on_gpu_scores_like_compute_score(ko_mini, tiny_gemma_
 
 @pytest.mark.parametrize("mode", ["dense", "sparse", "colbert"])
 def test_bge_m3_on_gpu_encodes_and_ranks_like_the_cpu(mode, ko_mini, tiny_bge_m3):
-    from ragopt.retrievers.bge_m3 import BGEM3Spec
+    from ragopt.stages.retrievers.bge_m3 import BGEM3Spec
 
     qa, corpus = ko_mini
     spec = BGEM3Spec(model=str(tiny_bge_m3), mode=mode)
@@ -338,8 +338,8 @@ def _hits_match(found, expected, tolerance: float) -> None:
 @pytest.fixture(scope="module")
 def gpu_best(tmp_path_factory, tiny_bert, tiny_xlmr_reranker):
     """BM25 and a dense model fused, the first 3 candidates reranked, 5 returned, tuned on the GPU."""
-    from ragopt.export import Exported, write_best
-    from ragopt.spec import PipelineSpec
+    from ragopt.serving.export import Exported, write_best
+    from ragopt.stages.spec import PipelineSpec
 
     bm25 = {"type": "bm25", "tokenizer": {"type": "whitespace"}, "method": "bm25+", "k1": 1.2, "b": 0.6}
     dense = {"type": "dense", "model": str(tiny_bert), "query_prefix": "query: ", "passage_prefix": "passage: "}
@@ -356,7 +356,7 @@ def test_serving_batcher_on_gpu_answers_as_the_pipeline(gpu_best):
     pipeline answers the same batch, and concurrent requests as single calls (bf16 scores of a
     question differ with its company by rounding: tolerance 2e-2 on scores of scale 1)."""
     from ragopt import load_pipeline
-    from ragopt.serve import Batcher
+    from ragopt.serving.serve import Batcher
 
     questions = _questions()
     served = load_pipeline(gpu_best, KO_MINI / "corpus.jsonl", device=GPU)
@@ -407,7 +407,7 @@ def tiny_colbert_gpu(tmp_path_factory):
 def test_multi_vector_on_gpu_ranks_like_the_cpu(dtype, ko_mini, tiny_colbert_gpu):
     """MaxSim over token vectors encoded on the GPU (float32, and bf16 stored as float16) against
     the float32 CPU encoding and scan."""
-    from ragopt.retrievers.multi_vector import MultiVectorSpec
+    from ragopt.stages.retrievers.multi_vector import MultiVectorSpec
 
     qa, corpus = ko_mini
     spec = MultiVectorSpec(model=str(tiny_colbert_gpu), dtype=dtype)
@@ -423,7 +423,7 @@ def test_causal_lm_reranker_on_gpu_scores_like_the_model_card(ko_mini):
     from sentence_transformers import CrossEncoder
     from test_qwen3 import card_scores, save_qwen3_reranker
 
-    from ragopt.rerankers.causal_lm_reranker import CausalLMRerankerSpec, CausalLMScorer
+    from ragopt.stages.rerankers.causal_lm_reranker import CausalLMRerankerSpec, CausalLMScorer
 
     pairs = _pairs(ko_mini, 24)
     with tempfile.TemporaryDirectory() as folder:

@@ -13,18 +13,18 @@ from typer.testing import CliRunner
 
 from conftest import KO_MINI, write_config
 from ragopt import load_pipeline
-from ragopt.cache import Cache
+from ragopt.stages.cache import Cache
 from ragopt.cli import app
-from ragopt.compare import StudyResults, runner_ups, winners
-from ragopt.config import load_config
-from ragopt.data import load_dataset
-from ragopt.engine import Engine
+from ragopt.analysis.compare import StudyResults, runner_ups, winners
+from ragopt.search.config import load_config
+from ragopt.data.qa import load_dataset
+from ragopt.stages.engine import Engine
 from ragopt.errors import ConfigError, StudyError
-from ragopt.export import read_best
-from ragopt.retrievers import bm25 as bm25_module
-from ragopt.selection import pareto_front
-from ragopt.space import suggest_pipeline
-from ragopt.splits import HOLDOUT
+from ragopt.serving.export import read_best
+from ragopt.stages.retrievers import bm25 as bm25_module
+from ragopt.analysis.selection import pareto_front
+from ragopt.search.space import suggest_pipeline
+from ragopt.analysis.splits import HOLDOUT
 from ragopt.study import optimize
 
 SPACE = """
@@ -320,7 +320,7 @@ def test_a_second_run_on_the_same_output_refuses(tmp_path, tiny_bert):
 
 
 def test_a_failing_pipeline_fails_its_trial_and_the_study_goes_on(tmp_path, tiny_bert, monkeypatch):
-    from ragopt.evaluation import Evaluator
+    from ragopt.scoring.evaluation import Evaluator
 
     evaluate = Evaluator.evaluate
 

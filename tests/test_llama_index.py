@@ -20,12 +20,12 @@ from sentence_transformers import CrossEncoder
 
 from conftest import KO_MINI, ROOT, write_config
 from ragopt import load_pipeline
-from ragopt.data import DataError, load_corpus, load_dataset, nfc
+from ragopt.data.qa import DataError, load_corpus, load_dataset, nfc
 from ragopt.errors import ConfigError
-from ragopt.export import Exported, write_best
-from ragopt.integrations.llama_index import RagoptReranker, RagoptRetriever
-from ragopt.pipeline import write_corpus
-from ragopt.spec import PipelineSpec
+from ragopt.serving.export import Exported, write_best
+from ragopt.serving.integrations.llama_index import RagoptReranker, RagoptRetriever
+from ragopt.serving.pipeline import write_corpus
+from ragopt.stages.spec import PipelineSpec
 from ragopt.study import optimize
 
 QUESTIONS = ["은행이 문을 닫으면 맡긴 돈은 얼마까지 돌려받을 수 있나요?", "신용점수는 어떤 정보로 매겨지나요?",
@@ -153,11 +153,11 @@ def test_a_postprocessor_sharing_the_pipeline_reads_back_the_pipelines_scores(tm
 
 def test_the_integration_needs_llama_index_and_ragopt_does_not(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_index.core.bridge.pydantic", None)
-    monkeypatch.delitem(sys.modules, "ragopt.integrations.llama_index")
+    monkeypatch.delitem(sys.modules, "ragopt.serving.integrations.llama_index")
     monkeypatch.setattr("importlib.metadata.distributions", lambda name: [])  # installed from PyPI (test_cli: others)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'ragopt\[llama-index\]'"):
-        importlib.import_module("ragopt.integrations.llama_index")
-    body = ("import sys, ragopt, ragopt.config\nfrom ragopt.data import load_corpus\n"
+        importlib.import_module("ragopt.serving.integrations.llama_index")
+    body = ("import sys, ragopt, ragopt.search.config\nfrom ragopt.data.qa import load_corpus\n"
             f"load_corpus({str(KO_MINI / 'corpus.jsonl')!r})\nassert 'llama_index' not in sys.modules, 'imported'")
     result = subprocess.run([sys.executable, "-c", body], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from ragopt.metrics import METRICS, at_k, relevance
+from ragopt.scoring.metrics import METRICS, at_k, relevance
 
 
 def score(ranked, groups, ks, n_docs=10):

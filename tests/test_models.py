@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ragopt.errors import ModelError
-from ragopt.models import (Locator, ModelPool, folder_digest, half_on_gpu, package_folder, require_available,
+from ragopt.stages.models import (Locator, ModelPool, folder_digest, half_on_gpu, package_folder, require_available,
                            torch_dtype, unavailable)
 
 
@@ -36,7 +36,7 @@ def test_a_local_folder_is_identified_by_the_content_of_its_model_files(tiny_ber
 
 
 def test_file_digests_are_remembered_by_path_size_and_time(tiny_bert, tmp_path, monkeypatch):
-    from ragopt import models
+    from ragopt.stages import models
 
     memo = tmp_path / "memo"
     first = folder_digest(str(tiny_bert), memo)
@@ -169,7 +169,7 @@ def test_online_the_hub_is_asked_about_every_model_at_once(tmp_path, monkeypatch
     question waits here until all three are asked, which a one-by-one check never reaches."""
     import huggingface_hub.constants as constants
 
-    from ragopt import models
+    from ragopt.stages import models
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -16,16 +16,16 @@ from sentence_transformers import MultiVectorEncoder
 from typer.testing import CliRunner
 
 from conftest import KO_MINI, _save_tiny, _train_tokenizer, write_config
-from ragopt.cache import Cache
+from ragopt.stages.cache import Cache
 from ragopt.cli import app
-from ragopt.data import Queries, load_dataset
-from ragopt.engine import Engine
-from ragopt.pipeline import load_pipeline
-from ragopt.retrievers.bm25 import BM25Spec
-from ragopt.retrievers.hybrid import HybridSpec
-from ragopt.retrievers.multi_vector import MultiVectorSpec
-from ragopt.retrievers.tokenizers import KiwiTokenizer
-from ragopt.runs import StudyRuns
+from ragopt.data.qa import Queries, load_dataset
+from ragopt.stages.engine import Engine
+from ragopt.serving.pipeline import load_pipeline
+from ragopt.stages.retrievers.bm25 import BM25Spec
+from ragopt.stages.retrievers.hybrid import HybridSpec
+from ragopt.stages.retrievers.multi_vector import MultiVectorSpec
+from ragopt.stages.retrievers.tokenizers import KiwiTokenizer
+from ragopt.study.runs import StudyRuns
 from ragopt.testing.retrievers import RetrieverCase, RetrieverContract
 from test_models import fake_hub
 
@@ -141,8 +141,8 @@ def test_token_vectors_and_scores_are_the_librarys(ko_mini, tiny_colbert, librar
 
 
 def test_the_scan_in_blocks_of_queries_and_passage_tokens_gives_the_same_answers(ko_mini, tiny_colbert, monkeypatch):
-    from ragopt import ranking as ranking_module
-    from ragopt.retrievers import _scan
+    from ragopt.stages import ranking as ranking_module
+    from ragopt.stages.retrievers import _scan
 
     qa, corpus = ko_mini
     engine, spec = Engine(corpus, device="cpu"), MultiVectorSpec(model=str(tiny_colbert))
@@ -225,8 +225,8 @@ study: {latency: off}
 def test_remote_code_reaches_the_loader_only_as_configured(trust, monkeypatch, tmp_path):
     import sentence_transformers
 
-    from ragopt.models import Locator
-    from ragopt.retrievers.multi_vector import load_multi_vector
+    from ragopt.stages.models import Locator
+    from ragopt.stages.retrievers.multi_vector import load_multi_vector
 
     seen = []
 

@@ -10,10 +10,10 @@ import torch
 from sentence_transformers import SentenceTransformer, models
 
 from conftest import example_texts
-from ragopt.engine import Engine
-from ragopt.data import Queries
-from ragopt.retrievers import packed
-from ragopt.retrievers.dense import DenseSpec
+from ragopt.stages.engine import Engine
+from ragopt.data.qa import Queries
+from ragopt.stages.retrievers import packed
+from ragopt.stages.retrievers.dense import DenseSpec
 
 
 def _stack(path, pooling: str, normalize: bool, include_prompt: bool = True, **transformer) -> SentenceTransformer:

@@ -13,9 +13,9 @@ import pytest
 
 import ragopt
 from conftest import KO_MINI, write_config
-from ragopt.data import load_beir, load_qa
-from ragopt.export import Exported, read_best, write_best
-from ragopt.spec import PipelineSpec
+from ragopt.data.qa import load_beir, load_qa
+from ragopt.serving.export import Exported, read_best, write_best
+from ragopt.stages.spec import PipelineSpec
 
 SPACE = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl", domain_column: domain}
@@ -79,14 +79,14 @@ def _results(f: SimpleNamespace, path: Callable[[Path], Any]) -> tuple:
 
 
 def _retriever(f: SimpleNamespace, path: Callable[[Path], Any]) -> list:
-    from ragopt.integrations.llama_index import RagoptRetriever
+    from ragopt.serving.integrations.llama_index import RagoptRetriever
 
     retriever = RagoptRetriever(path(f.best), path(f.corpus), cache_dir=path(f.folder / "cache"))
     return [(n.node.node_id, n.score, n.node.get_content()) for n in retriever.retrieve(QUESTION)]
 
 
 def _reranker(f: SimpleNamespace, path: Callable[[Path], Any]) -> tuple:
-    from ragopt.integrations.llama_index import RagoptReranker
+    from ragopt.serving.integrations.llama_index import RagoptReranker
 
     reranker = RagoptReranker(path(f.reranked), cache_dir=path(f.folder / "cache"))
     return reranker.model, reranker.depth, reranker.top_n

@@ -14,16 +14,16 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from conftest import KO_MINI, ROOT, write_config
-from ragopt.config import load_config
-from ragopt.data import Queries
-from ragopt.engine import Engine
+from ragopt.search.config import load_config
+from ragopt.data.qa import Queries
+from ragopt.stages.engine import Engine
 from ragopt.errors import ModelError
-from ragopt.models import Locator, ModelPool
-from ragopt.pipeline import load_pipeline
-from ragopt.rerankers.causal_lm_reranker import CausalLMRerankerSpec, CausalLMScorer
-from ragopt.rerankers.cross_encoder import CrossEncoderSpec, CrossEncoderScorer
-from ragopt.retrievers.dense import DenseSpec
-from ragopt.runs import StudyRuns
+from ragopt.stages.models import Locator, ModelPool
+from ragopt.serving.pipeline import load_pipeline
+from ragopt.stages.rerankers.causal_lm_reranker import CausalLMRerankerSpec, CausalLMScorer
+from ragopt.stages.rerankers.cross_encoder import CrossEncoderSpec, CrossEncoderScorer
+from ragopt.stages.retrievers.dense import DenseSpec
+from ragopt.study.runs import StudyRuns
 from ragopt.study import optimize
 from ragopt.testing.rerankers import PairScorerContract, ScorerCase
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from ragopt import ranking as ranking_module
-from ragopt.ranking import ScoreStats, top_k
-from ragopt.retrievers import _scan
+from ragopt.stages import ranking as ranking_module
+from ragopt.stages.ranking import ScoreStats, top_k
+from ragopt.stages.retrievers import _scan
 
 
 def reference(scores: np.ndarray, depth: int) -> np.ndarray:

@@ -15,12 +15,13 @@ import pytest
 from browser import inspect, require_chromium
 from conftest import ROOT, write_config
 from test_startup import imported_heavy
-from ragopt.chunkers import chunk_documents
-from ragopt.compare import StudyResults
-from ragopt.documents import load_documents
-from ragopt.report import ReportData, _chunk_size_figure, _history_figure, _importance_figure, render, write_report
-from ragopt.report_data import build_report, chunk_sizes
-from ragopt.spec import PipelineSpec
+from ragopt.stages.chunkers import chunk_documents
+from ragopt.analysis.compare import StudyResults
+from ragopt.data.documents import load_documents
+from ragopt.analysis.report import (ReportData, _chunk_size_figure, _history_figure, _importance_figure, render,
+                                    write_report)
+from ragopt.analysis.report_data import build_report, chunk_sizes
+from ragopt.stages.spec import PipelineSpec
 from ragopt.study import optimize
 
 DOMAINS = ["금융", "법률", "의료", "tech"]
@@ -258,8 +259,8 @@ def test_multi_objective_study_plots_the_first_objective():
 def test_curves_draw_pipelines_that_score_alike_once():
     """Three pipelines with the same values on every question are one curve, named for all three;
     the next curve is the best pipeline that scores differently."""
-    from ragopt.compare import Settings, StudyResults
-    from ragopt.report_data import curves
+    from ragopt.analysis.compare import Settings, StudyResults
+    from ragopt.analysis.report_data import curves
 
     rng = np.random.default_rng(1)
     alike, second, third = ({f"{m}@{k}": rng.random(12) for m in METRICS for k in KS} for _ in range(3))
@@ -278,7 +279,7 @@ def test_curves_draw_pipelines_that_score_alike_once():
 
 
 def test_import_needs_no_torch():
-    assert imported_heavy("import ragopt.report") == "heavy: []"
+    assert imported_heavy("import ragopt.analysis.report") == "heavy: []"
 
 
 CHUNKERS = {"token_window": 180.5, "recursive": 512.25, "as_given": 14658.0}

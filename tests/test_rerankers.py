@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from sentence_transformers import CrossEncoder
 
-from ragopt.cache import Cache
-from ragopt.data import Queries
-from ragopt.engine import Engine
-from ragopt.rerankers._pairs import pair_features
-from ragopt.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
-from ragopt.retrievers.bm25 import BM25Spec
-from ragopt.retrievers.tokenizers import WhitespaceTokenizer
-from ragopt.spec import PipelineSpec
+from ragopt.stages.cache import Cache
+from ragopt.data.qa import Queries
+from ragopt.stages.engine import Engine
+from ragopt.stages.rerankers._pairs import pair_features
+from ragopt.stages.rerankers.cross_encoder import CrossEncoderScorer, CrossEncoderSpec
+from ragopt.stages.retrievers.bm25 import BM25Spec
+from ragopt.stages.retrievers.tokenizers import WhitespaceTokenizer
+from ragopt.stages.spec import PipelineSpec
 from ragopt.testing.rerankers import PairScorerContract, ScorerCase, scorer_of
 
 

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from conftest import KO_MINI, write_config
 from ragopt.cli import app
-from ragopt.data import load_corpus
+from ragopt.data.qa import load_corpus
 from ragopt.errors import StudyError
-from ragopt.records import RECORD, TrialRecord
-from ragopt.runs import RankingStore, StudyRuns, spans, write_index
+from ragopt.study.records import RECORD, TrialRecord
+from ragopt.study.runs import RankingStore, StudyRuns, spans, write_index
 from ragopt.study import optimize
-from ragopt.trec import encode_id
+from ragopt.scoring.trec import encode_id
 
 BM25 = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl", domain_column: domain}

@@ -20,9 +20,9 @@ from conftest import KO_MINI, ROOT
 from ragopt import load_pipeline
 from ragopt.cli import app as cli_app
 from ragopt.errors import UserError
-from ragopt.export import Exported, write_best
-from ragopt.serve import Batcher, build, create_app
-from ragopt.spec import PipelineSpec
+from ragopt.serving.export import Exported, write_best
+from ragopt.serving.serve import Batcher, build, create_app
+from ragopt.stages.spec import PipelineSpec
 
 CORPUS = KO_MINI / "corpus.jsonl"
 QUESTIONS = [json.loads(line)["query"] for line in (KO_MINI / "qa.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -204,8 +204,8 @@ def files_under(folder) -> set[str]:
 
 def test_requests_write_no_cache_file_and_keep_the_memos_bounded(tmp_path, monkeypatch, tiny_bert,
                                                                    tiny_xlmr_reranker):
-    from ragopt import engine
-    from ragopt.retrievers import bm25
+    from ragopt.stages import engine
+    from ragopt.stages.retrievers import bm25
 
     monkeypatch.setattr(engine, "RANKINGS_KEPT", 4)
     monkeypatch.setattr(bm25, "QUERY_SETS_KEPT", 3)
@@ -248,7 +248,7 @@ runner = CliRunner()
 
 
 def test_the_command_loads_warms_and_serves(best, monkeypatch):
-    from ragopt import serve
+    from ragopt.serving import serve
 
     served = []
     monkeypatch.setattr(serve, "run", lambda api, host, port: served.append((api, host, port)))
@@ -296,7 +296,7 @@ CHUNKER = {"type": "token_window", "size": 300, "overlap": 0.25, "tokenizer": "c
 
 
 def test_the_command_serves_documents_cut_by_the_tuned_chunker(tmp_path, monkeypatch):
-    from ragopt import serve
+    from ragopt.serving import serve
 
     best = write_best_yaml(tmp_path, {"chunker": CHUNKER, "retriever": BM25, "top_k": 3})
     served = []

@@ -4,9 +4,9 @@ import optuna
 import pytest
 
 from conftest import write_config
-from ragopt.config import load_config
-from ragopt.space import enumerate_space, optuna_chooser, small_space, suggest_pipeline
-from ragopt.retrievers.hybrid import HybridSpec
+from ragopt.search.config import load_config
+from ragopt.search.space import enumerate_space, optuna_chooser, small_space, suggest_pipeline
+from ragopt.stages.retrievers.hybrid import HybridSpec
 
 SPACE = """
 data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}

@@ -9,10 +9,10 @@ import pytest
 import pytrec_eval
 
 from conftest import AUTORAG_KO, _bert_tokenizer
-from ragopt.documents import Span
-from ragopt.metrics import at_k, relevance
-from ragopt.documents import ChunkSpans
-from ragopt.spans import TokenEnds, budget_metrics, span_metrics, span_qrels, token_ends
+from ragopt.data.documents import Span
+from ragopt.scoring.metrics import at_k, relevance
+from ragopt.data.documents import ChunkSpans
+from ragopt.scoring.spans import TokenEnds, budget_metrics, span_metrics, span_qrels, token_ends
 
 DOCS = AUTORAG_KO.parent / "autorag-ko-docs"
 INDEX = {"d0": 0, "d1": 1, "d2": 2}
@@ -216,8 +216,8 @@ def test_span_and_budget_metrics_match_the_definitions_on_random_chunkings():
 @pytest.mark.skipif(not (AUTORAG_KO.exists() and DOCS.exists()),
                     reason="../shared/data/autorag-ko(-docs) is not beside this checkout")
 def test_chunks_that_are_the_autorag_ko_pages_reproduce_the_id_relevance():
-    from ragopt.data import load_corpus, load_qa
-    from ragopt.documents import load_documents, load_span_qa
+    from ragopt.data.qa import load_corpus, load_qa
+    from ragopt.data.documents import load_documents, load_span_qa
 
     corpus = load_corpus(AUTORAG_KO / "corpus.parquet")
     qa = load_qa(AUTORAG_KO / "qa.parquet", corpus)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ragopt.errors import StudyError
-from ragopt.selection import best_index, kfold_selection, pareto_front
-from ragopt.splits import HOLDOUT, fold_ids, holdout_mask
+from ragopt.analysis.selection import best_index, kfold_selection, pareto_front
+from ragopt.analysis.splits import HOLDOUT, fold_ids, holdout_mask
 
 DOMAINS = ["finance"] * 10 + ["law"] * 7 + ["medical"] * 3 + ["tech"] * 1
 

@@ -1,5 +1,5 @@
 """The stage protocol: the pipeline spec, the space and the engine learn their stages from
-ragopt.stages.STAGES, and a new stage kind (query rewriting here) runs in its place without a
+ragopt.stages.protocol.STAGES, and a new stage kind (query rewriting here) runs in its place without a
 change to either."""
 
 from dataclasses import replace
@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ragopt.data import Queries
-from ragopt.ranking import Ranking
-from ragopt.spec import PipelineSpec
-from ragopt.stages import STAGES, Flow, Stage, decision_order, run_stages
+from ragopt.data.qa import Queries
+from ragopt.stages.ranking import Ranking
+from ragopt.stages.spec import PipelineSpec
+from ragopt.stages.protocol import STAGES, Flow, Stage, decision_order, run_stages
 
 
 def test_the_pipeline_spec_has_one_field_per_stage_in_data_flow_order():

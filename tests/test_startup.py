@@ -28,9 +28,12 @@ def imported_heavy(body: str, hf_home=None) -> str:
 
 
 def test_plain_data_modules_import_no_torch():
-    modules = ["ragopt", "ragopt.ranking", "ragopt.spec", "ragopt.metrics", "ragopt.fusion", "ragopt.records",
-               "ragopt.config", "ragopt.space", "ragopt.cli", "ragopt.stats", "ragopt.splits", "ragopt.selection",
-               "ragopt.compare", "ragopt.summary", "ragopt.report", "ragopt.report_data"]
+    modules = ["ragopt", "ragopt.stages.ranking", "ragopt.stages.spec", "ragopt.scoring.metrics",
+               "ragopt.stages.fusion", "ragopt.study.records", "ragopt.search.config", "ragopt.search.space",
+               "ragopt.cli", "ragopt.analysis.stats", "ragopt.analysis.splits", "ragopt.analysis.selection",
+               "ragopt.analysis.compare", "ragopt.analysis.summary", "ragopt.analysis.report",
+               "ragopt.analysis.report_data", "ragopt.data.documents", "ragopt.scoring.spans", "ragopt.stages.protocol",
+               "ragopt.analysis.trust"]
     assert imported_heavy("\n".join(f"import {m}" for m in modules)) == "heavy: []"
 
 

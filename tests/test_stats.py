@@ -1,4 +1,4 @@
-"""ragopt.stats: intervals and p-values against scipy.stats and hand computations, known significant and
+"""ragopt.analysis.stats: intervals and p-values against scipy.stats and hand computations, known significant and
 null pairs, seeds, and refusals of unusable input."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from ragopt import stats as ragopt_stats
-from ragopt.stats import PairedComparison, bootstrap_ci, holm, paired_test, paired_tests
+from ragopt.analysis import stats as ragopt_stats
+from ragopt.analysis.stats import PairedComparison, bootstrap_ci, holm, paired_test, paired_tests
 
 
 def mean(x: np.ndarray, axis: int) -> np.ndarray:

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from conftest import KO_MINI, write_config
 from ragopt import load_pipeline
 from ragopt.cli import app
-from ragopt.data import DataError
-from ragopt.runs import StudyRuns
-from ragopt.trec import encode_id
+from ragopt.data.qa import DataError
+from ragopt.study.runs import StudyRuns
+from ragopt.scoring.trec import encode_id
 from ragopt.study import run as run_module
 from ragopt.errors import StudyError
 from ragopt.study import optimize
@@ -233,7 +233,7 @@ retrievers: [{{name: bm25, type: bm25, tokenizer: [whitespace, {{type: char_ngra
 top_k: [1, 3, 5]
 study: {{sampler: tpe, n_trials: 3, latency: off}}
 """)  # 120,000 distinct pipelines: more than a grid may hold, so sampled
-    from ragopt import space
+    from ragopt.search import space
 
     walked = []
     suggest = space.suggest_pipeline
@@ -297,7 +297,7 @@ def test_summary_names_the_per_domain_table_for_what_it_is(finished):
 
 
 def test_best_yaml_records_the_revisions_and_versions_that_produced_it(finished):
-    from ragopt.export import SCHEMA_VERSION, read_best
+    from ragopt.serving.export import SCHEMA_VERSION, read_best
 
     document = yaml.safe_load((finished.output / "best.yaml").read_text())
     assert document["ragopt_pipeline"] == SCHEMA_VERSION and document["engine"]["device"] == "cpu"
@@ -376,8 +376,8 @@ top_k: [1, 3]
 
 
 def test_best_yaml_of_an_earlier_schema_loads_and_a_later_one_is_refused(finished, tmp_path):
-    from ragopt.config import ConfigError
-    from ragopt.export import SCHEMA_VERSION, read_best
+    from ragopt.search.config import ConfigError
+    from ragopt.serving.export import SCHEMA_VERSION, read_best
 
     document = yaml.safe_load((finished.output / "best.yaml").read_text())
     del document["provenance"]
@@ -407,7 +407,7 @@ exact_search_max: 10
 
 
 def test_a_version_1_flag_reranker_without_max_length_loads_with_512(tmp_path):
-    from ragopt.export import read_best
+    from ragopt.serving.export import read_best
 
     path = tmp_path / "v1.yaml"
     path.write_text(yaml.safe_dump({"ragopt_pipeline": 1, "pipeline": {

@@ -1,4 +1,4 @@
-"""Whether generated questions rank pipelines as real ones do (ragopt.trust): Kendall's tau-b
+"""Whether generated questions rank pipelines as real ones do (ragopt.analysis.trust): Kendall's tau-b
 against scipy, distinct pipelines counted once, the bootstrap interval, the winners' real scores;
 and a study with data.generated_qa end to end (trials.csv value.generated, study.json, summary.md,
 `ragopt compare`)."""
@@ -12,19 +12,19 @@ import pytrec_eval
 from scipy.stats import kendalltau
 from typer.testing import CliRunner
 
-from ragopt.cache import Cache
-from ragopt.chunkers import ChunkContext, chunk_documents
-from ragopt.chunkings import Chunkings
+from ragopt.stages.cache import Cache
+from ragopt.stages.chunkers import ChunkContext, chunk_documents
+from ragopt.scoring.chunkings import Chunkings
 from ragopt.cli import app
-from ragopt.config import ConfigError, load_config
-from ragopt.documents import Document, Documents, load_documents, load_span_qa
-from ragopt.engine import Engine
-from ragopt.spans import span_qrels
-from ragopt.spec import PipelineSpec
-from ragopt.stats import bootstrap_ci, paired_test
+from ragopt.search.config import ConfigError, load_config
+from ragopt.data.documents import Document, Documents, load_documents, load_span_qa
+from ragopt.stages.engine import Engine
+from ragopt.scoring.spans import span_qrels
+from ragopt.stages.spec import PipelineSpec
+from ragopt.analysis.stats import bootstrap_ci, paired_test
 from ragopt.study import optimize
-from ragopt.summary import trust_lines
-from ragopt.trust import agreement, distinct_pipelines, kendall_tau, resampled_taus, winner_gap
+from ragopt.analysis.summary import trust_lines
+from ragopt.analysis.trust import agreement, distinct_pipelines, kendall_tau, resampled_taus, winner_gap
 
 
 @pytest.mark.parametrize(("x", "y", "expected"), [

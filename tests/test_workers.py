@@ -24,7 +24,7 @@ from sqlalchemy import DateTime, bindparam, text
 from conftest import write_config
 from ragopt.study import storage as storage_module
 from ragopt.study import workers as workers_module
-from ragopt.config import load_config
+from ragopt.search.config import load_config
 from ragopt.errors import StudyError
 from ragopt.study import optimize
 from ragopt.study.storage import STUDY_FORMAT, driver_url, grace_seconds, shown
@@ -139,9 +139,9 @@ def test_the_total_number_of_trials_holds_across_workers(tmp_path, postgres_url)
 SLOW = """
 import os
 import time
-import ragopt.evaluation
+import ragopt.scoring.evaluation
 
-evaluate = ragopt.evaluation.Evaluator.evaluate
+evaluate = ragopt.scoring.evaluation.Evaluator.evaluate
 begun = []
 
 
@@ -153,7 +153,7 @@ def stopping(self, spec):
     return evaluate(self, spec)
 
 
-ragopt.evaluation.Evaluator.evaluate = stopping
+ragopt.scoring.evaluation.Evaluator.evaluate = stopping
 """
 """A sitecustomize for the worker to be killed: its third trial says when it has begun, and lasts."""
 
@@ -226,7 +226,7 @@ def test_a_worker_joining_a_study_still_being_created_waits_for_all_of_it(tmp_pa
 
 def all_but_the_last(tmp_path: Path, monkeypatch) -> tuple[Path, str, list[dict]]:
     """The small grid's study run on all but its last pipeline: the config, the storage, the grid."""
-    from ragopt.space import enumerate_space
+    from ragopt.search.space import enumerate_space
 
     config = write_config(tmp_path / "grid.yaml", SMALL_GRID)
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
@@ -303,7 +303,7 @@ def test_a_storage_password_is_never_printed_or_written(tmp_path, postgres_url):
 WAIT = """
 import os
 import time
-import ragopt.evaluation
+import ragopt.scoring.evaluation
 
 
 def waiting(self, spec):
@@ -311,7 +311,7 @@ def waiting(self, spec):
     time.sleep(600)  # a trial that lasts until Ctrl-C
 
 
-ragopt.evaluation.Evaluator.evaluate = waiting
+ragopt.scoring.evaluation.Evaluator.evaluate = waiting
 """
 """A sitecustomize whose trials never finish in time: each process says when its first has begun."""
 

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal, Sequence, get_args
 
-from ragopt.documents import Documents, load_documents
+from ragopt.data.documents import Documents, load_documents
 from ragopt.errors import ConfigError, DataError
 from ragopt.generate.filters import DUPLICATE, rejection
 from ragopt.generate.offline import GENERATOR, cloze

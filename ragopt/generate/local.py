@@ -19,7 +19,7 @@ class LocalChat:
     def __init__(self, model: str, max_tokens: int = 512, device: str = "auto") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ragopt.models import Located, hub_snapshot, load_model, local_folder, pick_device, torch_dtype
+        from ragopt.stages.models import Located, hub_snapshot, load_model, local_folder, pick_device, torch_dtype
 
         folder = local_folder(model)
         if folder is None:

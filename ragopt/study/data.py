@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragopt.cache import Cache, cache_key
-from ragopt.chunkings import Chunkings, as_qa
-from ragopt.config import Config
-from ragopt.data import Corpus, QASet, load_corpus, load_dataset, load_qa
-from ragopt.documents import Documents, SpanQA, load_documents, load_span_qa, spans_from_ids
-from ragopt.engine import Engine
-from ragopt.evaluation import Target
-from ragopt.models import require_available
-from ragopt.spec import PipelineSpec
+from ragopt.stages.cache import Cache, cache_key
+from ragopt.scoring.chunkings import Chunkings, as_qa
+from ragopt.search.config import Config
+from ragopt.data.qa import Corpus, QASet, load_corpus, load_dataset, load_qa
+from ragopt.data.documents import Documents, SpanQA, load_documents, load_span_qa, spans_from_ids
+from ragopt.stages.engine import Engine
+from ragopt.scoring.evaluation import Target
+from ragopt.stages.models import require_available
+from ragopt.stages.spec import PipelineSpec
 
 
 @dataclass
@@ -122,6 +122,6 @@ def budget_tokenizer(name: str | None) -> Any:
         return None
     from transformers import AutoTokenizer
 
-    from ragopt.models import Locator
+    from ragopt.stages.models import Locator
 
     return AutoTokenizer.from_pretrained(str(Locator()(name).path))

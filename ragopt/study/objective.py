@@ -9,12 +9,12 @@ import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
-from ragopt.cache import cache_key
-from ragopt.config import Config
-from ragopt.evaluation import Evaluator
-from ragopt.records import RECORD, TrialRecord
-from ragopt.runs import RankingStore
-from ragopt.space import optuna_chooser, suggest_pipeline
+from ragopt.stages.cache import cache_key
+from ragopt.search.config import Config
+from ragopt.scoring.evaluation import Evaluator
+from ragopt.study.records import RECORD, TrialRecord
+from ragopt.study.runs import RankingStore
+from ragopt.search.space import optuna_chooser, suggest_pipeline
 from ragopt.study.data import StudyData
 from ragopt.study.workers import GRID, SKIPPED, one_too_many
 

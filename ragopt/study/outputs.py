@@ -14,24 +14,24 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from ragopt.config import Config
+from ragopt.search.config import Config
 from ragopt.errors import StudyError
-from ragopt.evaluation import Evaluator
-from ragopt.compare import ALL, Settings, StudyResults, winners
-from ragopt.export import Exported, write_best
+from ragopt.scoring.evaluation import Evaluator
+from ragopt.analysis.compare import ALL, Settings, StudyResults, winners
+from ragopt.serving.export import Exported, write_best
 from ragopt.files import atomic_write, safe_name, write_text
-from ragopt.models import device_type
+from ragopt.stages.models import device_type
 from ragopt.provenance import library_versions
-from ragopt.records import TrialRecord, finished, per_question_table, trials_table
-from ragopt.runs import QRELS, RUNS, write_best_run, write_index
-from ragopt.chunkings import describe_chunking
+from ragopt.study.records import TrialRecord, finished, per_question_table, trials_table
+from ragopt.study.runs import QRELS, RUNS, write_best_run, write_index
+from ragopt.scoring.chunkings import describe_chunking
 from ragopt.study.data import StudyData
-from ragopt.trec import TrecWriter
-from ragopt.selection import FoldSelection, best_index, cost_ranks, feasible, kfold_selection, pareto_front
-from ragopt.spec import PipelineSpec
-from ragopt.stats import bootstrap_ci
-from ragopt.summary import write_summary
-from ragopt.trust import Score, agreement, winner_gap
+from ragopt.scoring.trec import TrecWriter
+from ragopt.analysis.selection import FoldSelection, best_index, cost_ranks, feasible, kfold_selection, pareto_front
+from ragopt.stages.spec import PipelineSpec
+from ragopt.analysis.stats import bootstrap_ci
+from ragopt.analysis.summary import write_summary
+from ragopt.analysis.trust import Score, agreement, winner_gap
 from ragopt.study.storage import shown
 from ragopt.study.workers import SKIPPED
 from ragopt.study.objective import FAILURE

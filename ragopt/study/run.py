@@ -12,12 +12,12 @@ import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
-from ragopt.config import Config, corpus_warnings, load_config
+from ragopt.search.config import Config, corpus_warnings, load_config
 from ragopt.errors import StudyError
-from ragopt.evaluation import Evaluator
-from ragopt.records import finished
-from ragopt.runs import RUNS, RankingStore
-from ragopt.splits import study_splits
+from ragopt.scoring.evaluation import Evaluator
+from ragopt.study.records import finished
+from ragopt.study.runs import RUNS, RankingStore
+from ragopt.analysis.splits import study_splits
 from ragopt.study.storage import open_study
 from ragopt.study.workers import fail_orphans, grid_pipelines, only_run, queue_grid, start_workers, trials_left
 from ragopt.study.data import StudyData, load_study_data

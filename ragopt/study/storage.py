@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from ragopt.config import Config
+from ragopt.search.config import Config
 from ragopt.errors import StudyError
 from ragopt.provenance import install_command
 

@@ -15,9 +15,9 @@ from typing import Any
 import optuna
 from filelock import FileLock, Timeout
 
-from ragopt.config import Config
+from ragopt.search.config import Config
 from ragopt.errors import StudyError
-from ragopt.space import enumerate_space, small_space
+from ragopt.search.space import enumerate_space, small_space
 
 
 GRID = "ragopt_grid"

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
-from ragopt.chunkers import REGISTRY, ChunkContext, ChunkerEntry, ChunkerSpec, chunk_documents
-from ragopt.chunkers._base import spec_union
-from ragopt.documents import Document, Documents
-from ragopt.params import FloatRange, IntRange
+from ragopt.stages.chunkers import REGISTRY, ChunkContext, ChunkerEntry, ChunkerSpec, chunk_documents
+from ragopt.stages.chunkers._base import spec_union
+from ragopt.data.documents import Document, Documents
+from ragopt.stages.params import FloatRange, IntRange
 
 KOREAN = """금융위원회는 핀테크 투자 생태계를 활성화하기 위한 방안을 발표했다.
 정책금융기관의 출자를 늘리고 해외 진출을 돕는다.

@@ -17,14 +17,14 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from ragopt.cache import Cache
-from ragopt.data import Corpus, Queries
-from ragopt.engine import Engine
-from ragopt.models import Locator, ModelPool
-from ragopt.rerankers import REGISTRY, PairScorer, RerankerSpec
-from ragopt.retrievers.bm25 import BM25Spec
-from ragopt.retrievers.tokenizers import WhitespaceTokenizer
-from ragopt.spec import PipelineSpec
+from ragopt.stages.cache import Cache
+from ragopt.data.qa import Corpus, Queries
+from ragopt.stages.engine import Engine
+from ragopt.stages.models import Locator, ModelPool
+from ragopt.stages.rerankers import REGISTRY, PairScorer, RerankerSpec
+from ragopt.stages.retrievers.bm25 import BM25Spec
+from ragopt.stages.retrievers.tokenizers import WhitespaceTokenizer
+from ragopt.stages.spec import PipelineSpec
 
 
 @dataclass

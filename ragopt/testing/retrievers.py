@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from ragopt import cache as cache_module
-from ragopt.cache import Cache
-from ragopt.data import Corpus, Queries
-from ragopt.engine import Engine
-from ragopt.ranking import Ranking
-from ragopt.retrievers import RetrieverSpec
+from ragopt.stages import cache as cache_module
+from ragopt.stages.cache import Cache
+from ragopt.data.qa import Corpus, Queries
+from ragopt.stages.engine import Engine
+from ragopt.stages.ranking import Ranking
+from ragopt.stages.retrievers import RetrieverSpec
 
 
 @dataclass

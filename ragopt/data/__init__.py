@@ -1,0 +1,2 @@
+"""Data in: corpora and QA sets (qa), documents and evidence spans (documents). Plain data: no
+torch."""

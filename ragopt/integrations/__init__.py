@@ -1,2 +1,0 @@
-"""ragopt's tuned pipelines inside other frameworks, one module each, importing its framework only
-when imported itself: `ragopt.integrations.llama_index` (pip install 'ragopt[llama-index]')."""

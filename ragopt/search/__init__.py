@@ -1,0 +1,1 @@
+"""The search: the YAML config, the space it spans, AutoRAG config import."""
