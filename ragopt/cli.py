@@ -95,7 +95,7 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _shown(url: str) -> str:
-    from ragopt.study import shown
+    from ragopt.study.storage import shown
 
     return shown(url)
 
@@ -398,7 +398,8 @@ def runs_command(
 ) -> None:
     """Write trials' stored rankings as TREC run files.
 
-    One trial-N.trec per trial, to re-score with trec_eval against OUTPUT/qrels.trec."""
+    One trial-N.trec per trial, to re-score with trec_eval against OUTPUT/qrels.trec; in a study
+    over documents, beside each its chunking's qrels, trial-N.qrels."""
     from ragopt.study.runs import RUNS, StudyRuns
 
     runs = StudyRuns(output)

@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 KO_MINI = ROOT / "examples" / "ko-mini"
 AUTORAG_KO = ROOT.parent / "shared" / "data" / "autorag-ko"
 
-FIRST = ("test_workers.py", "test_honest.py", "test_study.py", "test_autorag_ko.py", "test_autorag_import.py")
+FIRST = ("test_workers.py", "test_honest.py", "test_study.py", "test_chunked_study.py", "test_autorag_ko.py",
+         "test_autorag_import.py")
 """The files whose tests take longest (--durations), started first: pytest-xdist hands out whole
 files in collection order (--dist loadfile --no-loadscope-reorder), and a long one started last
 keeps the other workers waiting for it at the end."""

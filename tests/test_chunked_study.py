@@ -15,6 +15,7 @@ from conftest import ROOT, write_config
 from ragopt import load_pipeline
 from ragopt.cli import app
 from ragopt.search.config import ConfigError, load_config
+from ragopt.errors import DataError
 from ragopt.data.documents import load_documents, load_span_qa
 from ragopt.study.runs import StudyRuns
 from ragopt.study import optimize
@@ -194,3 +195,39 @@ def test_compare_by_chunker_ranks_the_chunkers_per_domain(finished):
     assert overall.loc[overall["best"], "choice"].tolist() == [best]
     result = CliRunner().invoke(app, ["compare", str(finished.output), "--by", "chunker"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "as_given" in result.output, result.output
+
+
+def test_pruned_reranking_over_documents_scores_kept_trials_as_whole_ones(tmp_path, tiny_xlmr_reranker):
+    """Wilcoxon pruning scores a reranking pipeline on growing subsets of the questions, on its own
+    chunking: a trial that is kept has the same values as the same pipeline scored whole."""
+    finance = DOCS / "documents"
+    reranker = f'rerankers:\n  - {{name: ce, type: cross_encoder, model: "{tiny_xlmr_reranker}", depth: 5, ' \
+               "max_length: 64}\n"
+    space = (SPACE.replace("n_trials: 20, seed: 1, latency: off",
+                           "n_trials: 8, seed: 1, latency: off, pruner: wilcoxon, prune_steps: 3")
+             .replace("top_k: [1, 3, 5]", reranker + "top_k: [1, 3, 5]")
+             .replace(f'documents: "{finance}"', f'documents: "{finance}/finance*"')
+             .replace(f'qa: "{DOCS / "qa.jsonl"}"', f'qa: "{tmp_path / "finance.jsonl"}"'))
+    lines = (DOCS / "qa.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "finance.jsonl").write_text("\n".join(line for line in lines if '"finance"' in line) + "\n",
+                                            encoding="utf-8")
+    pruned = optimize(write_config(tmp_path / "pruned.yaml", space), progress=False)
+    whole = optimize(write_config(tmp_path / "whole.yaml", space.replace("pruner: wilcoxon, ", "")), progress=False)
+    kept = pd.read_csv(pruned.output / "trials.csv").set_index("pipeline_key")
+    every = pd.read_csv(whole.output / "trials.csv").set_index("pipeline_key")
+    shared = kept.index.intersection(every.index)
+    assert len(shared) >= 1 and (kept["choice.reranker"] != "none").all()
+    for column in ("value", "ndcg@3", "evidence_recall@1024t"):
+        assert kept.loc[shared, column].to_numpy() == pytest.approx(every.loc[shared, column].to_numpy())
+
+
+def test_a_question_whose_evidence_is_all_masked_is_named_before_any_trial(tmp_path):
+    lines = (DOCS / "qa.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    records = [json.loads(line) for line in lines]
+    records[1]["masked"] = records[1]["evidence"]  # nothing of its evidence is left to index
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n",
+                                       encoding="utf-8")
+    space = SPACE.replace(f'qa: "{DOCS / "qa.jsonl"}"', f'qa: "{tmp_path / "qa.jsonl"}"')
+    with pytest.raises(DataError, match=r"1 question whose evidence is blank .*: 1_finance; remove them"):
+        optimize(write_config(tmp_path / "masked.yaml", space), progress=False)
+    assert not (tmp_path / "masked-output").exists()

@@ -139,6 +139,8 @@ def check_offline(path: Path, documents: Documents) -> list[dict]:
         assert evidence["start"] <= masked["start"] < masked["end"] <= evidence["end"]
         sentence = text[masked["start"]:masked["end"]]
         assert sentence == sentence.strip() and " ".join(sentence.split()) == r["query"]
+        left = text[evidence["start"]:masked["start"]] + text[masked["end"]:evidence["end"]]
+        assert left.strip(), r["qid"]  # the passage keeps text to be found by once its sentence is blanked
         assert r["kind"] == "cloze" and r["generator"] == {"type": "offline", "method": "inverse cloze"}
     loaded = load_span_qa(path, documents, domain_column="domain" if "domain" in records[0] else None)
     assert loaded.qids == [r["qid"] for r in records]
@@ -155,6 +157,21 @@ def test_offline_on_the_bundled_example(tmp_path):
     assert len(records) == 60 and not done.rejected  # every document has two sentences to ask with
     assert Counter(r["domain"] for r in records) == {"finance": 15, "law": 15, "medical": 15, "tech": 15}
     assert all(r["qid"] == f"g{i}_{r['domain']}" for i, r in enumerate(records))
+
+
+def test_a_passage_of_one_sentence_is_not_asked_about(tmp_path):
+    """Its sentence masked, nothing of the passage would be left to find it by: no chunk could hold
+    its evidence and every metric of the question would be 0 / 0."""
+    alone = "서울시는 내년 삼월부터 시내 모든 공공 도서관의 개관 시간을 밤 열 시까지 연장하기로 결정했다."
+    pair = "지방은행이 시중은행으로 전환하려면 금융위원회의 인가를 받아야 한다. 인가 심사는 보통 육 개월 정도 걸린다."
+    (tmp_path / "docs").mkdir()
+    first = " ".join([pair] * 6)  # a paragraph long enough to close a passage of its own
+    (tmp_path / "docs" / "a.txt").write_text(first + "\n\n" + alone + "\n", encoding="utf-8")
+    documents = load_documents(tmp_path / "docs")
+    done = generate_qa(documents, tmp_path / "qa.jsonl", questions=10)
+    records = check_offline(tmp_path / "qa.jsonl", documents)
+    assert done.passages == 2 and len(records) == 1 and done.rejected == {"no_sentence": 1}
+    assert records[0]["evidence"][0]["end"] <= len(first)
 
 
 def test_offline_resumed_equals_one_run_and_is_seeded(tmp_path):

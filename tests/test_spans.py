@@ -48,21 +48,25 @@ def test_qrels_join_groups_and_alternatives_and_fall_back_to_the_largest_overlap
                 [[Span("d1", 7, 14)]],  # so the chunks overlapping it most are relevant: both, or the one of 3
                 [[Span("d0", 30, 40)]]]  # outside every chunk: none
     assert span_qrels(evidence, chunks, INDEX) == [[[1], [2], [3]], [[0], [1]], [[2], [3]], [[2]], []]
+    two_hop = [[[Span("d0", 0, 10)], [Span("d1", 7, 14)]]]  # one group covered, the other split: each gets its own
+    assert span_qrels(two_hop, chunks, INDEX) == [[[0], [2]]]
 
 
 def brute_qrels(evidence, chunks, min_coverage):
     out = []
     for groups in evidence:
         rows = set()
-        for row, (d, cs, ce) in enumerate(zip(chunks.document, chunks.start, chunks.end)):
-            for s in (s for group in groups for s in group):
-                o = len(set(range(cs, ce)) & set(range(s.start, s.end))) if INDEX[s.document] == d else 0
-                if o > 0 and (o >= min_coverage * (s.end - s.start) - 1e-9 or o >= min_coverage * (ce - cs) - 1e-9):
-                    rows.add(row)
-        if not rows:
-            overlaps = [max((len(set(range(cs, ce)) & set(range(s.start, s.end))) if INDEX[s.document] == d else 0)
-                            for group in groups for s in group) for d, cs, ce in zip(*chunks_fields(chunks))]
-            rows = {r for r, o in enumerate(overlaps) if o > 0 and o == max(overlaps)}
+        for group in groups:
+            overlaps, hit = [], set()
+            for row, (d, cs, ce) in enumerate(zip(*chunks_fields(chunks))):
+                best = 0
+                for s in group:
+                    o = len(set(range(cs, ce)) & set(range(s.start, s.end))) if INDEX[s.document] == d else 0
+                    best = max(best, o)
+                    if o > 0 and (o >= min_coverage * (s.end - s.start) - 1e-9 or o >= min_coverage * (ce - cs) - 1e-9):
+                        hit.add(row)
+                overlaps.append(best)
+            rows |= hit or {r for r, o in enumerate(overlaps) if o > 0 and o == max(overlaps)}
         out.append([[r] for r in sorted(rows)])
     return out
 

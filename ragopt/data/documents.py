@@ -234,6 +234,19 @@ class SpanQA:
         return len(self.qids)
 
 
+def require_evidence(documents: Documents, qa: SpanQA) -> None:
+    """Every group of evidence must keep some text once the questions' masked spans are blanked:
+    no chunk holds blank evidence, and its question's metrics would all be 0 / 0."""
+    texts = {d.doc_id: d.text for d in documents.masked(qa.masked)}
+    blank = [qid for qid, groups in zip(qa.qids, qa.evidence)
+             if any(all(not texts[s.document][s.start:s.end].strip() for s in group) for group in groups)]
+    if blank:
+        raise DataError(f"{qa.source}: {len(blank)} question{'s' if len(blank) > 1 else ''} whose evidence is "
+                        f"blank once the masked spans are blanked (a masked sentence covers all of it): "
+                        f"{', '.join(blank[:10])}{' ...' if len(blank) > 10 else ''}; remove them, or mask less "
+                        "than the whole evidence")
+
+
 SPAN_QA_COLUMNS = ["qid", "query", "evidence"]
 SPAN_ADVICE = ('Write evidence as a list of spans {"document": ..., "start": ..., "end": ...} (character offsets '
                "into the document's text, end exclusive), each its own required group; a list of spans inside it "

@@ -15,10 +15,13 @@ GENERATOR = {"type": "offline", "method": "inverse cloze"}
 def cloze(task: Task, seed: int) -> Outcome:
     """The task's question: one of its passage's sentences that reads as one (see
     passages.query_sentence), chosen by a generator seeded with the passage; whitespace inside
-    it (PDF line breaks) collapsed to single spaces. No such sentence: rejected as no_sentence."""
+    it (PDF line breaks) collapsed to single spaces. No such sentence, or none that leaves other
+    text of the passage once masked (nothing would be left to find the passage by): rejected as
+    no_sentence."""
     passage = task.passages[0]
     found = [query_sentence(passage.text, *unit) for unit in sentences(passage.text)]
-    candidates = [s for s in found if s is not None]
+    text = passage.text
+    candidates = [s for s in found if s is not None and (text[:s[0]] + text[s[1]:]).strip()]
     if not candidates:
         return Outcome(task, reason="no_sentence")
     start, end = random.Random(f"{seed}:{passage.key}").choice(candidates)

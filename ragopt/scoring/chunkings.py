@@ -19,11 +19,11 @@ import numpy as np
 from ragopt.stages.cache import Cache, entry_key
 from ragopt.stages.chunkers import ChunkContext, ChunkerSpec, chunk_spans, chunking_of
 from ragopt.data.qa import Corpus, QASet, content_key
-from ragopt.data.documents import Documents, SpanQA
+from ragopt.data.documents import ChunkSpans, Documents, SpanQA
 from ragopt.stages.engine import Engine
 from ragopt.scoring.evaluation import Target
 from ragopt.provenance import versions
-from ragopt.scoring.spans import ChunkSpans, TokenEnds, budget_metrics, span_metrics, span_qrels, token_ends
+from ragopt.scoring.spans import TokenEnds, budget_metrics, span_metrics, span_qrels, token_ends
 from ragopt.stages.spec import PipelineSpec
 
 CHUNKING_LIBRARIES = ("kiwipiepy", "semchunk", "transformers", "tokenizers", "sentence-transformers", "torch")
@@ -145,7 +145,6 @@ def _budget_depth(ends: TokenEnds | None, budgets: tuple[int, ...]) -> int:
 
 
 def describe_chunking(chunked: Chunked) -> dict[str, Any]:
-    """A chunking's size, for tables and the report: chunks, mean and median characters."""
+    """A chunking's size, for tables and the report: chunks and their mean characters."""
     lengths = chunked.spans.end - chunked.spans.start
-    return {"chunks": int(len(lengths)), "mean_chars": float(lengths.mean()) if len(lengths) else 0.0,
-            "median_chars": float(np.median(lengths)) if len(lengths) else 0.0}
+    return {"chunks": int(len(lengths)), "mean_chars": float(lengths.mean()) if len(lengths) else 0.0}

@@ -74,9 +74,9 @@ def span_qrels(evidence: Evidence, chunks: ChunkSpans, doc_index: Mapping[str, i
                min_coverage: float = 0.5) -> list[list[list[int]]]:
     """Each question's relevant chunk rows by the coverage rule, each its own group ([[row], ...],
     rows ascending): the ground truth ragopt.scoring.metrics.relevance takes. A question none of whose
-    spans a chunk covers enough (its evidence split across chunks at a gap they leave out) gets the
-    chunks that overlap its evidence most, so that every question has a relevant chunk wherever
-    its evidence is indexed."""
+    group of evidence no chunk covers enough (a span split across chunks at a gap they leave out)
+    makes the chunks that overlap it most relevant, so that every group has a relevant chunk
+    wherever its evidence is indexed."""
     flat = _Flat(evidence, doc_index)
     width = max(int(chunks.end.max(initial=0)), int(flat.end.max(initial=0))) + 1
     key = chunks.document.astype(np.int64) * width + chunks.start
@@ -84,18 +84,23 @@ def span_qrels(evidence: Evidence, chunks: ChunkSpans, doc_index: Mapping[str, i
     c_lo, c_hi = key[order], key[order] - chunks.start[order] + chunks.end[order]
     longest = int((chunks.end - chunks.start).max(initial=0))
     relevant: list[set[int]] = [set() for _ in evidence]
-    most: list[tuple[int, set[int]]] = [(0, set()) for _ in evidence]
-    for q, lo, hi in zip(flat.question.tolist(), (flat.doc * width + flat.start).tolist(),
-                         (flat.doc * width + flat.end).tolist()):
+    groups = int(flat.group.max(initial=-1)) + 1
+    covered = np.zeros(groups, dtype=bool)
+    most: list[tuple[int, set[int]]] = [(0, set()) for _ in range(groups)]
+    for q, g, lo, hi in zip(flat.question.tolist(), flat.group.tolist(), (flat.doc * width + flat.start).tolist(),
+                            (flat.doc * width + flat.end).tolist()):
         near = slice(np.searchsorted(c_lo, lo - longest), np.searchsorted(c_lo, hi))
         size = c_hi[near] - c_lo[near]
         overlap = np.minimum(c_hi[near], hi) - np.maximum(c_lo[near], lo)
         hit = (overlap > 0) & ((overlap >= min_coverage * (hi - lo) - SLACK) | (overlap >= min_coverage * size - SLACK))
         relevant[q].update(order[near][hit].tolist())
-        if len(overlap) and (top := int(overlap.max())) >= most[q][0] and top > 0:
+        covered[g] |= bool(hit.any())
+        if len(overlap) and (top := int(overlap.max())) >= most[g][0] and top > 0:
             rows = set(order[near][overlap == top].tolist())
-            most[q] = (top, rows | most[q][1] if top == most[q][0] else rows)
-    relevant = [rows or most[q][1] for q, rows in enumerate(relevant)]
+            most[g] = (top, rows | most[g][1] if top == most[g][0] else rows)
+    for q, g in zip(flat.question.tolist(), flat.group.tolist()):
+        if not covered[g]:
+            relevant[q].update(most[g][1])
     return [[[row] for row in sorted(rows)] for rows in relevant]
 
 

@@ -278,7 +278,8 @@ class Config(StrictModel):
     def models(self) -> list[str]:
         """Every model the space can load."""
         entries = [*self.chunkers, *self.retrievers, *self.rerankers]
-        return list(dict.fromkeys(m for entry in entries for m in entry.models()))
+        budget = [self.data.budget_tokenizer] if self.data.budget_tokenizer else []
+        return list(dict.fromkeys([m for entry in entries for m in entry.models()] + budget))
 
     def tokenizers(self) -> list[Any]:
         """Every tokenizer the space can use, once each."""
@@ -338,10 +339,12 @@ def _local_models(base: Path):
 
 
 def _entry_types() -> dict[str, list[str]]:
-    """The types allowed in each list of tagged entries: retrievers, rerankers, a retriever's tokenizers."""
+    """The types allowed in each list of tagged entries: chunkers, retrievers, rerankers, a
+    retriever's tokenizers."""
     from ragopt.stages.retrievers.tokenizers import TOKENIZERS
 
-    return {"retrievers": list(retrievers.REGISTRY), "rerankers": ["none", *rerankers.REGISTRY],
+    return {"chunkers": list(chunkers.REGISTRY), "retrievers": list(retrievers.REGISTRY),
+            "rerankers": ["none", *rerankers.REGISTRY],
             "tokenizer": [c.model_fields["type"].default for c in TOKENIZERS]}
 
 
@@ -522,6 +525,8 @@ def load_config(path: str | Path) -> tuple[Config, Path]:
     if config.data.documents is not None:
         data = data.model_copy(update={"documents": str(base / config.data.documents)})
     local = _local_models(base)
+    if data.budget_tokenizer is not None:
+        data = data.model_copy(update={"budget_tokenizer": local(data.budget_tokenizer)})
     updates: dict[str, Any] = {"data": data, "chunkers": [c.localized(local) for c in config.chunkers],
                                "retrievers": [r.localized(local) for r in config.retrievers],
                                "rerankers": [r.localized(local) for r in config.rerankers]}

@@ -1,10 +1,10 @@
-"""From a config (a Space) to concrete PipelineSpecs: one function walks the conditional search space and
-asks a chooser for each open decision. Optuna's trial is one chooser; the grid enumerator,
-which replays the same walk with every combination, is another, so the two never disagree.
+"""From a config (a Space) to concrete PipelineSpecs: one function walks the conditional search
+space and asks a chooser for each open decision. Optuna's trial is one chooser; the grid
+enumerator, which replays the same walk with every combination, is another, so the two never
+disagree.
 
 Parameter names are stable and readable: each stage's name ('retriever', 'chunker', 'reranker'),
-'top_k', then
-'<entry name>.<setting>' (e.g. 'bm25_kiwi.k1', 'hybrid.weight', 'ce.depth').
+'top_k', then '<entry name>.<setting>' (e.g. 'bm25_kiwi.k1', 'hybrid.weight', 'ce.depth').
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ if TYPE_CHECKING:
 
 
 class Space(Protocol):
-    """What the walk reads of a config (ragopt.search.config.Config is one): each stage's list of entries
-    (`chunkers`, `retrievers`, `rerankers`: ragopt.stages.protocol) and top_k. A protocol, so that this module
-    imports no config: the config imports the space to check its size, never the other way round."""
+    """What the walk reads of a config (ragopt.search.config.Config is one): each stage's list of
+    entries (ragopt.stages.protocol) and top_k. A protocol, so that this module imports no config:
+    the config imports the space to check its size, never the other way round."""
 
+    chunkers: list[Any]
+    retrievers: list[Any]
+    rerankers: list[Any]
     top_k: list[int]
 
 

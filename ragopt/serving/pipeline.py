@@ -100,8 +100,12 @@ def load_pipeline(best: str | Path, corpus: str | Path | Corpus | None = None, c
     from ragopt.serving.export import read_export
 
     exported = read_export(best)
-    if (corpus is None) == (documents is None):
-        raise ConfigError("give the passages to search: a corpus, or documents (cut by the tuned chunker), not both")
+    if corpus is None and documents is None:
+        raise ConfigError("give the passages to search: a corpus file (--corpus), or documents that the tuned "
+                          "chunker cuts (--documents)")
+    if corpus is not None and documents is not None:
+        raise ConfigError("give a corpus (--corpus) or documents (--documents), not both: documents are cut into "
+                          "the corpus the pipeline searches")
     if documents is not None:
         corpus = chunk(exported.spec, documents, cache_dir, device)
     elif not isinstance(corpus, Corpus):

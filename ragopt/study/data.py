@@ -13,7 +13,8 @@ from ragopt.stages.cache import Cache, cache_key
 from ragopt.scoring.chunkings import Chunkings, as_qa
 from ragopt.search.config import Config
 from ragopt.data.qa import Corpus, QASet, load_corpus, load_dataset, load_qa
-from ragopt.data.documents import Documents, SpanQA, load_documents, load_span_qa, spans_from_ids
+from ragopt.data.documents import require_evidence, Documents, SpanQA, load_documents, load_span_qa, spans_from_ids
+from ragopt.errors import ConfigError
 from ragopt.stages.engine import Engine
 from ragopt.scoring.evaluation import Target
 from ragopt.stages.models import require_available
@@ -86,6 +87,9 @@ def read_inputs(config: Config) -> StudyInputs:
         spans = load_span_qa(Path(data.qa), documents, data.domain_column, data.domain_pattern)
     generated = (load_span_qa(data.generated_qa, documents, data.domain_column, data.domain_pattern)
                  if data.generated_qa is not None else None)
+    for questions in (spans, generated):
+        if questions is not None:
+            require_evidence(documents, questions)
     require_available(config.models())
     return StudyInputs(as_qa(spans), None, documents, spans, generated)
 
@@ -101,7 +105,8 @@ def load_study_data(config: Config, cache_dir: Path | None, progress: bool = Fal
     chunkings = Chunkings(inputs.documents, inputs.spans, Cache(cache_dir), config.device, progress,
                           config.exact_search_max, data.min_coverage, tuple(config.budgets),
                           budget_tokenizer(data.budget_tokenizer))
-    key = cache_key(chunkings.documents.key, _evidence(inputs.spans), data.min_coverage, config.budgets)
+    key = cache_key(chunkings.documents.key, _evidence(inputs.spans), data.min_coverage, config.budgets,
+                    data.budget_tokenizer)
     generated = None
     if inputs.generated is not None:  # its own chunkings: the documents blanked at its questions' masked spans
         qa, shared = as_qa(inputs.generated), chunkings.sharing(inputs.documents, inputs.generated)
@@ -124,4 +129,9 @@ def budget_tokenizer(name: str | None) -> Any:
 
     from ragopt.stages.models import Locator
 
-    return AutoTokenizer.from_pretrained(str(Locator()(name).path))
+    tokenizer = AutoTokenizer.from_pretrained(str(Locator()(name).path))
+    if not tokenizer.is_fast:
+        raise ConfigError(f"data.budget_tokenizer {name!r} has no fast tokenizer, which the budgets need for token "
+                          "offsets; give a model with a tokenizer.json, or leave budget_tokenizer out (words and "
+                          "punctuation)")
+    return tokenizer

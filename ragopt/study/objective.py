@@ -92,6 +92,10 @@ class TrialObjective:
             generated = None
             if self.generated is not None:
                 generated = self.generated.per_query_objective(self.generated.evaluate(spec)[0].per_query, spec.top_k)
+            value = self.evaluator.objective(scored, spec.top_k)
+            if not np.isfinite(value):  # Optuna would fail the trial with no word of why
+                raise ValueError(f"the objective is {value}: some question's metrics are not numbers (0 / 0: a "
+                                 "question with no relevant passage)")
         except optuna.TrialPruned:
             raise
         except Exception as error:
@@ -100,7 +104,6 @@ class TrialObjective:
             if self.progress:
                 tqdm.write(f"trial {trial.number} failed ({failure['pipeline']}): {failure['error']}; going on")
             raise
-        value = self.evaluator.objective(scored, spec.top_k)
         study_config = self.config.study
         seconds = (self.data.target(spec).engine.seconds_per_query(spec, self.data.qa.queries, self.probe)
                    if study_config.latency != "off" else np.nan)
@@ -108,7 +111,9 @@ class TrialObjective:
             trial.set_constraint("seconds_over_budget", seconds - study_config.latency_budget)
         self.durations.append(time.perf_counter() - start)
         per_corpus = self.data.chunkings is not None
-        record = TrialRecord.of(spec, scored.gains, reused, seconds, self.rankings.save(scored.ranking.ids),
+        depth = max(self.config.top_k)  # a ranking scored deeper to fill the token budgets is kept to the largest k
+        record = TrialRecord.of(spec, scored.gains[:, :depth], reused, seconds,
+                                self.rankings.save(scored.ranking.ids[:, :depth]),
                                 scored.n_rel if per_corpus else None,
                                 {name: scored.per_query[name] for name in scored.extra}, generated)
         trial.set_user_attr(RECORD, record.to_attr())

@@ -257,7 +257,8 @@ def _export(path: Path, trial: tuple[optuna.trial.FrozenTrial, TrialRecord], con
     engine = data.engine
     write_best(path, Exported(spec, config.exact_search_max, device_type(engine.device)), {
         "trial": frozen.number, "objective": dict(config.optimize), **evaluation, "metrics_at_k": at_k},
-        {**engine.provenance(spec.retriever.models() + ([spec.reranker.model] if spec.reranker else []),
+        {**engine.provenance((spec.chunker.models() if spec.chunker else []) + spec.retriever.models()
+                             + ([spec.reranker.model] if spec.reranker else []),
                              spec.retriever.tokenizers()),
          "libraries": library_versions()}, corpus=data.source)
 

@@ -20,6 +20,8 @@ from ragopt.study.runs import RUNS, RankingStore
 from ragopt.analysis.splits import study_splits
 from ragopt.study.storage import open_study
 from ragopt.study.workers import fail_orphans, grid_pipelines, only_run, queue_grid, start_workers, trials_left
+from ragopt.provenance import versions
+from ragopt.scoring.chunkings import CHUNKING_LIBRARIES
 from ragopt.study.data import StudyData, load_study_data
 from ragopt.study.objective import TrialObjective, space_fingerprint, warm_up
 from ragopt.study.outputs import Outcome, clear_outputs, write_outputs
@@ -65,6 +67,8 @@ def _optimize(config: Config, config_path: Path, output: Path, data: StudyData, 
     qa = data.qa
     held, folds = study_splits(config.study, qa.domains, len(qa))
     provenance = data.engine.provenance(config.models(), config.tokenizers())
+    if config.chunkers:  # the libraries that cut the documents: a stored chunking is only valid under them
+        provenance["chunking"] = versions(*CHUNKING_LIBRARIES)
     study, durable, created = open_study(config, output, config.study.name or config_path.stem, fresh,
                                          space_fingerprint(config, data, held), provenance)
     evaluator = Evaluator(data.target, qa, config.top_k, config.optimize, config.study.seed,

@@ -22,13 +22,14 @@ STUDY_FORMAT = 3
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The models and tokenizers whose revision or versions changed since the study started."""
+    """The models, tokenizers and chunking libraries whose revision or version changed since the
+    study started."""
     lines = []
-    for group in ("models", "tokenizers"):
+    for group, noun in (("models", "model"), ("tokenizers", "tokenizer"), ("chunking", "chunking library")):
         before, now = stored.get(group, {}), current.get(group, {})
         for name in sorted(set(before) | set(now)):
             if name in before and name in now and before[name] != now[name]:
-                lines.append(f"  {group[:-1]} {name!r}: {before[name]} -> {now[name]}")
+                lines.append(f"  {noun} {name!r}: {before[name]} -> {now[name]}")
     return lines
 
 
@@ -151,8 +152,8 @@ def open_study(config: Config, output: Path, name: str, fresh: bool, fingerprint
         raise StudyError(f"study {name!r} in {shown(url)} was started with a different data set or search space. "
                          f"Rerun with --fresh to start over, or give another --output.")
     elif changed := _differences(attrs.get("provenance", {}), provenance):
-        raise StudyError(f"study {name!r} in {shown(url)} was run with other model weights or tokenizers; its trials "
-                         "cannot be mixed with new ones:\n" + "\n".join(changed)
+        raise StudyError(f"study {name!r} in {shown(url)} was run with other model weights, tokenizers or chunking "
+                         "libraries; its trials cannot be mixed with new ones:\n" + "\n".join(changed)
                          + "\nRerun with --fresh to start over, or give another --output.")
     if config.study.storage:
         return durable, None, created
