@@ -270,3 +270,16 @@ def test_without_fastapi_serve_says_how_to_install_it_for_this_install(best, tmp
     assert result.exit_code == 2
     assert result.output.endswith(f"cannot open the study storage postgresql://someone@127.0.0.1:9/db: "
                                   f"{command.replace('serve', 'postgres')}\n")
+
+
+def test_fresh_on_a_shared_storage_asks_first_naming_it_without_its_password(tmp_path):
+    config = write_config(tmp_path / "bm25.yaml", """
+data: {qa: "@KO_MINI@/qa.jsonl", corpus: "@KO_MINI@/corpus.jsonl"}
+retrievers: [{name: bm25, type: bm25, tokenizer: whitespace}]
+top_k: [1]
+study: {n_trials: 1, latency: off}
+""")
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    result = runner.invoke(app, ["optimize", str(config), "--fresh", "--storage", storage, "-q"], input="n\n")
+    assert result.exit_code != 0 and f"--fresh deletes the study in {storage} for every worker" in result.output
+    assert not (tmp_path / "shared.db").exists()
