@@ -453,7 +453,7 @@ def chunk_command(
     from ragopt.serving.export import read_export
     from ragopt.serving.pipeline import chunk, write_corpus
 
-    corpus = chunk(read_export(best).spec, documents, cache_dir or best.resolve().parent / "cache", "cpu")
+    corpus = chunk(read_export(best).spec, documents, cache_dir or best.resolve().parent / "cache")
     write_corpus(corpus, output)
     console.print(f"wrote {len(corpus)} passages to {escape(str(output))}", highlight=False, soft_wrap=True)
 
