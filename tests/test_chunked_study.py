@@ -204,9 +204,11 @@ def test_pruned_reranking_over_documents_scores_kept_trials_as_whole_ones(tmp_pa
     reranker = f'rerankers:\n  - {{name: ce, type: cross_encoder, model: "{tiny_xlmr_reranker}", depth: 5, ' \
                "max_length: 64}\n"
     space = (SPACE.replace("n_trials: 20, seed: 1, latency: off",
-                           "n_trials: 8, seed: 1, latency: off, pruner: wilcoxon, prune_steps: 3")
+                           "n_trials: 6, seed: 1, latency: off, pruner: wilcoxon, prune_steps: 3")
              .replace("top_k: [1, 3, 5]", reranker + "top_k: [1, 3, 5]")
              .replace(f'documents: "{finance}"', f'documents: "{finance}/finance*"')
+             .replace("  - {name: sentence, type: sentence, size: 500}\n", "")
+             .replace("  - {name: whole, type: as_given}\n", "")
              .replace(f'qa: "{DOCS / "qa.jsonl"}"', f'qa: "{tmp_path / "finance.jsonl"}"'))
     lines = (DOCS / "qa.jsonl").read_text(encoding="utf-8").splitlines()
     (tmp_path / "finance.jsonl").write_text("\n".join(line for line in lines if '"finance"' in line) + "\n",
