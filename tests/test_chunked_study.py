@@ -233,3 +233,20 @@ def test_a_question_whose_evidence_is_all_masked_is_named_before_any_trial(tmp_p
     with pytest.raises(DataError, match=r"1 question whose evidence is blank .*: 1_finance; remove them"):
         optimize(write_config(tmp_path / "masked.yaml", space), progress=False)
     assert not (tmp_path / "masked-output").exists()
+
+
+def test_workers_on_a_study_over_documents_match_one_process(tmp_path):
+    """Two processes share a grid over chunkers (the default SQLite storage): each pipeline runs
+    once, and every trial's values, runs and qrels equal those of one process."""
+    space = SPACE.replace("study: {n_trials: 20, seed: 1, latency: off}", "study: {sampler: grid, latency: off}")
+    config = write_config(tmp_path / "docs.yaml", space)
+    shared = optimize(config, tmp_path / "shared", progress=False, workers=2)
+    alone = optimize(config, tmp_path / "alone", progress=False)
+    columns = ["pipeline", "value", "ndcg@3", "evidence_recall@1024t", "chunks"]
+    two, one = (pd.read_csv(o.output / "trials.csv")[columns].sort_values("pipeline").reset_index(drop=True)
+                for o in (shared, alone))
+    assert len(two) == 15
+    pd.testing.assert_frame_equal(two, one)
+    assert shared.best_spec == alone.best_spec
+    for name in ("qrels.trec", "runs/best.trec"):
+        assert (shared.output / name).read_text() == (alone.output / name).read_text()
