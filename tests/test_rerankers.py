@@ -94,3 +94,15 @@ def test_cross_encoder_pairs_are_cut_longest_first_like_predict(ko_mini, tiny_xl
     assert pair_features(model.tokenizer, pairs, 40)["input_ids"] == expected
     separator = model.tokenizer.sep_token_id
     assert all(len(ids) == 40 and ids.index(separator) > 15 for ids in expected)
+
+
+def test_a_cross_encoder_without_a_token_limit_cuts_pairs_to_its_position_table(ko_mini, tiny_xlmr_reranker):
+    """A tokenizer that sets no model_max_length (as some community models' do) leaves the limit
+    to the position table, which an XLM-R model counts from padding_idx + 1: 260 positions hold
+    258 tokens. Longer pairs are cut there (with the warning), not run into an index error."""
+    qa, corpus = ko_mini
+    long_passage = " ".join(corpus.contents) * 2
+    scorer = scorer_of(CrossEncoderSpec(model=str(tiny_xlmr_reranker), depth=2))
+    with pytest.warns(UserWarning, match=r"1 of 2 query-passage pairs was truncated to fit .*'s 258 tokens"):
+        scores = scorer.score([(qa.queries.texts[0], long_passage), (qa.queries.texts[0], corpus.contents[0])])
+    assert np.all(np.isfinite(scores))

@@ -308,6 +308,21 @@ def display_name(path: str) -> str:
     return path
 
 
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer")
+"""Model types whose learned positions are counted from padding_idx + 1, so that their table
+holds max_position_embeddings - padding_idx - 1 tokens."""
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens a model's position table holds, a limit its tokenizer may not know (None
+    when the config states none, or its positions are relative rather than a table)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    offset = (config.pad_token_id or 0) + 1 if config.model_type in POSITIONS_AFTER_PADDING else 0
+    return positions - offset
+
+
 def warn_truncated(cut: int, total: int, what: str, model_path: str, limit: int | None) -> None:
     """One warning counting the inputs a model's tokenizer cut to its token limit, whose ends the
     model never sees; nothing when none was cut."""

@@ -7,7 +7,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import Field
 
-from ragopt.stages.models import Located, ModelPool, Precision, load_model, torch_dtype
+from ragopt.stages.models import Located, ModelPool, Precision, load_model, position_limit, torch_dtype
 from ragopt.stages.params import StrictModel
 from ragopt.stages.rerankers._base import PairScorer, RerankerEntry, RerankerSpec, register
 
@@ -74,7 +74,8 @@ class CrossEncoderScorer(PairScorer):
                 return (scores if labels == 1 else scores[:, -1]).float().cpu().numpy()
             from ragopt.stages.rerankers._pairs import classify_pairs
 
-            max_length = self.spec.max_length or self.model.max_seq_length or self.model.tokenizer.model_max_length
+            limit = self.spec.max_length or self.model.max_seq_length or self.model.tokenizer.model_max_length
+            max_length = min(limit, position_limit(self.model.model.config) or limit)
             logits = classify_pairs(self.model.model, self.model.tokenizer, pairs, batch_size, max_length, self.device)
             scores = self.model.activation_fn(logits)
             scores = scores[:, 0] if labels == 1 else torch.softmax(scores, dim=1)[:, -1]
