@@ -36,6 +36,8 @@ _share_the_cores()
 ROOT = Path(__file__).resolve().parent.parent
 KO_MINI = ROOT / "examples" / "ko-mini"
 AUTORAG_KO = ROOT.parent / "shared" / "data" / "autorag-ko"
+AUTORAG_KO_DOCS = ROOT.parent / "shared" / "data" / "autorag-ko-docs"
+"""The same questions over autorag-ko's 32 source documents, labelled by evidence spans."""
 
 FIRST = ("test_workers.py", "test_honest.py", "test_study.py", "test_chunked_study.py", "test_autorag_ko.py",
          "test_autorag_import.py")

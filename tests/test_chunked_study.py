@@ -11,7 +11,7 @@ import pytrec_eval
 import yaml
 from typer.testing import CliRunner
 
-from conftest import ROOT, write_config
+from conftest import AUTORAG_KO_DOCS, KO_MINI, write_config
 from ragopt import load_pipeline
 from ragopt.cli import app
 from ragopt.search.config import ConfigError, load_config
@@ -21,7 +21,7 @@ from ragopt.study.runs import StudyRuns
 from ragopt.study import optimize
 from test_study import read_trec
 
-DOCS = ROOT.parent / "shared" / "data" / "autorag-ko-docs"
+DOCS = AUTORAG_KO_DOCS
 SPACE = f"""
 data: {{documents: "{DOCS / 'documents'}", qa: "{DOCS / 'qa.jsonl'}", domain_column: domain}}
 chunkers:
@@ -141,7 +141,7 @@ def test_documents_and_chunkers_need_each_other(tmp_path):
     no_chunkers = SPACE.split("chunkers:")[0] + "retrievers:" + SPACE.split("retrievers:")[1]
     with pytest.raises(ConfigError, match="documents need at least one chunker"):
         load_config(write_config(tmp_path / "a.yaml", no_chunkers))
-    mini = ROOT / "examples" / "ko-mini"
+    mini = KO_MINI
     passages = SPACE.replace(f'{{documents: "{DOCS / "documents"}", qa: "{DOCS / "qa.jsonl"}", domain_column: domain}}',
                              f'{{qa: "{mini / "qa.jsonl"}", corpus: "{mini / "corpus.jsonl"}"}}')
     with pytest.raises(ConfigError) as error:
@@ -158,7 +158,7 @@ def test_a_pipeline_tuned_on_passages_refuses_documents(finished, tmp_path):
     with pytest.raises(ConfigError, match="tuned on passages, not documents"):
         load_pipeline(tmp_path / "best.yaml", documents=DOCS / "documents")
     with pytest.raises(ConfigError, match="not both"):
-        load_pipeline(finished.output / "best.yaml", ROOT / "examples/ko-mini/corpus.jsonl", documents=DOCS)
+        load_pipeline(finished.output / "best.yaml", KO_MINI / "corpus.jsonl", documents=DOCS)
 
 
 def test_a_chunker_that_counts_with_the_retrievers_model_needs_retrievers_that_have_one(tmp_path):

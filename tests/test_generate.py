@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import KO_MINI, ROOT, _decoder_tokenizer, _save_tiny, built_once
+from conftest import AUTORAG_KO_DOCS, KO_MINI, _decoder_tokenizer, _save_tiny, built_once
 from ragopt.cli import app
 from ragopt.data.documents import Documents, Span, load_documents, load_span_qa
 from ragopt.errors import ConfigError, DataError, ModelError
@@ -26,7 +26,7 @@ from ragopt.generate.prompts import PROMPT_VERSION, parse_qa, parse_verdict, que
 from ragopt.generate.runner import plan
 from ragopt.generate.writer import QAFile
 
-DOCS = ROOT.parent / "shared" / "data" / "autorag-ko-docs" / "documents"
+DOCS = AUTORAG_KO_DOCS / "documents"
 KO_CORPUS = KO_MINI / "corpus.jsonl"
 DOMAIN = r"^(\w+) - "
 

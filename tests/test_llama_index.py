@@ -18,7 +18,7 @@ from llama_index.core.schema import Document, MetadataMode, NodeRelationship, No
 from llama_index.core.storage.docstore import SimpleDocumentStore
 from sentence_transformers import CrossEncoder
 
-from conftest import KO_MINI, ROOT, write_config
+from conftest import AUTORAG_KO_DOCS, KO_MINI, ROOT, write_config
 from ragopt import load_pipeline
 from ragopt.data.qa import DataError, load_corpus, load_dataset, nfc
 from ragopt.errors import ConfigError
@@ -211,7 +211,7 @@ study: {latency: off}
     assert outcomes[0].best_value == outcomes[1].best_value > 0
 
 
-DOCS = ROOT.parent / "shared" / "data" / "autorag-ko-docs"
+DOCS = AUTORAG_KO_DOCS
 FINANCE = sorted((DOCS / "documents").glob("finance - *.txt"))
 FINANCE_QUESTIONS = [r["query"] for r in map(json.loads, (DOCS / "qa.jsonl").read_text(encoding="utf-8").splitlines())
                      if r["domain"] == "finance"][:6]

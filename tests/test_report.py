@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from browser import inspect, require_chromium
-from conftest import ROOT, write_config
+from conftest import AUTORAG_KO_DOCS, write_config
 from test_startup import imported_heavy
 from ragopt.stages.chunkers import chunk_documents
 from ragopt.analysis.compare import StudyResults
@@ -341,7 +341,7 @@ def test_the_chunk_size_plot_puts_each_trial_at_its_chunkings_mean_length():
     assert "fig-chunks" not in render(report_data(None)) and "chunk size" not in render(report_data(None))
 
 
-DOCS = ROOT.parent / "shared" / "data" / "autorag-ko-docs"
+DOCS = AUTORAG_KO_DOCS
 DOCUMENTS_STUDY = f"""
 data: {{documents: "{DOCS / 'documents' / 'finance - *.txt'}", qa: "@QA@", domain_column: domain}}
 chunkers:

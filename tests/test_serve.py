@@ -16,7 +16,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from conftest import KO_MINI, ROOT
+from conftest import AUTORAG_KO_DOCS, KO_MINI, ROOT
 from ragopt import load_pipeline
 from ragopt.cli import app as cli_app
 from ragopt.errors import UserError
@@ -288,10 +288,9 @@ def test_the_command_line_imports_no_fastapi():
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
 
-FINANCE = str(ROOT.parent / "shared" / "data" / "autorag-ko-docs" / "documents" / "finance - *.txt")
-FINANCE_QUESTIONS = [r["query"] for r in map(json.loads, (ROOT.parent / "shared" / "data" / "autorag-ko-docs" /
-                                                           "qa.jsonl").read_text(encoding="utf-8").splitlines())
-                     if r["domain"] == "finance"][:6]
+FINANCE = str(AUTORAG_KO_DOCS / "documents" / "finance - *.txt")
+FINANCE_QUESTIONS = [r["query"] for r in map(json.loads, (AUTORAG_KO_DOCS / "qa.jsonl").read_text(
+    encoding="utf-8").splitlines()) if r["domain"] == "finance"][:6]
 CHUNKER = {"type": "token_window", "size": 300, "overlap": 0.25, "tokenizer": "characters"}
 
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from conftest import AUTORAG_KO, _bert_tokenizer
+from conftest import AUTORAG_KO, AUTORAG_KO_DOCS, _bert_tokenizer
 from ragopt.data.documents import Span
 from ragopt.scoring.metrics import at_k, relevance
 from ragopt.data.documents import ChunkSpans
 from ragopt.scoring.spans import TokenEnds, budget_metrics, span_metrics, span_qrels, token_ends
 
-DOCS = AUTORAG_KO.parent / "autorag-ko-docs"
+DOCS = AUTORAG_KO_DOCS
 INDEX = {"d0": 0, "d1": 1, "d2": 2}
 
 

@@ -40,9 +40,13 @@ class Chunked:
     chunks' spans aligned with the corpus rows, and what its pipelines are scored against."""
 
     chunker: ChunkerSpec
-    corpus: Corpus
     spans: ChunkSpans
     target: Target
+
+    @property
+    def corpus(self) -> Corpus:
+        """The chunks as a corpus: the one its engine searches."""
+        return self.target.engine.corpus
 
 
 def as_qa(qa: SpanQA) -> QASet:
@@ -107,18 +111,18 @@ class Chunkings:
 
     def _embed(self, model: str, texts: list[str]) -> np.ndarray:
         """Sentence embeddings for a semantic chunker, L2-normalized, through the dense
-        retriever's cached encoding and the engine's loaded models."""
+        retriever's cached encoding and the shared engine's loaded models (its own corpus is
+        empty: the texts are embedded as they are asked for)."""
         from ragopt.stages.retrievers.dense import DenseSpec
 
-        engine = self.engine.sibling(Corpus([], []))
-        vectors = engine.retriever(DenseSpec(model=model)).embed(texts, content_key(texts), "passage")
+        vectors = self.engine.retriever(DenseSpec(model=model)).embed(texts, content_key(texts), "passage")
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def _chunked(self, chunker: ChunkerSpec) -> Chunked:
         chunking = chunking_of(chunker, self.documents, self.spans_of(chunker))
         engine = self.engine.sibling(chunking.corpus)
         if self.qa is None:
-            return Chunked(chunker, chunking.corpus, chunking.spans, Target(engine, []))
+            return Chunked(chunker, chunking.spans, Target(engine, []))
         evidence, spans, index = self.qa.evidence, chunking.spans, self._doc_index
         groups = span_qrels(evidence, spans, index, self.min_coverage)
         texts = [self.documents[d].text[a:b] for d, a, b in zip(spans.document, spans.start, spans.end)]
@@ -132,7 +136,7 @@ class Chunkings:
                 values.update(budget_metrics(ranked, chosen, spans, index, ends, list(self.budgets)))
             return values
 
-        return Chunked(chunker, chunking.corpus, spans, Target(engine, groups, extra, depth))
+        return Chunked(chunker, spans, Target(engine, groups, extra, depth))
 
 
 def _budget_depth(ends: TokenEnds | None, budgets: tuple[int, ...]) -> int:

@@ -42,13 +42,16 @@ class Engine:
     """
 
     def __init__(self, corpus: Corpus, cache: Cache | None = None, device: str = "auto", progress: bool = False,
-                 exact_search_max: int = 1_000_000) -> None:
+                 exact_search_max: int = 1_000_000, shared: "Engine | None" = None) -> None:
+        """`shared`: an engine whose cache, loaded models, model locator and device this one uses
+        (see `sibling`); `cache` and `device` are then its."""
         self.corpus = corpus
-        self.cache = cache or Cache(None)
-        self.device = pick_device(device)
+        self.cache = shared.cache if shared else cache or Cache(None)
+        self.device = shared.device if shared else pick_device(device)
         self.progress, self.exact_search_max = progress, exact_search_max
-        self.pool = ModelPool()
-        self.locate = Locator(None if self.cache.root is None else self.cache.root / "file-hashes")
+        self.pool = shared.pool if shared else ModelPool()
+        self.locate = shared.locate if shared else Locator(
+            None if self.cache.root is None else self.cache.root / "file-hashes")
         self.context = Context(corpus, self.cache, self.pool, self.locate, self.device, progress, exact_search_max,
                                self.retrieve, self.retriever)
         self._retrievers: dict[tuple[str, str], Retriever] = {}
@@ -59,11 +62,7 @@ class Engine:
     def sibling(self, corpus: Corpus) -> "Engine":
         """An engine over another corpus (another chunking of the same documents) that shares this
         one's cache, loaded models and device: a model is loaded once for every chunking."""
-        engine = Engine(corpus, self.cache, self.device, self.progress, self.exact_search_max)
-        engine.pool, engine.locate = self.pool, self.locate
-        engine.context = Context(corpus, engine.cache, engine.pool, engine.locate, engine.device, engine.progress,
-                                 engine.exact_search_max, engine.retrieve, engine.retriever)
-        return engine
+        return Engine(corpus, progress=self.progress, exact_search_max=self.exact_search_max, shared=self)
 
     def retriever(self, spec: RetrieverSpec) -> Retriever:
         """The index that serves a spec, built on first use (one per spec's index key)."""

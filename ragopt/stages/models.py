@@ -8,6 +8,7 @@ Imports no torch until a model is loaded."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import importlib.util
@@ -297,6 +298,22 @@ def load_model(kind: str, located: Located, load: Callable[[str], Any]) -> Any:
         where = (f"the hub snapshot {located.path}" if "hub" in located.identity else f"the folder {located.path}")
         raise ModelError(f"{kind} model {located.name!r} could not be loaded from {where}: {error}\n"
                          f"Give a hub id, a local folder with the model's files, or pkg:<package>/<folder>.") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _fast_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.is_fast:
+        raise ValueError("it has no fast tokenizer (tokenizer.json), whose token offsets ragopt needs")
+    return tokenizer
+
+
+def fast_tokenizer(located: Located) -> Any:
+    """A model's fast tokenizer, whose offset mapping gives each token's exact characters: what
+    chunk sizes and context budgets are counted with. Loaded once per process for a few models."""
+    return load_model("tokenizer", located, _fast_tokenizer)
 
 
 def display_name(path: str) -> str:

@@ -14,10 +14,9 @@ from ragopt.scoring.chunkings import Chunkings, as_qa
 from ragopt.search.config import Config
 from ragopt.data.qa import Corpus, QASet, load_corpus, load_dataset, load_qa
 from ragopt.data.documents import require_evidence, Documents, SpanQA, load_documents, load_span_qa, spans_from_ids
-from ragopt.errors import ConfigError
 from ragopt.stages.engine import Engine
 from ragopt.scoring.evaluation import Target
-from ragopt.stages.models import require_available
+from ragopt.stages.models import Locator, fast_tokenizer, require_available
 from ragopt.stages.spec import PipelineSpec
 
 
@@ -123,15 +122,4 @@ def _evidence(spans: SpanQA) -> list[list[list[tuple[str, int, int]]]]:
 
 def budget_tokenizer(name: str | None) -> Any:
     """The Hugging Face tokenizer that counts a context budget's tokens (None: words and punctuation)."""
-    if name is None:
-        return None
-    from transformers import AutoTokenizer
-
-    from ragopt.stages.models import Locator
-
-    tokenizer = AutoTokenizer.from_pretrained(str(Locator()(name).path))
-    if not tokenizer.is_fast:
-        raise ConfigError(f"data.budget_tokenizer {name!r} has no fast tokenizer, which the budgets need for token "
-                          "offsets; give a model with a tokenizer.json, or leave budget_tokenizer out (words and "
-                          "punctuation)")
-    return tokenizer
+    return None if name is None else fast_tokenizer(Locator()(name))

@@ -3,21 +3,10 @@ whose offset mapping gives each token's exact character span (token windows cut 
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, Callable
 
 from ragopt.stages.chunkers._base import CHARACTERS, Span
-from ragopt.stages.models import Located, load_model
-
-
-@lru_cache(maxsize=4)
-def _fast_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not tokenizer.is_fast:
-        raise ValueError("it has no fast tokenizer (tokenizer.json), whose offsets a chunker needs")
-    return tokenizer
+from ragopt.stages.models import Located, fast_tokenizer
 
 
 class Units:
@@ -25,7 +14,7 @@ class Units:
     tokens not counted)."""
 
     def __init__(self, name: str, locate: Callable[[str], Located]) -> None:
-        self.tokenizer = None if name == CHARACTERS else load_model("tokenizer", locate(name), _fast_tokenizer)
+        self.tokenizer = None if name == CHARACTERS else fast_tokenizer(locate(name))
 
     def _encode(self, texts: list[str], offsets: bool) -> Any:
         if not texts:
