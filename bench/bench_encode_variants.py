@@ -12,8 +12,9 @@ Encoding (720 autorag-ko passages, bf16):
                       attention, with which transformers >= 5.24 looks for packed sequences in the
                       position ids of every forward (a host sync per pack)
   tokens given        tokenizing done beforehand: the GPU loop alone (with and without the mask function)
-  tokenize only       model.preprocess chunks as packed.encode makes them, and a plain tokenizer call
-                      as at the H100 record: the worker thread's share
+  tokenize only       the worker thread's share: packed.encode's fast-tokenizer chunks, the
+                      model.preprocess chunks it made until 2026-12-04, and one plain tokenizer call
+                      for all texts (the H100 record's figure)
   batch 32 / 128      pack sizes (batch_size x 512 tokens)
   model.encode        sentence-transformers' padded batches
   syncs per call      host waits for the GPU inside one call (torch.cuda.set_sync_debug_mode)
@@ -176,14 +177,14 @@ def sync_sites(run: Callable[[], Any]) -> list[str]:
             frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename]
             sites.append(" < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames[-3:][::-1]))
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = record
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
+    torch.cuda.set_sync_debug_mode("warn")  # before recording: setting it warns (torch 2.11), "synchroniz..."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
             run()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     return sites
 
 
@@ -232,8 +233,12 @@ def encoding(bench: Bench, model: Any, passages: list[str], flops: float, args: 
         bench.measure("encode", "as is, tokens given", ragopt(), 3, flops)
         with with_mask_function():
             bench.measure("encode", "with mask function (before), tokens given", ragopt(), 3, flops)
-    bench.measure("encode", "tokenize only (model.preprocess, as packed does)",
+    bench.measure("encode", "tokenize only (fast tokenizer, as packed does)",
                   lambda: list(packed._tokenized(model, passages, None, [])), 2, 0.0, "CPU, worker thread's work")
+    step = packed.TOKENIZE_CHUNK
+    bench.measure("encode", "tokenize only (model.preprocess, as packed did before)",
+                  lambda: [model.preprocess(passages[i:i + step]) for i in range(0, len(passages), step)], 2, 0.0,
+                  "CPU")
     bench.measure("encode", "tokenize only (plain tokenizer call, H100 record)",
                   lambda: model.tokenizer(passages, truncation=True, max_length=model.max_seq_length,
                                           return_attention_mask=False, return_token_type_ids=False), 2, 0.0, "CPU")

@@ -48,6 +48,53 @@ def test_surrounding_whitespace_lower_casing_and_processing_settings_match(tiny_
                                model.encode(texts, convert_to_numpy=True), atol=2e-6)
 
 
+EMPTY_ISH = ["", " ", "\n\t", ".", "  DSR 규제  \t"]
+
+
+def _preprocessed_ids(model, texts, prompt):
+    features = model.preprocess(texts, prompt=prompt)
+    mask = features["attention_mask"].bool()
+    return [ids[keep].tolist() for ids, keep in zip(features["input_ids"], mask)]
+
+
+@pytest.mark.parametrize("settings", [{}, {"do_lower_case": True, "processing_kwargs": {"text": {"max_length": 12}}}])
+@pytest.mark.parametrize("family", ["bert", "xlmr", "roberta"])
+def test_texts_get_the_token_ids_model_preprocess_gives(family, settings, tiny_bert, tiny_bge_m3, tiny_roberta):
+    """The fast tokenizer called directly gives model.preprocess's ids: prompt, lower-casing,
+    truncation to the limit (special tokens kept), empty-ish texts, across tokenizer chunks; and
+    counts the texts it cut."""
+    model = _stack({"bert": tiny_bert, "xlmr": tiny_bge_m3, "roberta": tiny_roberta}[family], "mean", True,
+                   **settings)
+    texts = example_texts() + EMPTY_ISH + [f"  {t[:40]} AI MRI  \n" for t in example_texts()[:10]]
+    assert len(texts) > packed.TOKENIZE_CHUNK  # more than one tokenizer call
+    assert packed.packable(model, None)
+    limit = packed.token_limit(model)
+    for prompt in (None, "query: "):
+        cut: list[int] = []
+        chunks = list(packed._tokenized(model, texts, prompt, cut))
+        lengths = np.concatenate([n for n, _ in chunks])
+        ours = np.split(np.concatenate([ids for _, ids in chunks]), lengths.cumsum()[:-1])
+        expected = _preprocessed_ids(model, texts, prompt)
+        assert [ids.tolist() for ids in ours] == expected
+        whole = model.tokenizer([(prompt or "") + t for t in texts], truncation=False)["input_ids"]
+        assert sum(cut) == sum(len(ids) > limit for ids in whole) > 0
+        assert any(len(ids) == limit for ids in expected)  # some cut
+        assert min(map(len, expected)) == len(model.tokenizer(prompt or "")["input_ids"])  # only prompt, specials
+
+
+def test_a_model_whose_preprocessing_is_more_than_its_tokenizer_is_left_to_model_encode(tiny_bert):
+    """A chat template (the message modality) or a processor other than the bare fast tokenizer
+    tokenizes differently from a tokenizer call: such models are never packed."""
+    model = _stack(tiny_bert, "mean", True)
+    assert packed.packable(model, None)
+    model[0].modality_config = {**model[0].modality_config, "message": {"method": "forward",
+                                                                        "method_output_name": "last_hidden_state"}}
+    assert not packed.packable(model, None)
+    model = _stack(tiny_bert, "mean", True)
+    model[0].processor = type("Processor", (), {"tokenizer": model[0].processor})()
+    assert not packed.packable(model, None)
+
+
 @pytest.mark.parametrize("decoder", ["tiny_qwen3", "tiny_mistral"])
 def test_decoders_fall_back_to_model_encode(decoder, request, ko_mini):
     """Causal attention, grouped-query attention and sliding windows are not what packed

@@ -180,3 +180,34 @@ def test_the_dense_scan_never_holds_more_scores_than_a_block(monkeypatch):
     blocks = _scan.exact_search(queries, corpus, 5, "cpu")
     assert max(sizes) <= 200 and sum(sizes) == 50 * 300  # every score, 5 queries x 40 passages at a time
     np.testing.assert_array_equal(blocks.ids, whole.ids)
+
+
+H200_SPARSE_ROW = np.array([2.245399, 1.8469771, 1.8467927, 1.8465292, 1.8464988, 1.8464645, 1.8463815, 1.8461394,
+                            1.7403783, 1.7403097], dtype=np.float32)
+"""A BGE-M3 sparse ranking of the GPU test on an H200 (tolerance 2e-2): two tie clusters, whose
+passages the GPU and the CPU ordered differently at every rank from 1 to 9."""
+
+
+def test_rankings_may_differ_only_by_near_ties_swapping():
+    """tests/test_gpu.py's helper (its module runs only on a GPU): passages swap only within
+    clusters of scores closer than the tolerance, also with a passage from beyond the last rank;
+    a passage moved away from its score fails, though the scores at each rank still agree."""
+    from test_gpu import assert_only_near_ties_differ
+
+    expected = np.arange(10)
+    within_clusters = [0, 3, 1, 2, 7, 5, 6, 4, 10, 8]  # 10: beyond the last rank, a near-tie of 8 and 9
+    assert_only_near_ties_differ(within_clusters, expected, H200_SPARSE_ROW, 2e-2)
+    full = np.concatenate([H200_SPARSE_ROW, [1.7402, 0.5]])
+    assert_only_near_ties_differ(within_clusters, expected, H200_SPARSE_ROW, 2e-2, full.__getitem__)
+    with pytest.raises(AssertionError, match="rank 1: 8 "):
+        assert_only_near_ties_differ([0, 8, 2, 3, 4, 5, 6, 7, 1, 9], expected, H200_SPARSE_ROW, 2e-2)
+    with pytest.raises(AssertionError, match="rank 7: 9 "):  # a passage of the lower cluster in the upper one
+        assert_only_near_ties_differ([0, 1, 2, 3, 4, 5, 6, 9, 8, 7], expected, H200_SPARSE_ROW, 2e-2)
+    with pytest.raises(AssertionError, match="rank 9: 11 "):  # its score is known: far below the last rank's
+        assert_only_near_ties_differ([*range(9), 11], expected, H200_SPARSE_ROW, 2e-2, full.__getitem__)
+    with pytest.raises(AssertionError, match="rank 5: 10 "):  # from beyond the last rank, far above it
+        assert_only_near_ties_differ([0, 1, 2, 3, 4, 10, 6, 7, 8, 9], expected, H200_SPARSE_ROW, 2e-2)
+    partial, scores = [0, 1, -1], np.array([1.0, 0.99, -np.inf])  # nothing more was retrieved
+    with pytest.raises(AssertionError, match="rank 1: 5 "):
+        assert_only_near_ties_differ([0, 5, -1], partial, scores, 2e-2)
+    assert_only_near_ties_differ(["b", "a"], ["a", "b"], np.array([0.7, 0.69]), 2e-2)  # serving hits: doc ids
