@@ -3,13 +3,16 @@
 # sentence-transformers but no network: installs ragopt's other dependencies from the wheels that
 # bench/device_wheels.sh put in .device/, prints the machine and the library versions, runs the
 # `gpu` tests (tests/test_gpu.py), bench_models.py throughput on the whole autorag-ko set in a
-# process of its own, bench_encode_variants.py and the 5 x 3 study without pruning. Every Python
-# warning is printed in full with its stack (bench/warnhook). Each step has a time limit, and all
-# of them together DEVICE_CHECK_BUDGET seconds (default 450): one hang cannot eat the run.
+# process of its own, bench_finetune.py gpu (training throughput), the 5 x 3 study without
+# pruning and bench_encode_variants.py. Every Python warning is printed in full with its stack
+# (bench/warnhook). Each step has a time limit, and all of them together DEVICE_CHECK_BUDGET
+# seconds (default 450): one hang cannot eat the run. DEVICE_CHECK_STEPS (comma-separated step
+# names, e.g. "throughput,finetune") runs only those steps after the install and the versions.
 # Logs and JSON go to $OUT (the device tool brings it back), else bench/out/device-check.
 #
 #   bench/device_wheels.sh                          # here, once: wheels and data into .device/
 #   bench/device_check.sh                           # there: carry .device
+#   DEVICE_CHECK_STEPS=finetune bench/device_check.sh   # there: one step
 #   bench/device_check.sh --cpu-smoke               # here: every step on a CPU with the tiny stand-in
 set -uo pipefail
 
@@ -21,6 +24,7 @@ python=${PYTHON:-python3}
 out=${OUT:-$root/bench/out/device-check}
 mkdir -p "$out"
 budget=${DEVICE_CHECK_BUDGET:-450}
+only=${DEVICE_CHECK_STEPS:-}
 start=$SECONDS
 exec > >(tee "$out/check.log") 2>&1
 logger=$!
@@ -31,6 +35,11 @@ steps=()
 step() {
     local name=$1 limit=$2 log=$3 left began rc
     shift 3
+    if [[ -n $only && $name != install && $name != versions && ,$only, != *,$name,* ]]; then
+        echo "=== $name: skipped (not in DEVICE_CHECK_STEPS=$only)"
+        steps+=("$name: skipped")
+        return
+    fi
     left=$((budget - (SECONDS - start)))
     (( limit > left )) && limit=$left
     if (( limit < 15 )); then
@@ -139,7 +148,8 @@ for name, version in tested.items():
         print(f"NOTE: {name} {metadata.version(name)} here; the tests and benchmarks were written against {version}")
 modules = ["ragopt.study", "ragopt.serving.serve", "ragopt.serving.pipeline", "ragopt.stages.retrievers.dense", "ragopt.stages.retrievers.bge_m3",
            "ragopt.stages.retrievers.bm25", "ragopt.stages.rerankers.flag_reranker", "ragopt.stages.rerankers.cross_encoder",
-           "ragopt.stages.rerankers.flag_llm_reranker", "FlagEmbedding", "bench_models", "bench_encode_variants"]
+           "ragopt.stages.rerankers.flag_llm_reranker", "ragopt.tune.train", "ragopt.tune.pool", "FlagEmbedding",
+           "bench_models", "bench_encode_variants", "bench_finetune"]
 __import__("sys").path.insert(0, "bench")
 for module in modules:
     importlib.import_module(module)
@@ -151,11 +161,13 @@ step versions 60 "$out/versions.txt" versions
 if [[ $mode == gpu ]]; then
     tests=(-m gpu)
     throughput=(--archs xlmr-large --passages 720 --pairs 5700)
+    finetune=()
     variants=()
     study=(--trials 200)
 else  # the tiny stand-in and a few items: every code path, in a few minutes on two cores
     tests=(-m "gpu or not gpu")
     throughput=(--archs tiny-xlmr --passages 24 --pairs 48 --device cpu)
+    finetune=(--arch tiny-xlmr --rows 32 --device cpu)
     variants=(--arch tiny-xlmr --passages 32 --pairs 64 --device cpu)
     study=(--study-arch tiny-xlmr --trials 3 --device cpu)
 fi
@@ -163,10 +175,11 @@ step "gpu tests" 180 "$out/gpu-tests.log" "$python" -m pytest "${tests[@]}" -p n
     -n 0 -s -rA tests/test_gpu.py
 step throughput 180 - "$python" bench/bench_models.py throughput "${throughput[@]}" --batch-size 64 \
     --data "$data" --work "$work" --json "$out/throughput.json"
-step variants 210 - "$python" bench/bench_encode_variants.py "${variants[@]}" --data "$data" --work "$work" \
-    --json "$out/variants.json"
+step finetune 150 - "$python" bench/bench_finetune.py gpu "${finetune[@]}" --data "$data" --json "$out/finetune.json"
 step study 240 - "$python" bench/bench_models.py study "${study[@]}" --pruners none --data "$data" \
     --json "$out/study.json"
+step variants 210 - "$python" bench/bench_encode_variants.py "${variants[@]}" --data "$data" --work "$work" \
+    --json "$out/variants.json"
 rm -rf "$work"
 
 summary() {
@@ -181,7 +194,7 @@ import pandas as pd
 
 pd.set_option("display.width", 250)
 pd.set_option("display.max_colwidth", 120)
-for name in ("throughput", "variants", "study"):
+for name in ("throughput", "finetune", "variants", "study"):
     path = Path(sys.argv[1]) / f"{name}.json"
     if path.exists():
         found = json.loads(path.read_text())
@@ -190,8 +203,8 @@ for name in ("throughput", "variants", "study"):
         for row in found["rows"]:
             if "stages" in row:
                 print(pd.DataFrame(row["stages"]).to_string(index=False))
-env = Path(sys.argv[1]) / "throughput.json"
-if env.exists():
+env = next((p for p in (Path(sys.argv[1]) / f"{n}.json" for n in ("throughput", "finetune")) if p.exists()), None)
+if env is not None:
     print(f"--- environment\n{json.dumps(json.loads(env.read_text())['environment'])}")
 EOF
 }

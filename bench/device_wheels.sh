@@ -9,7 +9,7 @@
 #   DEVICE_DIR=/tmp/x bench/device_wheels.sh        # somewhere else
 #
 # Only what those machines lack, one version each (two versions of one package stop the install).
-# Left out on purpose: faiss-cpu (imported only above exact_search_max passages), kiwipiepy and its
+# semchunk: the recursive and sentence chunkers, which ragopt.study imports. Left out on purpose: faiss-cpu (imported only above exact_search_max passages), kiwipiepy and its
 # 80 MB model and python-mecab-ko (imported only by the kiwi and mecab BM25 tokenizers: the study
 # benchmark uses whitespace and character bigrams), plotly (report.html only), and test-only packages.
 set -euo pipefail
@@ -30,7 +30,7 @@ source_data=${RAGOPT_AUTORAG_KO:-$root/../shared/data/autorag-ko}
 # and typing-extensions >= 4.16 (installed there only where the machine's is older).
 packages=(
     FlagEmbedding==1.4.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-    bm25s==0.3.16
+    bm25s==0.3.16 semchunk==4.1.1
     optuna==5.1.0 alembic==1.20.1 Mako==1.4.3 SQLAlchemy==2.1.9 colorlog==6.12.0
     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
     typing-extensions==4.16.0
