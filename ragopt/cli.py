@@ -204,6 +204,48 @@ def optimize_command(
         raise typer.Exit(code=130)
 
 
+@app.command("finetune")
+def finetune_command(
+    config: Path = typer.Argument(..., help="A config whose dense retriever has a finetune: block, every setting one "
+                                  "value (see configs/autorag-ko-finetune.yaml)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder.",
+                                          show_default="<config>-finetune next to the config"),
+    retriever: Optional[str] = typer.Option(None, "--retriever", "-r", help="The tuned dense entry to train.",
+                                            show_default="every dense entry with finetune:"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Tune a bi-encoder and judge it on held-out questions.
+
+    Without a study: the model trains once on every question that study.holdout does not hold
+    out (and generated ones when its finetune.questions says so); base and tuned are then
+    scored on the held-out questions, which never reach training, with bootstrap intervals and
+    a paired test. Writes tuned/ (the model), tuned.yaml (load it with ragopt query or
+    ragopt.load_pipeline), finetune.md, finetune.json and tuning.csv."""
+    from ragopt.analysis.summary import difference, interval
+    from ragopt.study.finetune import finetune
+
+    if quiet:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    done = finetune(config, output, retriever, progress=not quiet)
+    table = _Table("retriever", "metric", "base", "tuned", "tuned - base", "p",
+                   title="base against tuned on questions the model never trained on")
+    for model in done.models:
+        console.print(f"{escape(model.retriever)}: {escape(model.setting)} trained on {model.rows} rows "
+                      f"({model.training_questions} questions, {model.generated_questions} generated) in "
+                      f"{model.seconds:.1f} s -> {escape(str(done.output / model.best))}", highlight=False,
+                      soft_wrap=True)
+        for metric, c in (model.compared or {}).items():
+            paired = c.tuned_minus_base
+            table.add_row(model.retriever, metric, interval(c.base.mean, c.base.low, c.base.high),
+                          interval(c.tuned.mean, c.tuned.low, c.tuned.high),
+                          difference(paired.difference, paired.low, paired.high), f"{paired.p_value:.3g}")
+    if table.rows:
+        table.print()
+    console.print(f"files in {escape(str(done.output))}", highlight=False, soft_wrap=True)
+
+
 @app.command("validate")
 def validate_command(config: Path = typer.Argument(..., help="The YAML file to check.")) -> None:
     """Check a config, its data and its models, loading none.

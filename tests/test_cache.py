@@ -135,3 +135,27 @@ def test_arrays_not_kept_are_stored_but_left_out_of_memory(tmp_path):
     assert ("tokens", "corpus") not in cache._memory and cache._memory.bytes == 0
     np.testing.assert_array_equal(cache.arrays("tokens", "corpus", compute, keep=False)["x"], [0, 1, 2, 3])
     assert calls == [1] and (tmp_path / "tokens" / "corpus.npz").exists()  # read back from disk
+
+
+def test_a_folder_entry_is_built_once_and_a_failed_build_leaves_nothing(tmp_path):
+    builds = []
+
+    def build(folder):
+        builds.append(folder)
+        (folder / "weights.txt").write_text("trained")
+
+    def broken(folder):
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("out of memory")
+
+    for root in (tmp_path, None):
+        builds.clear()
+        first = Cache(root)
+        path = first.folder("tuned", "k", build)
+        assert path.name == "k" and (path / "weights.txt").read_text() == "trained"
+        assert first.folder("tuned", "k", build) == path and Cache(root).folder("tuned", "k", build) == path
+        assert len(builds) == 1 and builds[0] != path and first.misses == [("tuned", "k")]
+        with pytest.raises(RuntimeError, match="out of memory"):
+            first.folder("tuned", "bad", broken)
+        assert sorted(p.name for p in path.parent.iterdir()) == ["k"]  # no half-built or temporary folder
+    assert path.parent.parent != tmp_path and (tmp_path / "tuned" / "k" / "weights.txt").exists()

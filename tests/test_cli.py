@@ -24,8 +24,8 @@ def test_short_help_and_version():
     assert result.exit_code == 0 and result.output.strip() == f"ragopt {version('ragopt')}"
 
 
-COMMANDS = ["optimize", "validate", "query", "compare", "report", "runs", "import-autorag", "chunk", "serve",
-            "generate-qa"]
+COMMANDS = ["optimize", "finetune", "validate", "query", "compare", "report", "runs", "import-autorag", "chunk",
+            "serve", "generate-qa"]
 
 
 def test_help_shows_every_default_and_flags_as_flags():

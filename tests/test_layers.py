@@ -11,7 +11,8 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "ragopt"
 LAYERS = {"errors": 0, "files": 0, "provenance": 0, "data": 1, "stages": 2, "scoring": 3, "generate": 3,
-          "testing": 3, "search": 4, "analysis": 5, "serving": 6, "study": 7, "cli": 8, "__main__": 9, "__init__": 9}
+          "testing": 3, "search": 4, "tune": 4, "analysis": 5, "serving": 6, "study": 7, "cli": 8, "__main__": 9,
+          "__init__": 9}
 """Each layer's rank: a module may import from its own layer and from layers of lower rank."""
 
 

@@ -33,7 +33,7 @@ def test_plain_data_modules_import_no_torch():
                "ragopt.cli", "ragopt.analysis.stats", "ragopt.analysis.splits", "ragopt.analysis.selection",
                "ragopt.analysis.compare", "ragopt.analysis.summary", "ragopt.analysis.report",
                "ragopt.analysis.report_data", "ragopt.data.documents", "ragopt.scoring.spans", "ragopt.stages.protocol",
-               "ragopt.analysis.trust"]
+               "ragopt.analysis.trust", "ragopt.tune.pool"]
     assert imported_heavy("\n".join(f"import {m}" for m in modules)) == "heavy: []"
 
 

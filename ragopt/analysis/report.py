@@ -1,6 +1,7 @@
 """report.html: a study in one self-contained page (plotly.js inlined once, no network, no files
-beside it) that shows why the winner won: per-domain comparison, metric-vs-k curves, quality vs
-latency, Optuna's history and parameter importances, and every trial in a sortable table."""
+beside it) that shows why the winner won: per-domain comparison, metric-vs-k curves, tuned models'
+training curves, quality vs latency, Optuna's history and parameter importances, and every trial
+in a sortable table."""
 
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ class ReportData:
     chunk_sizes: pd.DataFrame = field(default_factory=pd.DataFrame)
     """A study over documents: trial, pipeline, chunker (type), chunks, chunk_chars (mean characters),
     value, value.holdout (with a holdout), evidence_recall@<budget>t (when scored); empty otherwise."""
+    training: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """A study with tuned models (tuning.csv): model, setting, part (final, fold 1 of 3, ...), kind (loss,
+    ndcg@10, hit@1), on (training, held-out), step, epoch, value; empty otherwise."""
+    held_out: int = 0
+    """The study's held-out questions, which no tuned model trains on."""
 
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -111,6 +117,7 @@ def render(data: ReportData) -> str:
          "Pipelines with the same value of every metric on every question are one curve, named for them all.",
          _curves_figure(data.curves)),
         *_chunk_size_section(data.chunk_sizes),
+        *_training_section(data.training, data.held_out),
         ("pareto", "Quality vs latency",
          "Every trial; the red staircase is the Pareto front: no other trial is both faster and better. The star "
          "is the exported winner. Of pipelines of exactly equal quality the winner is the cheapest by a fixed rule "
@@ -124,9 +131,10 @@ def render(data: ReportData) -> str:
          "How much each parameter mattered for reaching the top 10% of trials (Optuna's PED-ANOVA).",
          _importance_figure(data.study)),
     ]
-    plots = [(key, title, how, body if isinstance(body, str) else _figure_html(body, f"fig-{key}"))
+    plots = [(key, title, how, "\n".join(part if isinstance(part, str) else _figure_html(part, div_id)
+                                         for div_id, part in _parts(key, body)))
              for key, title, how, body in figures]
-    has_plot = any(not isinstance(body, str) for *_, body in figures)
+    has_plot = any(not isinstance(part, str) for key, *_, body in figures for _, part in _parts(key, body))
     sections = [
         ("facts", "Facts", "The data and the study this page describes.", _facts_html(data.facts)),
         ("best", "Exported best.yaml", "The winner as `ragopt query` and `ragopt.load_pipeline` read it.",
@@ -144,6 +152,17 @@ def render(data: ReportData) -> str:
             f"<title>ragopt: {html.escape(data.title)}</title>\n<style>{STYLE}</style>\n{plotly_js}\n</head>\n"
             f"<body>\n<h1>ragopt: {html.escape(data.title)}</h1>\n<nav>{nav}</nav>\n{body}\n"
             f"<script>{SORT_SCRIPT}</script>\n</body>\n</html>\n")
+
+
+Body = go.Figure | str | list[tuple[str, go.Figure | str]]
+"""A section's content: a figure, a note instead of one, or several of them named."""
+
+
+def _parts(key: str, body: Body) -> list[tuple[str, go.Figure | str]]:
+    """A section's figures (or notes) with the ids of their <div>s: fig-<key>, or fig-<key>-<name> each."""
+    if isinstance(body, list):
+        return [(f"fig-{key}-{name}", part) for name, part in body]
+    return [(f"fig-{key}", body)]
 
 
 def _figure_html(figure: go.Figure, div_id: str) -> str:
@@ -346,6 +365,48 @@ def _chunk_size_figure(sizes: pd.DataFrame) -> go.Figure:
     figure.update_xaxes(title_text="mean chunk length (characters)")
     figure.update_layout(height=480, margin={"t": 60, "b": 60},
                          legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0})
+    return figure
+
+
+def _training_section(training: pd.DataFrame, held_out: int) -> list[tuple[str, str, str, Body]]:
+    """The tuned models' training loss per step and held-out nDCG@10 per epoch, one line per tuned
+    setting's final model (each fold model's loss when no final model was trained); none without
+    tuned models."""
+    if training.empty:
+        return []
+    final = training[training["part"] == "final"]
+    lines = final if len(final) else training
+    how = ("One line per tuned setting: its final model, trained on every selection question. " if len(final) else
+           "The study trained no final model (it holds no question out): one line per fold model. ")
+    how += "First: the training loss at each step, on the questions the model trains on."
+    held = lines[(lines["kind"] == "ndcg@10") & (lines["on"] == "held-out")]
+    if len(held):
+        how += (f" Second: nDCG@10 after each epoch on the {held_out} held-out questions, which no tuned model ever "
+                "trains on; epoch 0 is the base model before training. Neither curve steers training: no epoch is "
+                "picked and nothing stops early by them.")
+    return [("tuned", "Tuned models", how, [
+        ("loss", _training_figure(lines[lines["kind"] == "loss"], "step", "training loss")),
+        ("held-out", _training_figure(held, "epoch", "nDCG@10 on the held-out questions") if len(held) else
+         "No held-out curve: the study holds no question out, and a tuned model is scored after each epoch only on "
+         "questions it never trains on.")])]
+
+
+def _training_figure(rows: pd.DataFrame, x: str, title: str) -> go.Figure:
+    """One line per tuned model (its setting, and its part when not the final model) of `value` against `x`."""
+    figure = go.Figure()
+    colours = qualitative.Plotly
+    for index, ((setting, part), line) in enumerate(rows.groupby(["setting", "part"], sort=False)):
+        name = _label(setting if part == "final" else f"{setting} ({part})", 160)
+        line = line.sort_values(x)
+        figure.add_scatter(x=line[x], y=line["value"], mode="lines+markers" if x == "epoch" else "lines", name=name,
+                           line={"color": colours[index % len(colours)]},
+                           hovertemplate=f"{name}<br>{x} %{{x}}: %{{y:.4f}}<extra></extra>")
+    if x == "epoch":
+        epochs = sorted(rows["epoch"].unique())
+        figure.update_xaxes(tickvals=epochs, ticktext=["0 (base)" if e == 0 else f"{e:g}" for e in epochs])
+    figure.update_layout(height=420 + 22 * rows.groupby(["setting", "part"]).ngroups, margin={"t": 40, "b": 60},
+                         xaxis={"title": {"text": x}}, yaxis={"title": {"text": title}},
+                         legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
     return figure
 
 

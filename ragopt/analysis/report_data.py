@@ -1,7 +1,7 @@
 """What `ragopt report` shows, computed from a study's output folder: the per-domain matrix, the
 top pipelines' metric-vs-k curves with intervals, score vs chunk size (a study over documents),
-the quality-vs-latency front, the stored Optuna study and the exported config, handed to
-ragopt.analysis.report to render."""
+the tuned models' training curves (a study that tunes one), the quality-vs-latency front, the
+stored Optuna study and the exported config, handed to ragopt.analysis.report to render."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ragopt.stages.labels import objective_text
 from ragopt.analysis.report import ReportData, write_report
 from ragopt.analysis.selection import fingerprint, tie_groups
 from ragopt.analysis.stats import bootstrap_ci
+from ragopt.tune.crossfit import TUNING_CSV
 
 TOP_CURVES = 5
 """Pipelines with different curves whose metric-vs-k curves are drawn."""
@@ -66,6 +67,13 @@ def chunk_sizes(results: StudyResults) -> pd.DataFrame:
     columns = ["trial", "pipeline", "choice.chunker", "chunks", "chunk_chars", "value"]
     columns += [c for c in ("value.holdout",) if c in trials] + (in_objective or budgets)[:1]
     return trials[columns].rename(columns={"choice.chunker": "chunker"})
+
+
+def training(output: Path) -> pd.DataFrame:
+    """The study's tuned models' curves (tuning.csv: model, setting, part, kind, on, step, epoch,
+    value); empty when it tuned none."""
+    path = output / TUNING_CSV
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
 def _study(output: Path, manifest: dict[str, Any], storage: str | None) -> Any:
@@ -130,5 +138,6 @@ def build_report(output: str | Path, path: str | Path, metric: str = "objective"
         matrix=choice_matrix(results, metric, by, settings), matrix_by=by, metric=metric,
         curves=curves(results, TOP_CURVES, settings), pareto=pareto, study=_study(output, manifest, storage),
         best_yaml=best_text, confidence=settings.confidence, best_trial=int(manifest["best_trial"]),
-        chunk_sizes=chunk_sizes(results))
+        chunk_sizes=chunk_sizes(results), training=training(output),
+        held_out=int((results.questions["split"] == "holdout").sum()))
     return write_report(path, data)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ragopt.stages.cache import Memo
-from ragopt.data.qa import QASet
+from ragopt.data.qa import QASet, Queries
 from ragopt.stages.engine import Engine
 from ragopt.scoring.metrics import METRICS, at_k, relevance
 from ragopt.stages.ranking import Ranking
@@ -27,6 +27,11 @@ SCORED_BYTES = 1 << 30
 Extra = Callable[[np.ndarray, np.ndarray, list[int]], dict[str, np.ndarray]]
 """Metrics beyond the gains' (the evidence metrics of span-labelled questions): per-question
 values, keyed 'name@k', of a ranking (corpus rows, questions x depth) of the QA set's rows `rows`."""
+
+
+Plan = Callable[[PipelineSpec], list[tuple[PipelineSpec, np.ndarray]]]
+"""Which concrete pipeline answers which questions (QA rows): a pipeline with a tuned model is
+answered per question by a model that never trained on it (ragopt.tune.crossfit)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,9 @@ class Evaluator:
 
     def __init__(self, target: Engine | Callable[[PipelineSpec], Target], qa: QASet, ks: list[int],
                  objective: dict[str, float], seed: int = 0, prune_steps: int = 8,
-                 selection: np.ndarray | None = None) -> None:
+                 selection: np.ndarray | None = None, plan: Plan | None = None) -> None:
+        self.plan = plan
+        """Who answers each question (default: the pipeline itself, every question)."""
         self.target = _fixed(Target(target, qa.groups)) if isinstance(target, Engine) else target
         """The engine and relevance a pipeline is scored with (one per chunking of documents)."""
         self.qa, self.ks, self.weights = qa, sorted(ks), objective
@@ -102,10 +109,28 @@ class Evaluator:
 
     def _score(self, spec: PipelineSpec) -> Scored:
         target = self.target(spec)
-        ranking = target.engine.run(spec, self.qa.queries, max(self.depth, target.depth))
+        depth = max(self.depth, target.depth)
+        if self.direct(spec):
+            ranking = target.engine.run(spec, self.qa.queries, depth)
+        else:
+            ranking = self._stitched(target.engine, spec, depth)
         gains, n_rel, per_query = target.score(ranking.ids, np.arange(len(self.qa)), self.ks)
         extra = tuple(name for name in per_query if name.partition("@")[0] not in METRICS)
         return Scored(ranking, gains, n_rel, per_query, extra)
+
+    def direct(self, spec: PipelineSpec) -> bool:
+        """Whether the pipeline itself answers every question (no plan splits them)."""
+        return self.plan is None or self.plan(spec)[0][0] is spec
+
+    def _stitched(self, engine: Engine, spec: PipelineSpec, depth: int) -> Ranking:
+        """The ranking of every question by the pipeline its plan gives it, in the QA set's order."""
+        texts = self.qa.queries.texts
+        parts = [(concrete, rows) for concrete, rows in self.plan(spec) if len(rows)]
+        rankings = [engine.run(concrete, Queries([texts[i] for i in rows]), depth) for concrete, rows in parts]
+        order = np.concatenate([rows for _, rows in parts])
+        if not np.array_equal(np.sort(order), np.arange(len(self.qa))):
+            raise ValueError(f"the plan of {spec.describe()} answers some questions twice or not at all")
+        return Ranking.concat(rankings).rows(np.argsort(order))
 
     def evaluate_pruned(self, spec: PipelineSpec, trial: "optuna.Trial") -> tuple[Scored, bool]:
         """Like evaluate, but a reranking pipeline is first scored on growing subsets of the
@@ -115,7 +140,7 @@ class Evaluator:
         little per question and are scored whole, then reported the same way."""
         import optuna
 
-        if spec.reranker is not None and self.key(spec) not in self._seen:
+        if spec.reranker is not None and self.key(spec) not in self._seen and self.direct(spec):
             target = self.target(spec)
             for rows in self.chunks:
                 ranking = target.engine.rerank_rows(spec, self.qa.queries, rows, max(self.depth, target.depth))
@@ -124,7 +149,7 @@ class Evaluator:
                 if trial.should_prune():
                     raise optuna.TrialPruned()
         scored, reused = self.evaluate(spec)
-        if spec.reranker is None or reused:
+        if spec.reranker is None or reused or not self.direct(spec):
             values = self.per_query_objective(scored.per_query, spec.top_k)
             self._report(trial, self.selection, values[self.selection])
         return scored, reused

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Iterator, Literal, Mapping
 
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -176,7 +176,8 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
-        problems = self._entry_problems() + self._optimize_problems() + self._grid_problems()
+        problems = (self._entry_problems() + self._finetune_problems() + self._optimize_problems()
+                    + self._grid_problems())
         reject("Config", problems or self._grid_size_problems())
         return self
 
@@ -210,6 +211,22 @@ class Config(StrictModel):
             problem = r.check(self.max_depth)
             if problem:
                 problems.append((("retrievers", i), problem))
+        return problems
+
+    def _finetune_problems(self) -> list[Problem]:
+        """Each tuned dense entry against the rest of the file (its bm25 entry, data.generated_qa),
+        and one encoder to tune: no query_model beside finetune."""
+        problems: list[Problem] = []
+        kinds = {r.name: r.type for r in self.retrievers}
+        for i, entry in enumerate(self.retrievers):
+            tuning = getattr(entry, "finetune", None)
+            if tuning is None:
+                continue
+            if entry.query_model is not None:
+                problems.append((("retrievers", i, "query_model"), "finetune tunes one encoder for queries and "
+                                 "passages: remove query_model, or remove finetune"))
+            problems += [(("retrievers", i, "finetune", *loc), message)
+                         for loc, message in tuning.problems(kinds, self.data.generated_qa is not None)]
         return problems
 
     def _optimize_problems(self) -> list[Problem]:
@@ -256,13 +273,15 @@ class Config(StrictModel):
         return [(("study", "sampler"), f"the grid has more than {MAX_GRID} distinct pipelines; use sampler: tpe "
                  "or random, or give fewer values")]
 
-    def _ranges(self) -> list[tuple[tuple[str, int, str], FloatRange | IntRange]]:
-        found = []
+    def _ranges(self) -> list[tuple[tuple[str | int, ...], FloatRange | IntRange]]:
+        """Every numeric range a suggestion can read, by its path in the file, those in a block
+        inside an entry (a dense entry's finetune) included."""
+        found: list[tuple[tuple[str | int, ...], FloatRange | IntRange]] = []
         for group in ("chunkers", "retrievers", "rerankers"):
             for i, entry in enumerate(getattr(self, group)):
-                for field, value in entry:
-                    if isinstance(value, (FloatRange, IntRange)) and field not in entry.unused():
-                        found.append(((group, i, field), value))
+                for path, value in _settings(entry):
+                    if isinstance(value, (FloatRange, IntRange)) and ".".join(path) not in entry.unused():
+                        found.append(((group, i, *path), value))
         return found
 
     @property
@@ -286,6 +305,16 @@ class Config(StrictModel):
         return list({t.key(): t for entry in self.retrievers for t in entry.tokenizers()}.values())
 
 
+def _settings(model: StrictModel, at: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every setting of an entry by its path, those of a block inside it (finetune.learning_rate)
+    included; a range is a setting, not a block."""
+    for field, value in model:
+        if isinstance(value, StrictModel) and not isinstance(value, (FloatRange, IntRange)):
+            yield from _settings(value, (*at, field))
+        else:
+            yield (*at, field), value
+
+
 def _repeated(group: str, names: list[str]) -> list[Problem]:
     """A problem at each entry whose name an earlier entry of the group already has."""
     return [((group, i, "name"), f"the name {name!r} is taken by {group}[{names.index(name)}]; give each entry "
@@ -303,10 +332,16 @@ def _references(i: int, names: list[str], plain: list[str]) -> list[Problem]:
 
 
 def _file_path(loc: tuple) -> tuple:
-    """pydantic's location tuple as a path in the file, without the union tags it inserts."""
-    return tuple(part for part in loc if isinstance(part, int) or not (
-        part.startswith(("function-", "tagged-union", "list[", "union["))
-        or part in _tags() or part in ("FloatRange", "IntRange")))
+    """pydantic's location tuple as a path in the file, without the union tags it inserts: an
+    entry's type right after its index (a setting named like a type, finetune.bm25, stays)."""
+    path: tuple = ()
+    for part in loc:
+        inserted = not isinstance(part, int) and (
+            part.startswith(("function-", "tagged-union", "list[", "union[")) or part in ("FloatRange", "IntRange")
+            or part in _tags() and bool(path) and isinstance(path[-1], int))
+        if not inserted:
+            path = (*path, part)
+    return path
 
 
 def _where(path: tuple) -> str:

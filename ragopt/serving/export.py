@@ -115,7 +115,21 @@ def read_export(path: str | Path) -> Exported:
     except ValidationError as error:
         raise ConfigError(describe_errors(path, error)) from None
     engine = document.get("engine") or {}
-    return Exported(spec, int(engine.get("exact_search_max", DEFAULT_EXACT_SEARCH_MAX)), _device(path, engine))
+    return Exported(_models_beside(spec, path.parent), int(engine.get("exact_search_max", DEFAULT_EXACT_SEARCH_MAX)),
+                    _device(path, engine))
+
+
+def _models_beside(spec: PipelineSpec, folder: Path) -> PipelineSpec:
+    """The pipeline with retriever models named relative to best.yaml ('./tuned/...', the tuned
+    models a study exports beside it) made absolute, so the file loads from any directory."""
+    from ragopt.stages.retrievers._base import MODEL_FIELDS
+
+    def located(part: Any) -> Any:
+        updates = {f: str((folder / value).resolve()) for f in MODEL_FIELDS
+                   if isinstance(value := getattr(part, f, None), str) and value.startswith(("./", "../"))}
+        return part.model_copy(update=updates) if updates else part
+
+    return spec.with_retrievers(located)
 
 
 def _schema(path: Path, schema: Any) -> int:

@@ -6,8 +6,13 @@ the entry is computed anew; change none and it is reused."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -23,7 +28,8 @@ from ragopt.files import atomic_write
 
 T = TypeVar("T")
 
-SCHEMA = {"tokens": 3, "embeddings": 2, "bge_m3": 2, "multi_vector": 1, "rerank": 2, "chunks": 1}
+SCHEMA = {"tokens": 3, "embeddings": 2, "bge_m3": 2, "multi_vector": 1, "rerank": 2, "chunks": 1, "tuned": 1,
+          "negatives": 1}
 """The version of each code path's cached output: bump one when ragopt changes how that output
 is computed, and every entry made by the old code is recomputed instead of reused."""
 
@@ -133,9 +139,8 @@ class Cache:
             return compute()
         if path.exists():
             return _load(path)
-        locks = self.root / "locks"  # type: ignore[operator]
-        locks.mkdir(parents=True, exist_ok=True)
-        with FileLock(locks / f"{kind}-{key}.lock"):  # workers sharing the folder compute each entry once
+        # workers sharing the folder compute each entry once
+        with _lock(self.root, kind, key):  # type: ignore[arg-type]
             if path.exists():
                 return _load(path)
             self.misses.append((kind, key))
@@ -143,12 +148,50 @@ class Cache:
             atomic_write(path, lambda tmp: _savez(tmp, value))
         return value
 
+    def folder(self, kind: str, key: str, build: Callable[[Path], None]) -> Path:
+        """<root>/<kind>/<key>/, filled once by build(folder) (a tuned model): built in a temporary
+        folder beside it and renamed into place under the entry's lock, so workers sharing the root
+        build it once and none sees it half built; a build that fails leaves nothing. Root None: a
+        temporary folder that lives as long as the process."""
+        root = self.root if self.root is not None else _process_folder()
+        path = root / kind / key
+        if path.is_dir():
+            return path
+        with _lock(root, kind, key):
+            if path.is_dir():
+                return path
+            self.misses.append((kind, key))
+            building = root / kind / f".tmp-{uuid.uuid4().hex}"
+            building.mkdir(parents=True)
+            try:
+                build(building)
+                os.replace(building, path)
+            except BaseException:
+                shutil.rmtree(building, ignore_errors=True)
+                raise
+        return path
+
     def scores(self, kind: str, key: str) -> "ScoreTable":
         """A growing table of float scores keyed by 64-bit pair hashes (reranker scores)."""
         if self._unstored:
             return ScoreTable(None)
         folder = None if self.root is None else self.root / kind / key
         return self._memory.get((kind, key), lambda: ScoreTable(folder, lambda: self.misses.append((kind, key))))[0]
+
+
+def _lock(root: Path, kind: str, key: str) -> FileLock:
+    """The lock of one entry, shared by every process that uses the same root."""
+    locks = root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(locks / f"{kind}-{key}.lock")
+
+
+@functools.cache
+def _process_folder() -> Path:
+    """The folder of Cache(None)'s folder entries, removed when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix="ragopt-cache-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:

@@ -155,7 +155,7 @@ def bounded_ints(low: int) -> Any:
 def _bounds(low: float, high: float) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         value = _listify(value)
-        numbers = [value.get("low"), value.get("high")] if isinstance(value, dict) else value
+        numbers = [_number(v) for v in ([value.get("low"), value.get("high")] if isinstance(value, dict) else value)]
         bad = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)
                and not (math.isfinite(v) and low <= v <= high)]
         if bad:
@@ -164,6 +164,17 @@ def _bounds(low: float, high: float) -> Callable[[Any], Any]:
         return value
 
     return check
+
+
+def _number(value: Any) -> Any:
+    """A number YAML left as text (PyYAML reads 5e0 or 1e-5, without a dot, as a string, which
+    pydantic then takes as a float): as that float, so that its bounds are checked too."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 Options = Union[list, FloatRange, IntRange]

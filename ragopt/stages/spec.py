@@ -9,7 +9,7 @@ registry holds, and top_k.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import Field, create_model
 
@@ -32,6 +32,16 @@ class _Pipeline(StrictModel):
         exclude = {stage.name for stage in STAGES if getattr(self, stage.name) is None}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
+    def with_retrievers(self, change: Callable[[Any], Any]) -> "_Pipeline":
+        """The pipeline with each plain retriever (a hybrid's parts, else the retriever) replaced
+        by `change(part)`: how a tuned model's folder takes the place of its settings."""
+        retriever = self.retriever
+        if retriever.components():
+            retriever = retriever.model_copy(update={"retrievers": [change(p) for p in retriever.components()]})
+        else:
+            retriever = change(retriever)
+        return self.model_copy(update={"retriever": retriever})
+
     def describe(self) -> str:
         """A one-line human summary for tables and progress bars: its stages, then k."""
         return " > ".join(part.describe() for _, part in self.stages()) + f" k={self.top_k}"
@@ -40,7 +50,8 @@ class _Pipeline(StrictModel):
         """What this pipeline chose, by kind, for comparing choices across trials: the chunker's
         type (over documents), the retriever (its type, a hybrid's parts), the models, the
         tokenizers and the reranker's model, each model by the name people know it by
-        (ragopt.stages.labels.model_label)."""
+        (ragopt.stages.labels.model_label); a model tuned in the study is its base's name + '+ft',
+        so that base and tuned compare as two choices."""
         retriever = self.retriever
         parts = retriever.components() or [retriever]
         kinds = [p.kind() for p in parts]
@@ -48,10 +59,18 @@ class _Pipeline(StrictModel):
         return {
             **chunker,
             "retriever": f"{retriever.type}({'+'.join(kinds)})" if retriever.components() else kinds[0],
-            "model": " + ".join(" + ".join(map(model_label, p.models())) or p.type for p in parts),
+            "model": " + ".join(_models_label(p) for p in parts),
             "tokenizer": " + ".join(t.label for t in retriever.tokenizers()) or "none",
             "reranker": model_label(self.reranker.model) if self.reranker is not None else "none",
         }
+
+
+def _models_label(part: Any) -> str:
+    """The models a retriever runs, by name (its type when it runs none): a tuned bi-encoder's
+    is its base model's + '+ft' (the guide it trained with runs no query)."""
+    if getattr(part, "finetune", None) is not None:
+        return model_label(part.model) + "+ft"
+    return " + ".join(map(model_label, part.models())) or part.type
 
 
 PipelineSpec = create_model(

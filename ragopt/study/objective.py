@@ -15,8 +15,10 @@ from ragopt.scoring.evaluation import Evaluator
 from ragopt.study.records import RECORD, TrialRecord
 from ragopt.study.runs import RankingStore
 from ragopt.search.space import optuna_chooser, suggest_pipeline
+from ragopt.stages.spec import PipelineSpec
 from ragopt.study.data import StudyData
 from ragopt.study.workers import GRID, SKIPPED, one_too_many
+from ragopt.tune.crossfit import Tuner
 
 FAILURE = "ragopt_failure"
 """The user attribute of a failed trial: its pipeline and the error that failed it."""
@@ -57,17 +59,23 @@ class TrialObjective:
     trial, recorded, and the study goes on.
 
     On a shared study (`shared`), a trial beyond the study's total stops the study, and the retry
-    of a queued grid trial whose worker died queues its pipeline again."""
+    of a queued grid trial whose worker died queues its pipeline again.
+
+    A pipeline with a tuned model is scored as the `tuner` plans it (each question by a model that
+    never trained on it), timed with its first model (every fold's model costs the same), and
+    measured on generated questions only when none trained it."""
 
     def __init__(self, config: Config, data: StudyData, evaluator: Evaluator, rankings: RankingStore,
-                 grid: bool, total: int, shared: bool, progress: bool) -> None:
+                 grid: bool, total: int, shared: bool, progress: bool, tuner: Tuner | None = None) -> None:
         self.config, self.data, self.evaluator, self.rankings = config, data, evaluator, rankings
         self.grid, self.total, self.shared, self.progress = grid, total, shared, progress
+        self.tuner = tuner
         self.probe = latency_rows(len(data.qa), config.study.seed)
         self.durations: list[float] = []
         generated = data.generated
-        self.generated = None if generated is None else Evaluator(generated.target, generated.qa, config.top_k,
-                                                                   config.optimize, config.study.seed)
+        self.generated = None if generated is None else Evaluator(
+            generated.target, generated.qa, config.top_k, config.optimize, config.study.seed,
+            plan=None if tuner is None else lambda spec: [(self.served(spec), np.arange(len(generated.qa)))])
         """Scores each pipeline on the generated questions too (a measurement; Optuna never sees it)."""
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -90,7 +98,7 @@ class TrialObjective:
             else:
                 scored, reused = self.evaluator.evaluate_pruned(spec, trial)
             generated = None
-            if self.generated is not None:
+            if self.generated is not None and not self.trained_on_generated(spec):
                 generated = self.generated.per_query_objective(self.generated.evaluate(spec)[0].per_query, spec.top_k)
             value = self.evaluator.objective(scored, spec.top_k)
             if not np.isfinite(value):  # Optuna would fail the trial with no word of why
@@ -105,7 +113,7 @@ class TrialObjective:
                 tqdm.write(f"trial {trial.number} failed ({failure['pipeline']}): {failure['error']}; going on")
             raise
         study_config = self.config.study
-        seconds = (self.data.target(spec).engine.seconds_per_query(spec, self.data.qa.queries, self.probe)
+        seconds = (self.data.target(spec).engine.seconds_per_query(self.served(spec), self.data.qa.queries, self.probe)
                    if study_config.latency != "off" else np.nan)
         if study_config.latency_budget is not None:
             trial.set_constraint("seconds_over_budget", seconds - study_config.latency_budget)
@@ -118,3 +126,12 @@ class TrialObjective:
                                 {name: scored.per_query[name] for name in scored.extra}, generated)
         trial.set_user_attr(RECORD, record.to_attr())
         return (value, seconds) if study_config.latency == "pareto" else value
+
+    def served(self, spec: PipelineSpec) -> PipelineSpec:
+        """The concrete pipeline that stands for a trial's in timings and on generated questions:
+        itself, or the first of its tuned models (they differ only in weights)."""
+        return spec if self.tuner is None else self.tuner.plan(spec)[0][0]
+
+    def trained_on_generated(self, spec: PipelineSpec) -> bool:
+        """Whether generated questions trained one of its models (its generated scores would flatter it)."""
+        return self.tuner is not None and any(d.finetune.questions != "selection" for d in self.tuner.tuned(spec))

@@ -35,6 +35,8 @@ from ragopt.analysis.trust import Score, agreement, winner_gap
 from ragopt.study.storage import shown
 from ragopt.study.workers import SKIPPED
 from ragopt.study.objective import FAILURE
+from ragopt.study.tuning import TUNED, TUNING_CSV, export_tuned, write_tuning_csv
+from ragopt.tune.crossfit import Tuner
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Outcome:
 
 
 OUTPUTS = ("trials.csv", "per_question.parquet", "study.json", "best.yaml", "summary.md", "qrels.trec", QRELS, RUNS,
-           "per_domain", "pareto", "compare", "report.html")
+           "per_domain", "pareto", "compare", "report.html", TUNED, TUNING_CSV)
 """What optimize, compare and report write in an output folder, besides the study and the cache."""
 
 
@@ -77,7 +79,7 @@ def clear_outputs(output: Path) -> None:
 
 def write_outputs(study: optuna.Study, config: Config, config_path: Path, output: Path, data: StudyData,
                   evaluator: Evaluator, held: np.ndarray, folds: np.ndarray | None,
-                   seconds: dict[str, float], interrupted: bool) -> Outcome:
+                  seconds: dict[str, float], interrupted: bool, tuner: Tuner | None = None) -> Outcome:
     """Every output file, derived from the stored trials: trials.csv, per_question.parquet,
     runs/index.json, study.json, runs/best.trec, best.yaml (and per domain, and the Pareto front,
     when asked), summary.md."""
@@ -130,15 +132,18 @@ def write_outputs(study: optuna.Study, config: Config, config_path: Path, output
     objective = np.stack(objectives, axis=1)
     cv = kfold_selection(objective, folds, latency, budget, by_speed, cost) if folds is not None else None
     scoring = _scoring(results, best, objective, cv, settings)
-    _export(output / "best.yaml", trials[best], config, data, scoring, _at_k(values[best], ~held, held))
+    if tuner is not None:
+        shutil.rmtree(output / TUNED, ignore_errors=True)
+        write_tuning_csv(tuner, [record.pipeline for _, record in trials], output)
+    _export(output / "best.yaml", trials[best], config, data, scoring, _at_k(values[best], ~held, held), tuner)
     if config.study.per_domain:
-        _export_domains(output / "per_domain", results, trials, values, config, data, settings)
+        _export_domains(output / "per_domain", results, trials, values, config, data, settings, tuner)
     if config.study.latency == "pareto" or budget is not None:
         shutil.rmtree(output / "pareto", ignore_errors=True)
         for i in np.flatnonzero(front):
             _export(output / "pareto" / f"trial-{trials[i][0].number}.yaml", trials[i], config, data,
                     {"value": round(float(quality[i]), 6), "seconds_per_query": float(latency[i])},
-                    _at_k(values[i], ~held, held))
+                    _at_k(values[i], ~held, held), tuner)
     spec = trials[best][1].pipeline
     metrics = {name: float(v[~held].mean()) for name, v in values[best].items()}
     write_summary(output / "summary.md", title=config_path.name, qa=qa, corpus=data.corpus_of(spec), results=results,
@@ -170,10 +175,12 @@ def _trust(generated: StudyData, table: pd.DataFrame, trials: list[tuple[optuna.
     study's rule, `pick`) against the real one, both scored on the real questions winners are
     scored on (the held-out ones, when any)."""
     real, scored_on = np.stack(objectives, axis=1), held if held.any() else ~held
-    values = np.stack([record.generated_values() for _, record in trials], axis=1)
-    found = agreement(real[~held], values, confidence=settings.confidence, n_resamples=settings.resamples,
-                      seed=settings.seed)
-    winner = pick(values.mean(axis=0))
+    measured = [record.generated_values() for _, record in trials]
+    kept = np.array([v is not None for v in measured])  # a model trained on generated questions is left out
+    values = np.stack([v if v is not None else np.full(len(generated.qa), np.nan) for v in measured], axis=1)
+    found = agreement(real[~held][:, kept], values[:, kept], confidence=settings.confidence,
+                      n_resamples=settings.resamples, seed=settings.seed)
+    winner = pick(np.where(kept, values.mean(axis=0), -np.inf))
     both = winner_gap(real[scored_on], best, winner, confidence=settings.confidence, n_resamples=settings.resamples,
                    seed=settings.seed)
 
@@ -186,6 +193,7 @@ def _trust(generated: StudyData, table: pd.DataFrame, trials: list[tuple[optuna.
     return {"generated_qa": generated.qa.source, "confidence": settings.confidence,
             "questions": {"real": int((~held).sum()), "generated": len(values), "scored_on": int(scored_on.sum())},
             "scored_on": "holdout" if held.any() else "selection", "pipelines": found.pipelines,
+            "left_out": {"trained_on_generated": int((~kept).sum())},
             "tau": _rounded(found.tau), "interval": [_rounded(found.low), _rounded(found.high)],
             "real_winner": described(best, both.real), "generated_winner": described(winner, both.generated),
             "difference": {"value": _rounded(gap.difference), "interval": [_rounded(gap.low), _rounded(gap.high)],
@@ -247,24 +255,34 @@ def _write_runs(output: Path, data: StudyData, trials: list[tuple[optuna.trial.F
 
 
 def _export(path: Path, trial: tuple[optuna.trial.FrozenTrial, TrialRecord], config: Config, data: StudyData,
-            evaluation: dict[str, Any], metrics: dict[str, dict[str, float]]) -> None:
+            evaluation: dict[str, Any], metrics: dict[str, dict[str, float]], tuner: Tuner | None = None) -> None:
     """A best.yaml for one trial, with its scores (the metrics at its k on each side of the
-    split) and the provenance of its models."""
+    split) and the provenance of its models; a tuned model's final folder is copied beside it."""
     frozen, record = trial
     spec = record.pipeline
     path.parent.mkdir(parents=True, exist_ok=True)
     at_k = {side: {k: v for k, v in means.items() if k.endswith(f"@{spec.top_k}")} for side, means in metrics.items()}
     engine = data.engine
+    tuned: dict[str, Any] = {}
+    if tuner is not None and tuner.tuned(spec):
+        output = path.parent.parent if path.parent.name in ("per_domain", "pareto") else path.parent
+        concrete = tuner.final(spec)
+        spec, tuned = export_tuned(tuner, spec, output, path)
+    else:
+        concrete = spec
+    provenance = engine.provenance((concrete.chunker.models() if concrete.chunker else []) + concrete.retriever.models()
+                                   + ([concrete.reranker.model] if concrete.reranker else []),
+                                   concrete.retriever.tokenizers())
+    for absolute, relative in zip(concrete.retriever.models(), spec.retriever.models()):
+        provenance["models"][relative] = provenance["models"].pop(absolute)
     write_best(path, Exported(spec, config.exact_search_max, device_type(engine.device)), {
         "trial": frozen.number, "objective": dict(config.optimize), **evaluation, "metrics_at_k": at_k},
-        {**engine.provenance((spec.chunker.models() if spec.chunker else []) + spec.retriever.models()
-                             + ([spec.reranker.model] if spec.reranker else []),
-                             spec.retriever.tokenizers()),
-         "libraries": library_versions()}, corpus=data.source)
+        {**provenance, **({"tuned": tuned} if tuned else {}), "libraries": library_versions()}, corpus=data.source)
 
 
 def _export_domains(folder: Path, results: StudyResults, trials: list[tuple[Any, TrialRecord]],
-                    values: list[dict[str, np.ndarray]], config: Config, data: StudyData, settings: Settings) -> None:
+                    values: list[dict[str, np.ndarray]], config: Config, data: StudyData, settings: Settings,
+                    tuner: Tuner | None = None) -> None:
     """One best config per domain with at least min_domain_questions selection questions."""
     shutil.rmtree(folder, ignore_errors=True)
     table = winners(results, "objective", settings, config.study.min_domain_questions)
@@ -282,4 +300,4 @@ def _export_domains(folder: Path, results: StudyResults, trials: list[tuple[Any,
             "domain": row.domain, "questions": int(row.questions), "value": round(float(row.selected), 6),
             scored_on: {"value": round(float(row.score), 6), "interval": [round(float(row.low), 6),
                                                                           round(float(row.high), 6)],
-                        "questions": int(row.scored_on)}}, _at_k(values[i], selection & mask, ~selection & mask))
+                        "questions": int(row.scored_on)}}, _at_k(values[i], selection & mask, ~selection & mask), tuner)

@@ -25,6 +25,7 @@ from ragopt.scoring.chunkings import CHUNKING_LIBRARIES
 from ragopt.study.data import StudyData, load_study_data
 from ragopt.study.objective import TrialObjective, space_fingerprint, warm_up
 from ragopt.study.outputs import Outcome, clear_outputs, write_outputs
+from ragopt.study.tuning import study_tuner
 
 
 def default_output(config_path: Path) -> Path:
@@ -71,8 +72,9 @@ def _optimize(config: Config, config_path: Path, output: Path, data: StudyData, 
         provenance["chunking"] = versions(*CHUNKING_LIBRARIES)
     study, durable, created = open_study(config, output, config.study.name or config_path.stem, fresh,
                                          space_fingerprint(config, data, held), provenance)
+    tuner = study_tuner(config, data, held, folds, progress)
     evaluator = Evaluator(data.target, qa, config.top_k, config.optimize, config.study.seed,
-                          config.study.prune_steps, selection=~held)
+                          config.study.prune_steps, selection=~held, plan=tuner.plan if tuner else None)
 
     started = time.perf_counter()
     warm_up(data, config)
@@ -94,7 +96,7 @@ def _optimize(config: Config, config_path: Path, output: Path, data: StudyData, 
         tqdm.write(f"resuming study {study.study_name!r} from {done} finished trials; {target} to run"
                    if target else f"study {study.study_name!r} already complete ({done} trials); rewriting its outputs")
     objective = TrialObjective(config, data, evaluator, RankingStore(output / RUNS), grid, total, durable is None,
-                               progress)
+                               progress, tuner)
     durations = objective.durations
 
     bar = tqdm(total=target, desc="trials", unit="trial", disable=not progress or target == 0)
@@ -139,4 +141,5 @@ def _optimize(config: Config, config_path: Path, output: Path, data: StudyData, 
     seconds = {"first": warm_up_seconds + (durations[0] if durations else 0.0),
                "median": statistics.median(durations[1:]) if len(durations) > 1 else 0.0,
                "total": time.perf_counter() - started}
-    return write_outputs(study, config, config_path, output, data, evaluator, held, folds, seconds, interrupted)
+    return write_outputs(study, config, config_path, output, data, evaluator, held, folds, seconds, interrupted,
+                         tuner)

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from ragopt.stages.cache import cache_key, entry_key
 from ragopt.data.qa import Queries
@@ -18,7 +18,9 @@ from ragopt.stages.models import Located, Precision, device_type, load_model, to
 from ragopt.stages.params import Chooser, StrictModel
 from ragopt.provenance import versions
 from ragopt.stages.ranking import SCORE_BLOCK, Ranking, ScoreStats, padded
+from ragopt.errors import ModelError
 from ragopt.stages.retrievers._base import Context, Retriever, RetrieverEntry, RetrieverSpec, register
+from ragopt.stages.retrievers.tuning import FinetuneConfig, FinetuneSpec
 
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 256
@@ -45,26 +47,59 @@ class _DenseSettings(StrictModel):
     dtype: Precision = "auto"
     trust_remote_code: bool = False
 
+    @model_serializer(mode="wrap")
+    def _without_finetune(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """No `finetune` key when there is none, so that the keys of untuned specs (and the
+        fingerprints of stored studies) stay what they were before tuning existed."""
+        dumped = handler(self)
+        if dumped.get("finetune", 0) is None:
+            del dumped["finetune"]
+        return dumped
+
 
 class DenseSpec(RetrieverSpec, _DenseSettings):
     __doc__ = _DenseSettings.__doc__
 
     type: Literal["dense"] = "dense"
+    finetune: FinetuneSpec | None = None
+    """Tune the model first (inside a study or `ragopt finetune`, which replace this spec by one
+    whose model is the tuned folder); None: the model as it is."""
 
     def describe(self) -> str:
-        return f"dense[{model_label(self.model)}]"
+        tuned = "" if self.finetune is None else f"+{self.finetune.describe()}"
+        return f"dense[{model_label(self.model)}{tuned}]"
+
+    def base(self) -> "DenseSpec":
+        """The same retriever untuned."""
+        return self.model_copy(update={"finetune": None})
 
 
 class DenseConfig(RetrieverEntry, _DenseSettings):
-    """A dense retriever; nothing inside it is searched (list several to compare models)."""
+    """A dense retriever: one model (list several to compare models), optionally tuned to the
+    study's questions (`finetune:`, whose settings are searched)."""
 
     type: Literal["dense"]
+    finetune: FinetuneConfig | None = None
 
     def suggest(self, choose: Chooser, resolve: Callable[[str], RetrieverSpec]) -> DenseSpec:
-        return DenseSpec(**self.model_dump(exclude={"name", "type"}))
+        tuning = self.finetune.suggest(self.name, choose) if self.finetune is not None else None
+        return DenseSpec(**self.model_dump(exclude={"name", "type", "finetune"}), finetune=tuning)
 
     def warm_up_specs(self) -> list[RetrieverSpec]:
-        return [DenseSpec(**self.model_dump(exclude={"name", "type"}))]
+        return [DenseSpec(**self.model_dump(exclude={"name", "type", "finetune"}))]
+
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(super().models() + (self.finetune.models() if self.finetune else [])))
+
+    def unused(self) -> set[str]:
+        return self.finetune.unused() if self.finetune is not None else set()
+
+    def localized(self, local: Callable[[str], str]) -> "DenseConfig":
+        entry = super().localized(local)
+        if entry.finetune is None or entry.finetune.guide is None:
+            return entry
+        guide = local(entry.finetune.guide)
+        return entry.model_copy(update={"finetune": entry.finetune.model_copy(update={"guide": guide})})
 
 
 def load_sentence_transformer(located: Located, spec: DenseSpec, device: str) -> Any:
@@ -85,6 +120,9 @@ class DenseRetriever(Retriever):
 
     def __init__(self, spec: DenseSpec, context: Context) -> None:
         super().__init__(spec, context)
+        if spec.finetune is not None:
+            raise ModelError(f"{spec.describe()} is tuned inside a study or by `ragopt finetune`; what runs is the "
+                             "tuned model's folder (best.yaml names it)")
         self.spec = spec
         self.corpus_vectors = self.embed(context.corpus.contents, context.corpus.key, "passage")
         self.index = hnsw_index(self.corpus_vectors) if len(context.corpus) > context.exact_search_max else None
