@@ -9,9 +9,10 @@
 #   DEVICE_DIR=/tmp/x bench/device_wheels.sh        # somewhere else
 #
 # Only what those machines lack, one version each (two versions of one package stop the install).
-# semchunk: the recursive and sentence chunkers, which ragopt.study imports. Left out on purpose: faiss-cpu (imported only above exact_search_max passages), kiwipiepy and its
-# 80 MB model and python-mecab-ko (imported only by the kiwi and mecab BM25 tokenizers: the study
-# benchmark uses whitespace and character bigrams), plotly (report.html only), and test-only packages.
+# semchunk: the recursive and sentence chunkers, which ragopt.study imports. Left out on purpose:
+# faiss-cpu (imported only above exact_search_max passages), kiwipiepy and its 80 MB model and
+# python-mecab-ko (imported only by the kiwi and mecab BM25 tokenizers: the study benchmark uses
+# whitespace and character bigrams), plotly (report.html only), and test-only packages.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 python_version=3.12

@@ -39,8 +39,8 @@ AUTORAG_KO = ROOT.parent / "shared" / "data" / "autorag-ko"
 AUTORAG_KO_DOCS = ROOT.parent / "shared" / "data" / "autorag-ko-docs"
 """The same questions over autorag-ko's 32 source documents, labelled by evidence spans."""
 
-FIRST = ("test_workers.py", "test_honest.py", "test_study.py", "test_chunked_study.py", "test_autorag_ko.py",
-         "test_autorag_import.py")
+FIRST = ("test_workers.py", "test_honest.py", "test_study.py", "test_tune_study.py", "test_finetune_command.py",
+         "test_chunked_study.py", "test_tune_train.py", "test_autorag_ko.py", "test_autorag_import.py")
 """The files whose tests take longest (--durations), started first: pytest-xdist hands out whole
 files in collection order (--dist loadfile --no-loadscope-reorder), and a long one started last
 keeps the other workers waiting for it at the end."""

@@ -164,7 +164,8 @@ def test_best_yaml_exports_the_final_model_beside_it_and_reproduces_its_ranking(
     assert model.startswith("./tuned/tiny-bert-mnrl-")
     assert best["provenance"]["tuned"][model]["part"] == "final"
     assert model in best["provenance"]["models"]
-    moved = Path(shutil.move(output, tmp_path / "moved"))  # the cache it was trained in is gone with it
+    moved = Path(shutil.copytree(output, tmp_path / "moved"))
+    (output / "cache").rename(output / "elsewhere")  # the cache it was trained in is gone
     pipeline = load_pipeline(moved / "best.yaml", KO_MINI / "corpus.jsonl", device="cpu")
     ranking = StudyRuns(moved).ranking(best["evaluation"]["trial"])
     rows = [json.loads(line) for line in (KO_MINI / "qa.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -182,3 +183,31 @@ def test_compare_by_model_lists_base_and_tuned(planted):
     matrix = pd.read_csv(outcome.output / "compare" / "matrix-model.ndcg@5.csv")
     choices = set(matrix["choice"])
     assert any(c.endswith("+ft") for c in choices) and any(not c.endswith("+ft") and c != "bm25" for c in choices)
+
+
+def test_serve_and_the_llama_index_retriever_load_a_tuned_winner(tuned_only, tmp_path):
+    """best.yaml names its tuned model relative to itself: the HTTP service and the LlamaIndex
+    retriever find it from a moved output folder and rank as load_pipeline does."""
+    from fastapi.testclient import TestClient
+    from llama_index.core.schema import TextNode
+
+    from ragopt.serving.integrations.llama_index import RagoptRetriever
+    from ragopt.serving.serve import build
+
+    moved = Path(shutil.copytree(tuned_only.output / "tuned", tmp_path / "out" / "tuned")).parent
+    shutil.copy(tuned_only.output / "best.yaml", moved / "best.yaml")
+    corpus = KO_MINI / "corpus.jsonl"
+    question = "신용점수는 어떤 정보로 매겨지나요?"
+    expected = [(hit.doc_id, hit.score) for hit in load_pipeline(moved / "best.yaml", corpus,
+                                                                 device="cpu").retrieve(question)[0]]
+    assert expected
+    with TestClient(build(moved / "best.yaml", corpus, None)) as client:
+        response = client.post("/retrieve", json={"query": question})
+    assert response.status_code == 200, response.text
+    served = [(p["doc_id"], p["score"]) for p in response.json()["results"][0]["passages"]]
+    assert [d for d, _ in served] == [d for d, _ in expected]
+    assert np.allclose([s for _, s in served], [s for _, s in expected], atol=1e-6)
+    rows = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines()]
+    nodes = [TextNode(id_=r["doc_id"], text=r["contents"], metadata=r["metadata"]) for r in rows]
+    found = RagoptRetriever(moved / "best.yaml", nodes, device="cpu").retrieve(question)
+    assert [(n.node.node_id, pytest.approx(n.score, abs=1e-6)) for n in found] == expected
