@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,16 @@ from typer.testing import CliRunner
 from conftest import KO_MINI, write_config
 from ragopt.analysis.splits import fold_ids, holdout_mask
 from ragopt.cli import app
-from ragopt.data.qa import Queries, load_corpus
+from ragopt.data.qa import QASet, Queries, load_corpus
 from ragopt.serving.pipeline import load_pipeline
 from ragopt.stages.engine import Engine
 from ragopt.stages.retrievers.dense import DenseSpec
+from ragopt.stages.retrievers.hybrid import HybridSpec
+from ragopt.stages.retrievers.tuning import FinetuneSpec
 from ragopt.stages.spec import PipelineSpec
 from ragopt.study import optimize
 from ragopt.study.runs import StudyRuns
-from ragopt.tune.crossfit import TRAINING_FILE, read_tuning
+from ragopt.tune.crossfit import TRAINING_FILE, Questions, Tuner, read_tuning
 
 SEED = 7
 SPACE = """
@@ -153,7 +156,8 @@ def tuned_only(tmp_path_factory, tiny_bert):
     folder = tmp_path_factory.mktemp("tuned-only")
     text = SPACE.format(qa=KO_MINI / "qa.jsonl", corpus=KO_MINI / "corpus.jsonl", model=tiny_bert, seed=SEED)
     text = text.replace("keep_base: true", "keep_base: false").replace(
-        "  - name: bm25\n    type: bm25\n    tokenizer: whitespace\n", "")
+        "  - name: bm25\n    type: bm25\n    tokenizer: whitespace\n", "").replace(
+        "seed: 7}", "seed: 7, per_domain: true, min_domain_questions: 8}")
     return optimize(write_config(folder / "space.yaml", text), progress=False)
 
 
@@ -211,3 +215,68 @@ def test_serve_and_the_llama_index_retriever_load_a_tuned_winner(tuned_only, tmp
     nodes = [TextNode(id_=r["doc_id"], text=r["contents"], metadata=r["metadata"]) for r in rows]
     found = RagoptRetriever(moved / "best.yaml", nodes, device="cpu").retrieve(question)
     assert [(n.node.node_id, pytest.approx(n.score, abs=1e-6)) for n in found] == expected
+
+
+class _Recording(Tuner):
+    """A Tuner whose 'training' records the questions each model may see, instead of training."""
+
+    def __init__(self, texts: list[str], held: np.ndarray) -> None:
+        qa = QASet([f"q{i}" for i in range(len(texts))], Queries(texts), [[[0]] for _ in texts], None)
+        super().__init__(Questions(qa, lambda spec: None), held, None, {}, SEED,
+                         fold_ids=lambda k: fold_ids(None, held, k, SEED))
+        self.trained: dict[str, set[int]] = {}
+
+    def _train(self, spec, dense, fold):
+        folder = Path(f"/model-{len(self.trained)}")
+        self.trained[str(folder)] = set(np.flatnonzero(self.allowed(spec, dense.finetune, fold)).tolist())
+        return folder
+
+
+def _answered_by_a_model_that_trained_on_them(tuner: _Recording, spec: PipelineSpec) -> list[int]:
+    found = []
+    for concrete, rows in tuner.plan(spec):
+        for part in concrete.retriever.components() or [concrete.retriever]:
+            if part.model in tuner.trained:
+                found += sorted(tuner.trained[part.model] & set(rows.tolist()))
+    return found
+
+
+def test_a_model_trained_under_one_split_never_answers_under_another():
+    """A hybrid of two tuned entries deals its questions by the first one's folds; the second
+    entry alone deals them by its own. Its models must not be shared between the two splits: a
+    fold model of the 3-fold split trained on questions the 5-fold split asks it."""
+    held = np.zeros(30, dtype=bool)
+    held[:6] = True
+    tuner = _Recording([f"question {i}" for i in range(30)], held)
+    three = DenseSpec(model="a", finetune=FinetuneSpec(folds=3))
+    five = DenseSpec(model="b", finetune=FinetuneSpec(folds=5))
+    hybrid = PipelineSpec(retriever=HybridSpec(retrievers=[three, five], fusion="rrf", rrf_k=60), top_k=5)
+    alone = PipelineSpec(retriever=five, top_k=5)
+    for spec in (hybrid, alone, hybrid):
+        assert _answered_by_a_model_that_trained_on_them(tuner, spec) == []
+    assert len(tuner.trained) == 2 * (3 + 1) + (5 + 1)  # both entries under 3 folds, the second under 5
+
+
+def test_a_question_asked_twice_never_trains_the_model_that_answers_its_twin():
+    """Two real questions with the same text (up to NFC and spacing), one held out: the other
+    does not train the final model, which answers the held-out one; likewise across folds."""
+    texts = [f"question {i}" for i in range(12)]
+    held = holdout_mask(None, 12, 0.25, SEED)
+    twin_held, twin = int(np.flatnonzero(held)[0]), int(np.flatnonzero(~held)[0])
+    texts[twin_held], texts[twin] = "은행  예금은?", unicodedata.normalize("NFD", "은행 예금은?")
+    tuner = _Recording(texts, held)
+    spec = PipelineSpec(retriever=DenseSpec(model="a", finetune=FinetuneSpec(folds=3)), top_k=5)
+    assert _answered_by_a_model_that_trained_on_them(tuner, spec) == []
+    final = tuner.allowed(spec, spec.retriever.finetune, None)
+    assert not final[twin] and final[~held].sum() == (~held).sum() - 1
+
+
+def test_per_domain_winners_name_the_tuned_models_of_the_output_folder(tuned_only, tmp_path):
+    output = tuned_only.output
+    files = sorted((output / "per_domain").glob("*.yaml"))
+    assert len(files) == 4
+    for path in files:
+        model = yaml.safe_load(path.read_text(encoding="utf-8"))["pipeline"]["retriever"]["model"]
+        assert model.startswith("../tuned/tiny-bert-mnrl-") and (path.parent / model).is_dir()
+    pipeline = load_pipeline(files[0], KO_MINI / "corpus.jsonl", device="cpu")
+    assert Path(pipeline.spec.retriever.model).parent == (output / "tuned").resolve()

@@ -135,7 +135,8 @@ def write_outputs(study: optuna.Study, config: Config, config_path: Path, output
     if tuner is not None:
         shutil.rmtree(output / TUNED, ignore_errors=True)
         write_tuning_csv(tuner, [record.pipeline for _, record in trials], output)
-    _export(output / "best.yaml", trials[best], config, data, scoring, _at_k(values[best], ~held, held), tuner)
+    _export(output / "best.yaml", trials[best], config, data, scoring, _at_k(values[best], ~held, held),
+            (tuner, output))
     if config.study.per_domain:
         _export_domains(output / "per_domain", results, trials, values, config, data, settings, tuner)
     if config.study.latency == "pareto" or budget is not None:
@@ -143,7 +144,7 @@ def write_outputs(study: optuna.Study, config: Config, config_path: Path, output
         for i in np.flatnonzero(front):
             _export(output / "pareto" / f"trial-{trials[i][0].number}.yaml", trials[i], config, data,
                     {"value": round(float(quality[i]), 6), "seconds_per_query": float(latency[i])},
-                    _at_k(values[i], ~held, held), tuner)
+                    _at_k(values[i], ~held, held), (tuner, output))
     spec = trials[best][1].pipeline
     metrics = {name: float(v[~held].mean()) for name, v in values[best].items()}
     write_summary(output / "summary.md", title=config_path.name, qa=qa, corpus=data.corpus_of(spec), results=results,
@@ -255,17 +256,19 @@ def _write_runs(output: Path, data: StudyData, trials: list[tuple[optuna.trial.F
 
 
 def _export(path: Path, trial: tuple[optuna.trial.FrozenTrial, TrialRecord], config: Config, data: StudyData,
-            evaluation: dict[str, Any], metrics: dict[str, dict[str, float]], tuner: Tuner | None = None) -> None:
+            evaluation: dict[str, Any], metrics: dict[str, dict[str, float]],
+            tuned_into: tuple[Tuner | None, Path] | None = None) -> None:
     """A best.yaml for one trial, with its scores (the metrics at its k on each side of the
-    split) and the provenance of its models; a tuned model's final folder is copied beside it."""
+    split) and the provenance of its models; a tuned model's final folder is copied into the
+    study's output folder (`tuned_into`: the Tuner and that folder)."""
     frozen, record = trial
     spec = record.pipeline
     path.parent.mkdir(parents=True, exist_ok=True)
     at_k = {side: {k: v for k, v in means.items() if k.endswith(f"@{spec.top_k}")} for side, means in metrics.items()}
     engine = data.engine
     tuned: dict[str, Any] = {}
+    tuner, output = tuned_into or (None, path.parent)
     if tuner is not None and tuner.tuned(spec):
-        output = path.parent.parent if path.parent.name in ("per_domain", "pareto") else path.parent
         concrete = tuner.final(spec)
         spec, tuned = export_tuned(tuner, spec, output, path)
     else:
@@ -300,4 +303,5 @@ def _export_domains(folder: Path, results: StudyResults, trials: list[tuple[Any,
             "domain": row.domain, "questions": int(row.questions), "value": round(float(row.selected), 6),
             scored_on: {"value": round(float(row.score), 6), "interval": [round(float(row.low), 6),
                                                                           round(float(row.high), 6)],
-                        "questions": int(row.scored_on)}}, _at_k(values[i], selection & mask, ~selection & mask), tuner)
+                        "questions": int(row.scored_on)}}, _at_k(values[i], selection & mask, ~selection & mask),
+                (tuner, folder.parent))

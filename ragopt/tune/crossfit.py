@@ -25,7 +25,7 @@ from ragopt.stages.retrievers import RetrieverSpec
 from ragopt.stages.retrievers.dense import DenseSpec
 from ragopt.stages.retrievers.tuning import GIST_LOSSES, FinetuneSpec
 from ragopt.stages.spec import PipelineSpec
-from ragopt.tune.pool import TrainingSource, TrainingTable, training_table, unseen_generated
+from ragopt.tune.pool import TrainingSource, TrainingTable, normalized, training_table, unseen_generated
 
 FINAL = None
 """The part of the final model (every selection question), beside folds 0..k-1."""
@@ -66,7 +66,7 @@ class Tuner:
         self.questions, self.held, self.folds, self.generated = questions, held, folds, generated
         self.bm25, self.seed, self.progress = bm25, seed, progress
         self.fold_ids = fold_ids
-        self._models: dict[tuple[str, str, int | None], Path] = {}
+        self._models: dict[tuple[str, str, int, int | None], Path] = {}
 
     def tuned(self, spec: PipelineSpec) -> list[DenseSpec]:
         """The pipeline's dense parts that ask to be tuned."""
@@ -122,19 +122,25 @@ class Tuner:
         """The folder of the model tuned for this pipeline's corpus, trained (once) on the
         questions the fold allows."""
         chunker = spec.chunker.key() if spec.chunker is not None else ""
-        memo = (chunker, dense.key(), fold)
+        split = int(self.parts(spec).max()) + 1  # the folds this pipeline's questions are dealt into
+        memo = (chunker, dense.key(), split, fold)
         if memo not in self._models:
             self._models[memo] = self._train(spec, dense, fold)
         return self._models[memo]
 
     def allowed(self, spec: PipelineSpec, ft: FinetuneSpec, fold: int | None) -> np.ndarray:
         """The only door into training: the real questions a model of `fold` may see (never a
-        held-out one, never one of its own fold)."""
+        held-out one, never one of its own fold, never one whose text, NFC and whitespace folded,
+        is also the text of a question the model answers)."""
         if ft.questions == "generated":
             return np.zeros(len(self.held), dtype=bool)
         part = self.parts(spec)
         allowed = (part >= 0) & ~self.held  # held-out questions have no fold (-1)
-        return allowed if fold is FINAL else allowed & (part != fold)
+        if fold is not FINAL:
+            allowed &= part != fold
+        texts = [normalized(t) for t in self.questions.qa.queries.texts]
+        answered = {texts[i] for i in np.flatnonzero(~allowed)}
+        return allowed & np.array([t not in answered for t in texts], dtype=bool)
 
     def sources(self, spec: PipelineSpec, ft: FinetuneSpec,
                 fold: int | None) -> list[tuple[TrainingSource, np.ndarray]]:
@@ -172,7 +178,7 @@ class Tuner:
         curve = self._curve(spec, fold)
         settings = base.model_dump(exclude={"model", "batch_size", "dtype"})
         key = entry_key("tuned", located.identity, guide.identity if guide else None, settings,
-                        ft.model_dump(exclude={"folds", "bm25"}), table.key(), _curve_key(curve),
+                        ft.model_dump(exclude={"folds", "bm25", "guide"}), table.key(), _curve_key(curve),
                         self.seed, device_type(engine.device),
                         versions("torch", "transformers", "sentence-transformers", "datasets", "accelerate"))
 
@@ -182,12 +188,13 @@ class Tuner:
                 tqdm.write(f"tuning {dense.describe()} ({part_name(fold, spec, self)}): {len(table)} training rows, "
                            f"about {_duration(seconds)} on {device_type(engine.device)}")
             log = train(located, base, ft, table, folder, engine.device, self.seed, curve, guide, self.progress)
+            real = {q for s, r in sources if not s.generated for q in _qids(s, r)} & set(table.qids)
+            held = {self.questions.qa.qids[i] for i in np.flatnonzero(self.held)}
             _write_audit(folder, table, {
                 "base": {"model": base.model, "identity": located.identity},
                 "part": part_name(fold, spec, self), "settings": ft.model_dump(mode="json"),
-                "questions": {"real": sorted({q for s, r in sources if not s.generated for q in _qids(s, r)}),
-                              "generated": sum(len(r) for s, r in sources if s.generated),
-                              "held_out_in_training": 0},
+                "questions": {"real": sorted(real), "generated": sum(len(r) for s, r in sources if s.generated),
+                              "held_out_in_training": len(real & held)},
                 "rows": len(table), "log": log})
 
         return engine.cache.folder("tuned", key, build)
