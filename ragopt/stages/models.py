@@ -103,14 +103,16 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> str:
 def _model_info(repo_id: str, revision: str | None) -> Any:
     """HfApi.model_info, given HUB_TIMEOUT seconds in all (name lookup and huggingface_hub's own
     first request included, which no HTTP timeout bounds); TimeoutError after that. The call left
-    behind ends within its own HTTP timeout, on a daemon thread that never delays the exit."""
+    behind ends within its own HTTP timeout, on a daemon thread that never delays the exit; that
+    timeout is twice ours, so that a silent server ends in our TimeoutError, not in a race with the
+    HTTP client's own (which, started first, won it on a loaded machine)."""
     from huggingface_hub import HfApi
 
     answer: queue.Queue = queue.Queue(maxsize=1)
 
     def ask() -> None:
         try:
-            answer.put(HfApi().model_info(repo_id, revision=revision, timeout=HUB_TIMEOUT))
+            answer.put(HfApi().model_info(repo_id, revision=revision, timeout=2 * HUB_TIMEOUT))
         except Exception as error:
             answer.put(error)
 
