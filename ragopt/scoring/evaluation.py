@@ -110,22 +110,28 @@ class Evaluator:
     def _score(self, spec: PipelineSpec) -> Scored:
         target = self.target(spec)
         depth = max(self.depth, target.depth)
-        if self.direct(spec):
+        parts = self._parts(spec)
+        if parts is None:
             ranking = target.engine.run(spec, self.qa.queries, depth)
         else:
-            ranking = self._stitched(target.engine, spec, depth)
+            ranking = self._stitched(target.engine, spec, parts, depth)
         gains, n_rel, per_query = target.score(ranking.ids, np.arange(len(self.qa)), self.ks)
         extra = tuple(name for name in per_query if name.partition("@")[0] not in METRICS)
         return Scored(ranking, gains, n_rel, per_query, extra)
 
-    def direct(self, spec: PipelineSpec) -> bool:
-        """Whether the pipeline itself answers every question (no plan splits them)."""
-        return self.plan is None or self.plan(spec)[0][0] is spec
+    def _parts(self, spec: PipelineSpec) -> list[tuple[PipelineSpec, np.ndarray]] | None:
+        """The plan's pipelines and the questions each answers; None when the pipeline itself
+        answers every question."""
+        if self.plan is None:
+            return None
+        parts = self.plan(spec)
+        return None if parts[0][0] is spec else parts
 
-    def _stitched(self, engine: Engine, spec: PipelineSpec, depth: int) -> Ranking:
+    def _stitched(self, engine: Engine, spec: PipelineSpec, parts: list[tuple[PipelineSpec, np.ndarray]],
+                  depth: int) -> Ranking:
         """The ranking of every question by the pipeline its plan gives it, in the QA set's order."""
         texts = self.qa.queries.texts
-        parts = [(concrete, rows) for concrete, rows in self.plan(spec) if len(rows)]
+        parts = [(concrete, rows) for concrete, rows in parts if len(rows)]
         rankings = [engine.run(concrete, Queries([texts[i] for i in rows]), depth) for concrete, rows in parts]
         order = np.concatenate([rows for _, rows in parts])
         if not np.array_equal(np.sort(order), np.arange(len(self.qa))):
@@ -140,7 +146,8 @@ class Evaluator:
         little per question and are scored whole, then reported the same way."""
         import optuna
 
-        if spec.reranker is not None and self.key(spec) not in self._seen and self.direct(spec):
+        direct = self._parts(spec) is None
+        if spec.reranker is not None and self.key(spec) not in self._seen and direct:
             target = self.target(spec)
             for rows in self.chunks:
                 ranking = target.engine.rerank_rows(spec, self.qa.queries, rows, max(self.depth, target.depth))
@@ -149,7 +156,7 @@ class Evaluator:
                 if trial.should_prune():
                     raise optuna.TrialPruned()
         scored, reused = self.evaluate(spec)
-        if spec.reranker is None or reused or not self.direct(spec):
+        if spec.reranker is None or reused or not direct:
             values = self.per_query_objective(scored.per_query, spec.top_k)
             self._report(trial, self.selection, values[self.selection])
         return scored, reused

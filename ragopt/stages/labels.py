@@ -30,6 +30,11 @@ def model_label(name: str) -> str:
     return name
 
 
+def tuned_label(name: str) -> str:
+    """A bi-encoder tuned in the study, as people tell it from its base: all-MiniLM-L6-v2+ft."""
+    return model_label(name) + "+ft"
+
+
 def _card_title(name: str) -> str | None:
     """The one-word title of the README.md (model card) in a pkg: model's folder, if it has one."""
     try:

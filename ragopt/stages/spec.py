@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from pydantic import Field, create_model
 
-from ragopt.stages.labels import model_label
+from ragopt.stages.labels import model_label, tuned_label
 from ragopt.stages.params import StrictModel
 from ragopt.stages.protocol import STAGES
 
@@ -69,7 +69,7 @@ def _models_label(part: Any) -> str:
     """The models a retriever runs, by name (its type when it runs none): a tuned bi-encoder's
     is its base model's + '+ft' (the guide it trained with runs no query)."""
     if getattr(part, "finetune", None) is not None:
-        return model_label(part.model) + "+ft"
+        return tuned_label(part.model)
     return " + ".join(map(model_label, part.models())) or part.type
 
 

@@ -31,8 +31,8 @@ from ragopt.stages.protocol import STAGES
 from ragopt.stages.retrievers.dense import DenseConfig, DenseSpec
 from ragopt.stages.spec import PipelineSpec
 from ragopt.study.data import StudyData, load_study_data
-from ragopt.study.tuning import TUNED, TUNING_CSV, export_tuned, write_tuning_csv
-from ragopt.tune.crossfit import FINAL, Questions, Tuner, read_tuning
+from ragopt.study.tuning import TUNED, TUNING_CSV, export_tuned, study_tuner, write_tuning_csv
+from ragopt.tune.crossfit import Tuner, read_tuning
 
 METRICS = ("hit@1", "ndcg@10")
 """What base and tuned are compared on, per question."""
@@ -86,13 +86,6 @@ class Finetuned:
     models: list[TunedModel]
 
 
-class _FinalOnly(Tuner):
-    """A Tuner whose one model is the final one: nothing is selected here, so nothing is cross-fitted."""
-
-    def models_of(self, spec: PipelineSpec) -> list[int | None]:
-        return [FINAL]
-
-
 def finetune(config_path: str | Path, output: str | Path | None = None, retriever: str | None = None,
              progress: bool = True) -> Finetuned:
     """Train the final model of each tuned dense entry of a config (or of the one named
@@ -105,10 +98,8 @@ def finetune(config_path: str | Path, output: str | Path | None = None, retrieve
     output = Path(output) if output is not None else default_output(config_path)
     data = load_study_data(config, config.cache_dir or output / "cache", progress)
     held, _ = study_splits(config.study, data.qa.domains, len(data.qa))
-    bm25 = {entry.name: entry.warm_up_specs() for entry in config.retrievers if entry.type == "bm25"}
-    generated = Questions(data.generated.qa, data.generated.target) if data.generated is not None else None
-    tuner = _FinalOnly(Questions(data.qa, data.target), held, np.where(held, HOLDOUT, 0), bm25, config.study.seed,
-                       generated, progress)
+    tuner = study_tuner(config, data, held, np.where(held, HOLDOUT, 0), progress, final_only=True)
+    assert tuner is not None  # the config has a tuned entry (_tuned_entries)
     evaluator = Evaluator(data.target, data.qa, sorted({*config.top_k, 1, 10}), config.optimize, config.study.seed)
     _clear(output)
     models = [_train_one(config, data, tuner, evaluator, name, spec, output, held, len(entries))

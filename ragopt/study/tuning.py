@@ -15,7 +15,7 @@ import pandas as pd
 from ragopt.analysis.splits import fold_ids
 from ragopt.files import atomic_write, safe_name
 from ragopt.search.config import Config
-from ragopt.stages.labels import model_label
+from ragopt.stages.labels import model_label, tuned_label
 from ragopt.stages.retrievers.dense import DenseConfig, DenseSpec
 from ragopt.stages.spec import PipelineSpec
 from ragopt.study.data import StudyData
@@ -26,16 +26,17 @@ TUNED = "tuned"
 
 
 def study_tuner(config: Config, data: StudyData, held: np.ndarray, folds: np.ndarray | None,
-                progress: bool) -> Tuner | None:
+                progress: bool, final_only: bool = False) -> Tuner | None:
     """The Tuner of a study whose space has a tuned dense entry (None otherwise): its models follow
-    the study's folds when it has them, else each tuning's own folds of the selection questions."""
+    the study's folds when it has them, else each tuning's own folds of the selection questions;
+    `final_only` (`ragopt finetune`): the final model alone."""
     if not any(isinstance(entry, DenseConfig) and entry.finetune is not None for entry in config.retrievers):
         return None
     bm25 = {entry.name: entry.warm_up_specs() for entry in config.retrievers if entry.type == "bm25"}
     generated = Questions(data.generated.qa, data.generated.target) if data.generated is not None else None
     domains, seed = data.qa.domains, config.study.seed
     return Tuner(Questions(data.qa, data.target), held, folds, bm25, seed, generated, progress,
-                 fold_ids=lambda k: fold_ids(domains, held, k, seed))
+                 fold_ids=lambda k: fold_ids(domains, held, k, seed), final_only=final_only)
 
 
 def export_tuned(tuner: Tuner, spec: PipelineSpec, output: Path, best: Path) -> tuple[PipelineSpec, dict[str, Any]]:
@@ -90,7 +91,7 @@ def write_tuning_csv(tuner: Tuner, specs: list[PipelineSpec], output: Path) -> N
             for fold in dict.fromkeys([*tuner.models_of(spec), *([FINAL] if tuner.held.any() else [])]):
                 account = read_tuning(tuner.model(spec, dense, fold)) or {}
                 log = account.get("log") or {}
-                common = {"model": model_label(dense.model) + "+ft", "setting": dense.describe(),
+                common = {"model": tuned_label(dense.model), "setting": dense.describe(),
                           "part": account.get("part", "")}
                 rows += [{**common, "kind": "loss", "on": "training", "step": s, "epoch": e, "value": v}
                          for s, e, v in log.get("loss", [])]

@@ -60,12 +60,15 @@ class Tuner:
 
     def __init__(self, questions: Questions, held: np.ndarray, folds: np.ndarray | None,
                  bm25: dict[str, list[RetrieverSpec]], seed: int, generated: Questions | None = None,
-                 progress: bool = False, fold_ids: Callable[[int], np.ndarray] | None = None) -> None:
+                 progress: bool = False, fold_ids: Callable[[int], np.ndarray] | None = None,
+                 final_only: bool = False) -> None:
         """`folds`: the study's folds of the selection questions (HOLDOUT for held-out ones), which
-        the tuned models then follow; None: `fold_ids(k)` deals them into a tuning's k folds."""
+        the tuned models then follow; None: `fold_ids(k)` deals them into a tuning's k folds.
+        `final_only`: nothing is selected (`ragopt finetune`), so nothing is cross-fitted: the
+        final model is the only one."""
         self.questions, self.held, self.folds, self.generated = questions, held, folds, generated
         self.bm25, self.seed, self.progress = bm25, seed, progress
-        self.fold_ids = fold_ids
+        self.fold_ids, self.final_only = fold_ids, final_only
         self._models: dict[tuple[str, str, int, int | None], Path] = {}
 
     def tuned(self, spec: PipelineSpec) -> list[DenseSpec]:
@@ -98,7 +101,7 @@ class Tuner:
     def models_of(self, spec: PipelineSpec) -> list[int | None]:
         """The parts whose models answer the pipeline's questions: each fold's, then the final
         model's when some questions are held out (or it alone, trained on generated questions)."""
-        if self.generated_only(spec):
+        if self.final_only or self.generated_only(spec):
             return [FINAL]
         return [*range(int(self.parts(spec).max()) + 1), *([FINAL] if self.held.any() else [])]
 

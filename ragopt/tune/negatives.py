@@ -19,11 +19,11 @@ from ragopt.data.qa import Queries
 from ragopt.errors import ConfigError
 from ragopt.provenance import versions
 from ragopt.scoring.metrics import at_k, relevance
-from ragopt.stages.cache import cache_key, entry_key
+from ragopt.stages.cache import entry_key
 from ragopt.stages.models import device_type
 from ragopt.stages.ranking import SCORE_BLOCK, Ranking
 from ragopt.stages.retrievers.bm25 import BM25Spec
-from ragopt.stages.retrievers.dense import DenseSpec, load_sentence_transformer
+from ragopt.stages.retrievers.dense import DenseSpec, load_sentence_transformer, pool_key
 from ragopt.stages.retrievers.tuning import FinetuneSpec
 
 if TYPE_CHECKING:
@@ -137,8 +137,8 @@ def _by_model(engine: Engine, texts: list[str], positives: list[list[int]], dens
 def _model(engine: Engine, dense: DenseSpec) -> Any:
     """The base model, loaded once into the engine's pool under the key its dense retriever uses."""
     located = engine.locate(dense.model)
-    key = cache_key("dense", located.identity, dense.model_dump(exclude={"query_model"}), engine.device)
-    return engine.pool.get(key, lambda: load_sentence_transformer(located, dense, engine.device))
+    return engine.pool.get(pool_key(located, dense, engine.device),
+                           lambda: load_sentence_transformer(located, dense, engine.device))
 
 
 def _by_bm25(engine: Engine, texts: list[str], groups: list[list[list[int]]], positives: list[list[int]],

@@ -115,6 +115,12 @@ def load_sentence_transformer(located: Located, spec: DenseSpec, device: str) ->
     return model
 
 
+def pool_key(located: Located, spec: DenseSpec, device: str) -> str:
+    """The key a loaded bi-encoder is held under in the model pool: whoever loads it with these
+    settings on this device (the retriever, the hard-negative miner) shares one copy."""
+    return cache_key("dense", located.identity, spec.model_dump(exclude={"query_model"}), device)
+
+
 class DenseRetriever(Retriever):
     """Embeds the corpus once and answers any query set by cosine (normalize) or dot product."""
 
@@ -141,7 +147,7 @@ class DenseRetriever(Retriever):
                     "dtype": str(torch_dtype(spec.dtype, context.device)), "device": device_type(context.device)}
         key = entry_key("embeddings", located.identity, settings, texts_key,
                         versions("torch", "transformers", "sentence-transformers"))
-        model_key = cache_key("dense", located.identity, spec.model_dump(exclude={"query_model"}), context.device)
+        model_key = pool_key(located, spec, context.device)
 
         def encode(batch_size: int) -> np.ndarray:
             from ragopt.stages.retrievers import packed
